@@ -1,0 +1,4 @@
+//! meshguard: a service-mesh sidecar that makes the trust boundary explicit.
+#![forbid(unsafe_code)]
+
+pub mod identity;

@@ -1,0 +1,145 @@
+use super::*;
+
+const GOOD: &str = r#"
+identity:
+  cert: certs/tls.crt
+  key: certs/tls.key
+  bundle: /etc/bundle.pem
+inbound:
+  listen: 0.0.0.0:15006
+  app: 127.0.0.1:8080
+outbound:
+  listen: 127.0.0.1:15001
+  routes:
+    - host: server.default.svc.cluster.local
+      peer: 127.0.0.1:16006
+      identity: spiffe://cluster.local/ns/default/sa/server
+    - listen: 127.0.0.1:15002
+      peer: db.local:5432
+      identity: spiffe://cluster.local/ns/db/sa/postgres
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_yaml(text, "test.yaml", Path::new("/base"))
+}
+
+fn error_at(text: &str) -> (usize, String) {
+    match parse(text).expect_err("must be refused") {
+        ConfigError::At {
+            line,
+            message,
+            file,
+            ..
+        } => {
+            assert_eq!(file, "test.yaml");
+            (line, message)
+        }
+        other => panic!("expected a located error, got {other}"),
+    }
+}
+
+#[test]
+fn parses_a_full_config_with_defaults() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.identity.cert, Path::new("/base/certs/tls.crt"));
+    assert_eq!(
+        c.identity.bundle,
+        Path::new("/etc/bundle.pem"),
+        "absolute paths stay"
+    );
+    assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_ADDR);
+    assert_eq!(c.runtime.workers, 1);
+    let out = c.outbound.unwrap();
+    assert_eq!(out.protocol, UpstreamProtocol::Http1);
+    assert_eq!(out.routes.len(), 2);
+    assert_eq!(
+        out.routes[1].identity.as_str(),
+        "spiffe://cluster.local/ns/db/sa/postgres"
+    );
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_line() {
+    let text = GOOD.replace("  app: 127.0.0.1:8080", "  app: 127.0.0.1:8080\n  aap: 1");
+    let (line, msg) = error_at(&text);
+    assert_eq!(line, 9);
+    assert!(msg.contains("unknown field `aap`"), "{msg}");
+}
+
+#[test]
+fn invalid_spiffe_id_is_refused_with_its_line() {
+    let text = GOOD.replace(
+        "spiffe://cluster.local/ns/default/sa/server",
+        "spiffe://Cluster.local/ns/default/sa/server",
+    );
+    let (line, msg) = error_at(&text);
+    assert_eq!(line, 14);
+    assert!(msg.contains("invalid SPIFFE ID"), "{msg}");
+}
+
+#[test]
+fn bad_address_is_refused_with_its_line() {
+    let (line, msg) = error_at(&GOOD.replace("0.0.0.0:15006", "0.0.0.0:notaport"));
+    assert_eq!(line, 7);
+    assert!(msg.contains("invalid socket address"), "{msg}");
+}
+
+#[test]
+fn missing_identity_is_refused() {
+    let err = parse("inbound:\n  listen: 0.0.0.0:1\n  app: 127.0.0.1:2\n").unwrap_err();
+    assert!(
+        err.to_string().contains("missing field `identity`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_route_host_points_at_the_second() {
+    let text = GOOD.replace(
+        "    - listen: 127.0.0.1:15002",
+        "    - host: server.default.svc.cluster.local",
+    );
+    let (line, msg) = error_at(&text);
+    assert_eq!(line, 15);
+    assert!(msg.contains("declared twice"), "{msg}");
+}
+
+#[test]
+fn route_needs_exactly_one_of_host_and_listen() {
+    let text = GOOD.replace(
+        "    - listen: 127.0.0.1:15002\n",
+        "    - host: x\n      listen: 127.0.0.1:15002\n",
+    );
+    let (_, msg) = error_at(&text);
+    assert!(msg.contains("either `host` or `listen`"), "{msg}");
+    let text = GOOD.replace("    - listen: 127.0.0.1:15002\n", "    -\n");
+    let (_, msg) = error_at(&text);
+    assert!(msg.contains("give `host`"), "{msg}");
+}
+
+#[test]
+fn route_peer_must_have_a_port() {
+    let (_, msg) = error_at(&GOOD.replace("db.local:5432", "db.local"));
+    assert!(msg.contains("must be host:port"), "{msg}");
+}
+
+#[test]
+fn route_identity_must_name_a_workload() {
+    let (_, msg) = error_at(&GOOD.replace(
+        "spiffe://cluster.local/ns/db/sa/postgres",
+        "spiffe://cluster.local",
+    ));
+    assert!(msg.contains("names a trust domain"), "{msg}");
+}
+
+#[test]
+fn zero_workers_refused() {
+    let (line, msg) = error_at(&format!("{GOOD}runtime:\n  workers: 0\n"));
+    assert_eq!(line, 19, "{msg}");
+}
+
+#[test]
+fn nothing_to_do_is_refused() {
+    let err = parse("identity:\n  cert: a\n  key: b\n  bundle: c\n").unwrap_err();
+    assert!(err.to_string().contains("nothing to do"), "{err}");
+}

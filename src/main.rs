@@ -1,1 +1,309 @@
-fn main() {}
+//! The `meshguard` command line. Parses arguments and hands off to the
+//! library; anyhow lives only here.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use meshguard::config::{
+    AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig,
+    DEFAULT_ADMIN_ADDR,
+};
+use meshguard::identity::SpiffeId;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "meshguard",
+    version,
+    about = "Service-mesh sidecar: strict SPIFFE mTLS in and out"
+)]
+struct Cli {
+    /// Log format: human-readable text for local runs, JSON for containers.
+    #[arg(long, global = true, env = "MESHGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar, from a config file or (single route) from flags.
+    Run(RunArgs),
+    /// Certificate tools.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Two workloads with their sidecars on loopback, talking mTLS.
+    Demo {
+        /// Where dev certificates go (reused when present).
+        #[arg(long, default_value = "certs-dev")]
+        certs: PathBuf,
+        /// First of the loopback ports the demo uses (base..base+110).
+        #[arg(long, default_value_t = 15000)]
+        base_port: u16,
+    },
+    /// A tiny HTTP app that echoes what it receives (for demos and tests).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a dev CA and X509-SVIDs for named workloads.
+    Dev {
+        /// Output directory.
+        #[arg(long, default_value = "certs-dev")]
+        out: PathBuf,
+        /// A workload as namespace/service-account (repeatable).
+        #[arg(long = "workload", required = true)]
+        workloads: Vec<String>,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// SVID lifetime, e.g. 30m, 1h, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: time::Duration,
+        /// Replace an existing dev CA instead of reusing it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// YAML config file (see meshguard.example.yaml). Excludes the flags below.
+    #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "inbound", "app", "outbound", "peer", "peer_id", "admin"])]
+    config: Option<PathBuf>,
+    /// Tokio worker threads (overrides the config; 1 = single-threaded).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Our SVID certificate (PEM).
+    #[arg(long, requires_all = ["key", "bundle"])]
+    cert: Option<PathBuf>,
+    /// Our SVID private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA bundle of our trust domain (PEM).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Inbound mTLS listener address.
+    #[arg(long, requires = "app")]
+    inbound: Option<SocketAddr>,
+    /// Local app address that inbound forwards to.
+    #[arg(long, requires = "inbound")]
+    app: Option<SocketAddr>,
+    /// Outbound plain-HTTP listener; every request goes to --peer.
+    #[arg(long, requires_all = ["peer", "peer_id"])]
+    outbound: Option<SocketAddr>,
+    /// Peer sidecar address (host:port) for --outbound.
+    #[arg(long)]
+    peer: Option<String>,
+    /// SPIFFE ID the peer must prove.
+    #[arg(long)]
+    peer_id: Option<SpiffeId>,
+    /// Admin listener (health, config).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+fn parse_duration(s: &str) -> Result<time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number then s, m, h or d"))?;
+    let d = match unit {
+        "s" => time::Duration::seconds(n),
+        "m" => time::Duration::minutes(n),
+        "h" => time::Duration::hours(n),
+        "d" => time::Duration::days(n),
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    if d <= time::Duration::ZERO {
+        return Err(format!("{s:?}: must be positive"));
+    }
+    Ok(d)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshguard: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => {
+            let mut config = match &args.config {
+                Some(path) => Config::load(path)?,
+                None => config_from_flags(&args)?,
+            };
+            if let Some(w) = args.workers {
+                if w == 0 {
+                    bail!("--workers must be at least 1");
+                }
+                config.runtime.workers = w;
+            }
+            runtime(config.runtime.workers)?.block_on(async {
+                let running = meshguard::app::start(&config).await?;
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                running.stop().await;
+                Ok(())
+            })
+        }
+        Command::Certs(CertsCommand::Dev {
+            out,
+            workloads,
+            trust_domain,
+            ttl,
+            force,
+        }) => {
+            let made = meshguard::certs::write_dev_certs(&meshguard::certs::DevCertsOptions {
+                out_dir: &out,
+                trust_domain: &trust_domain,
+                workloads: &workloads,
+                ttl,
+                ca_ttl: time::Duration::days(365),
+                force,
+            })?;
+            println!(
+                "{} {}",
+                if made.ca_reused {
+                    "reused CA"
+                } else {
+                    "created CA"
+                },
+                made.ca_cert.display()
+            );
+            for w in &made.workloads {
+                println!(
+                    "{}\n  cert   {}\n  key    {}\n  bundle {}",
+                    w.id,
+                    w.cert.display(),
+                    w.key.display(),
+                    w.bundle.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Demo { certs, base_port } => {
+            if base_port > u16::MAX - 110 {
+                bail!("--base-port must leave room for 110 ports above it");
+            }
+            runtime(1)?.block_on(meshguard::demo::run_demo(
+                &certs,
+                meshguard::demo::DemoPorts { base: base_port },
+            ))
+        }
+        Command::Echo { listen, name } => runtime(1)?.block_on(async {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            println!("echo app {name} on {listen}");
+            meshguard::demo::echo_app(listener, name).await;
+            Ok(())
+        }),
+    }
+}
+
+/// Builds the single-route config of the ghostunnel-style quick start.
+fn config_from_flags(args: &RunArgs) -> anyhow::Result<Config> {
+    let (Some(cert), Some(key), Some(bundle)) = (&args.cert, &args.key, &args.bundle) else {
+        bail!("give --config FILE, or --cert, --key and --bundle with --inbound/--app and/or --outbound/--peer/--peer-id");
+    };
+    let inbound = args
+        .inbound
+        .zip(args.app)
+        .map(|(listen, app)| InboundConfig { listen, app });
+    let outbound = match (args.outbound, &args.peer, &args.peer_id) {
+        (Some(listen), Some(peer), Some(identity)) => Some(OutboundConfig {
+            listen: None,
+            protocol: Default::default(),
+            routes: vec![RouteConfig {
+                host: None,
+                listen: Some(listen),
+                peer: peer.clone(),
+                identity: identity.clone(),
+            }],
+        }),
+        _ => None,
+    };
+    let config = Config {
+        identity: IdentityConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+            bundle: bundle.clone(),
+            federated_bundles: Default::default(),
+        },
+        inbound,
+        outbound,
+        admin: AdminConfig {
+            listen: args
+                .admin
+                .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("static address")),
+        },
+        runtime: RuntimeConfig::default(),
+    };
+    config
+        .validate()
+        .map_err(|(msg, _)| anyhow::anyhow!("{msg}"))?;
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}

@@ -8,7 +8,7 @@ mod verify;
 
 pub use bundle::{DomainBundle, TrustBundles};
 pub use creds::{CredentialStore, Svid};
-pub use verify::{InboundVerifier, OutboundVerifier, VerifyError};
+pub use verify::{handshake_failure, InboundVerifier, OutboundVerifier, VerifyError};
 
 use crate::identity::SpiffeId;
 use rustls::crypto::CryptoProvider;

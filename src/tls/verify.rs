@@ -73,6 +73,26 @@ impl VerifyError {
     }
 }
 
+/// A bounded label and a readable detail for any failed handshake.
+pub fn handshake_failure(err: &std::io::Error) -> (&'static str, String) {
+    if let Some(reason) = VerifyError::from_io(err) {
+        return (reason.reason_label(), reason.to_string());
+    }
+    let label = match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_cert",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(rustls::Error::InvalidMessage(_)) => "not_tls",
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(_) => "tls_error",
+        None if err.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
+        None => "io_error",
+    };
+    (label, err.to_string())
+}
+
 impl From<VerifyError> for rustls::Error {
     fn from(e: VerifyError) -> Self {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))

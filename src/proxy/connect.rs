@@ -1,0 +1,179 @@
+//! Originating mTLS to a peer sidecar: TCP connect, TLS 1.3 handshake with
+//! our SVID, and the peer's identity checked by the route's verifier. Used
+//! as the connector of the pooled HTTP client of one outbound route.
+
+use crate::tls::{placeholder_server_name, VerifyError};
+use hyper::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Why a connection to a peer sidecar could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("peer {peer} unreachable: {source}")]
+    Unreachable { peer: Arc<str>, source: io::Error },
+    #[error("peer {peer} did not answer within {0:?}", .timeout)]
+    Timeout { peer: Arc<str>, timeout: Duration },
+    #[error("handshake with peer {peer} refused: {reason}")]
+    Refused { peer: Arc<str>, reason: VerifyError },
+    #[error("handshake with peer {peer} failed: {source}")]
+    Handshake { peer: Arc<str>, source: io::Error },
+}
+
+impl ConnectError {
+    /// A short bounded label for metrics and logs.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            ConnectError::Unreachable { .. } => "unreachable",
+            ConnectError::Timeout { .. } => "timeout",
+            ConnectError::Refused { reason, .. } => reason.reason_label(),
+            ConnectError::Handshake { .. } => "handshake_failed",
+        }
+    }
+
+    /// Finds a `ConnectError` in an error's source chain.
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(found) = e.downcast_ref::<ConnectError>() {
+                return Some(found);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+/// Connects every request of one route to the same peer, whatever the URI
+/// says: the route, not the caller, decides where a request may go.
+#[derive(Clone)]
+pub struct PeerConnector {
+    peer: Arc<str>,
+    tls: TlsConnector,
+    timeout: Duration,
+}
+
+impl PeerConnector {
+    pub fn new(peer: &str, tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
+        PeerConnector {
+            peer: Arc::from(peer),
+            tls: TlsConnector::from(tls),
+            timeout,
+        }
+    }
+
+    async fn connect(self) -> Result<TokioIo<PeerStream>, ConnectError> {
+        let peer = self.peer.clone();
+        let attempt = async {
+            let tcp =
+                TcpStream::connect(&*peer)
+                    .await
+                    .map_err(|source| ConnectError::Unreachable {
+                        peer: peer.clone(),
+                        source,
+                    })?;
+            let _ = tcp.set_nodelay(true);
+            self.tls
+                .connect(placeholder_server_name(), tcp)
+                .await
+                .map_err(|source| match VerifyError::from_io(&source) {
+                    Some(reason) => ConnectError::Refused {
+                        peer: peer.clone(),
+                        reason: reason.clone(),
+                    },
+                    None => ConnectError::Handshake {
+                        peer: peer.clone(),
+                        source,
+                    },
+                })
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(tls)) => Ok(TokioIo::new(PeerStream(tls))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ConnectError::Timeout {
+                peer,
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for PeerConnector {
+    type Response = TokioIo<PeerStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        Box::pin(self.clone().connect())
+    }
+}
+
+/// An established mTLS stream to a peer; tells the pool whether HTTP/2 was
+/// negotiated so it can multiplex.
+pub struct PeerStream(TlsStream<TcpStream>);
+
+impl Connection for PeerStream {
+    fn connected(&self) -> Connected {
+        let h2 = self.0.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+        let connected = Connected::new();
+        if h2 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

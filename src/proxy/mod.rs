@@ -1,0 +1,62 @@
+//! The two directions of the data path and what they share.
+
+mod connect;
+pub mod inbound;
+pub mod outbound;
+
+pub use connect::{ConnectError, PeerConnector};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use std::fmt::Display;
+use std::net::SocketAddr;
+
+/// Response body of the proxy: the upstream's body streamed through, or a
+/// short refusal written by meshguard itself.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Which direction a request or connection crosses the boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// A short plain-text refusal. The reason names what went wrong, never the
+/// internals (no policy rules, no certificate contents).
+pub fn refusal(status: StatusCode, reason: impl Display) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "meshguard: {reason}\n"
+    )))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Binds a TCP listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}

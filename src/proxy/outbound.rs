@@ -1,0 +1,217 @@
+//! Outbound: the local app speaks plain HTTP/1.1 to meshguard; each request
+//! is matched to a declared route and sent over mTLS to the peer sidecar,
+//! which must prove the SPIFFE ID declared for that route. Undeclared
+//! destinations are refused: nothing leaves for a place nobody declared.
+
+use super::{refusal, ConnectError, PeerConnector, ProxyBody};
+use crate::config::{OutboundConfig, RouteConfig};
+use crate::headers;
+use crate::identity::SpiffeId;
+use crate::tls::{outbound_client_config, CredentialStore, TlsError, UpstreamProtocol};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, Request, Response, StatusCode, Uri};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Time allowed for TCP connect plus TLS handshake to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One declared destination with its own pool of mTLS connections.
+pub struct Route {
+    pub peer: Arc<str>,
+    pub identity: SpiffeId,
+    client: Client<PeerConnector, Incoming>,
+}
+
+impl Route {
+    fn new(
+        store: &Arc<CredentialStore>,
+        cfg: &RouteConfig,
+        protocol: UpstreamProtocol,
+    ) -> Result<Arc<Route>, TlsError> {
+        let tls = outbound_client_config(store, cfg.identity.clone(), protocol)?;
+        let connector = PeerConnector::new(&cfg.peer, tls, CONNECT_TIMEOUT);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(protocol == UpstreamProtocol::Http2)
+            .build(connector);
+        Ok(Arc::new(Route {
+            peer: Arc::from(cfg.peer.as_str()),
+            identity: cfg.identity.clone(),
+            client,
+        }))
+    }
+}
+
+/// The outbound side of one sidecar: routes by Host on the shared
+/// listener, plus routes that own a listener.
+pub struct Outbound {
+    by_host: HashMap<String, Arc<Route>>,
+    /// Routes with a listener of their own, in config order.
+    pub listener_routes: Vec<(std::net::SocketAddr, Arc<Route>)>,
+}
+
+impl Outbound {
+    pub fn new(store: &Arc<CredentialStore>, cfg: &OutboundConfig) -> Result<Arc<Self>, TlsError> {
+        let mut by_host = HashMap::new();
+        let mut listener_routes = Vec::new();
+        for route_cfg in &cfg.routes {
+            let route = Route::new(store, route_cfg, cfg.protocol)?;
+            if let Some(host) = &route_cfg.host {
+                by_host.insert(host.to_ascii_lowercase(), route);
+            } else if let Some(listen) = route_cfg.listen {
+                listener_routes.push((listen, route));
+            }
+        }
+        Ok(Arc::new(Outbound {
+            by_host,
+            listener_routes,
+        }))
+    }
+
+    /// Serves app connections on `listener`. With `fixed`, every request
+    /// takes that route; otherwise the route is chosen by Host.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        fixed: Option<Arc<Route>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => {
+                        tokio::spawn(self.clone().connection(tcp, fixed.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(direction = "outbound", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, fixed: Option<Arc<Route>>) {
+        let _ = tcp.set_nodelay(true);
+        let this = self.clone();
+        let service = service_fn(move |req| {
+            let (this, fixed) = (this.clone(), fixed.clone());
+            async move { Ok::<_, Infallible>(this.handle(req, fixed.as_deref()).await) }
+        });
+        let result = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(direction = "outbound", error = %e, "app connection ended with an error");
+        }
+    }
+
+    /// The route for a request's authority: `host:port` first, then `host`.
+    pub fn route_for(&self, authority: &str) -> Option<&Arc<Route>> {
+        let lower;
+        let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = authority.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            authority
+        };
+        self.by_host.get(authority).or_else(|| {
+            let (host, port) = authority.rsplit_once(':')?;
+            port.parse::<u16>().ok()?;
+            self.by_host.get(host)
+        })
+    }
+
+    async fn handle(&self, req: Request<Incoming>, fixed: Option<&Route>) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        let route = match (fixed, &authority) {
+            (Some(route), _) => route,
+            (None, Some(authority)) => match self.route_for(authority) {
+                Some(route) => route.as_ref(),
+                None => {
+                    tracing::warn!(direction = "outbound", destination = %authority, reason = "undeclared_destination", "request refused: no route declared for destination");
+                    return refusal(
+                        StatusCode::FORBIDDEN,
+                        format_args!(
+                            "destination {authority:?} is not declared in outbound routes"
+                        ),
+                    );
+                }
+            },
+            (None, None) => {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "request has no Host; cannot choose a destination",
+                )
+            }
+        };
+        headers::strip_outbound(&mut parts.headers);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // The URI authority keys the pool and becomes :authority over HTTP/2;
+        // where the request goes is fixed by the route's connector.
+        let uri_authority = authority
+            .as_deref()
+            .and_then(|a| Authority::try_from(a).ok())
+            .unwrap_or_else(|| Authority::from_static("peer"));
+        parts.uri = match Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(uri_authority)
+            .path_and_query(path)
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(_) => return refusal(StatusCode::BAD_REQUEST, "invalid request target"),
+        };
+        match route.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(e) => match ConnectError::find(&e) {
+                Some(err) => {
+                    tracing::warn!(direction = "outbound", peer = %route.peer, expected_id = %route.identity, reason = err.reason_label(), detail = %err, "connection to peer refused");
+                    refusal(StatusCode::BAD_GATEWAY, err)
+                }
+                None => {
+                    tracing::warn!(direction = "outbound", peer = %route.peer, error = %e, "peer failed");
+                    refusal(
+                        StatusCode::BAD_GATEWAY,
+                        format_args!(
+                            "peer {} closed the connection without a response",
+                            route.peer
+                        ),
+                    )
+                }
+            },
+        }
+    }
+}

@@ -25,8 +25,10 @@ pub const MAX_INTERMEDIATES: usize = 4;
 /// that the accept/connect path can log and count the precise reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    #[error("not an SVID: {0}")]
+    #[error("{0}")]
     NotSvid(SvidError),
+    #[error("invalid certificate: {0}")]
+    InvalidCert(String),
     #[error("expired: {0}")]
     Expired(SvidError),
     #[error("not yet valid: {0}")]
@@ -51,6 +53,7 @@ impl VerifyError {
     pub fn reason_label(&self) -> &'static str {
         match self {
             VerifyError::NotSvid(_) => "not_svid",
+            VerifyError::InvalidCert(_) => "invalid_cert",
             VerifyError::Expired(_) => "expired",
             VerifyError::NotYetValid(_) => "not_yet_valid",
             VerifyError::UnknownTrustDomain(_) => "unknown_trust_domain",
@@ -129,7 +132,7 @@ impl SvidChecker {
             .get(td)
             .ok_or_else(|| VerifyError::UnknownTrustDomain(td.to_owned()))?;
         let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| VerifyError::NotSvid(SvidError::Malformed(format!("{e:?}"))))?;
+            .map_err(|e| VerifyError::InvalidCert(format!("{e:?}")))?;
         let usage = match role {
             Role::Client => webpki::KeyUsage::client_auth(),
             Role::Server => webpki::KeyUsage::server_auth(),
@@ -144,7 +147,10 @@ impl SvidChecker {
             None,
         )
         .map_err(|e| match e {
-            webpki::Error::UnknownIssuer => VerifyError::UnknownCa(td.to_owned()),
+            // A same-named but different CA shows up as a bad signature.
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                VerifyError::UnknownCa(td.to_owned())
+            }
             other => VerifyError::InvalidChain(format!("{other:?}")),
         })?;
         Ok(id)

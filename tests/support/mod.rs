@@ -1,0 +1,254 @@
+//! Test support: real certificates from our own rcgen code, real sidecars
+//! started in-process on port 0, a real HTTP app that records what reached
+//! it, and a TLS client that can present any certificate.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshguard::certs::{DevCa, Issued, LeafSpec};
+use meshguard::config::{AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig};
+use meshguard::identity::SpiffeId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const TD: &str = "cluster.local";
+
+pub fn id(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::from_k8s(TD, ns, sa).unwrap()
+}
+
+pub fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A trust domain's CA plus a directory to write files into.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: DevCa,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        Pki::for_domain(TD)
+    }
+
+    pub fn for_domain(td: &str) -> Pki {
+        Pki { dir: tempfile::tempdir().unwrap(), ca: DevCa::generate(td, time::Duration::days(1)).unwrap() }
+    }
+
+    pub fn bundle_path(&self) -> PathBuf {
+        let path = self.dir.path().join("bundle.pem");
+        if !path.exists() {
+            std::fs::write(&path, self.ca.cert_pem()).unwrap();
+        }
+        path
+    }
+
+    /// A correct SVID for `id`.
+    pub fn svid(&self, id: &SpiffeId) -> Issued {
+        self.ca.issue(&LeafSpec::svid(id.as_str(), time::Duration::hours(1))).unwrap()
+    }
+
+    /// Writes `issued` as name.crt / name.key and returns (cert, key).
+    pub fn write(&self, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+        let cert = self.dir.path().join(format!("{name}.crt"));
+        let key = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        (cert, key)
+    }
+
+    pub fn identity(&self, name: &str, id: &SpiffeId) -> IdentityConfig {
+        let (cert, key) = self.write(name, &self.svid(id));
+        IdentityConfig { cert, key, bundle: self.bundle_path(), federated_bundles: Default::default() }
+    }
+}
+
+/// What one request looked like when it reached the app.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// A real HTTP/1.1 app on loopback that records every request it gets.
+pub struct RecordingApp {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl RecordingApp {
+    pub async fn start() -> RecordingApp {
+        let listener = TcpListener::bind(any_port()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let entry = Seen {
+                                method: req.method().to_string(),
+                                target: req.uri().to_string(),
+                                headers: req.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+                            };
+                            record.lock().unwrap().push(entry);
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let mut resp = Response::new(Full::new(Bytes::from(format!("app ok, {} body bytes", body.len()))));
+                            resp.headers_mut().insert("x-app", "recording".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        RecordingApp { addr, seen }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("the app saw a request")
+    }
+}
+
+/// Config of a sidecar with only an inbound listener.
+pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
+    Config {
+        identity,
+        inbound: Some(InboundConfig { listen: any_port(), app }),
+        outbound: None,
+        admin: AdminConfig { listen: any_port() },
+        runtime: RuntimeConfig::default(),
+    }
+}
+
+/// Config of a sidecar with only an outbound listener routing `host` to `peer`.
+pub fn outbound_config(identity: IdentityConfig, host: &str, peer: SocketAddr, expected: SpiffeId) -> Config {
+    Config {
+        identity,
+        inbound: None,
+        outbound: Some(OutboundConfig {
+            listen: Some(any_port()),
+            protocol: Default::default(),
+            routes: vec![RouteConfig { host: Some(host.into()), listen: None, peer: peer.to_string(), identity: expected }],
+        }),
+        admin: AdminConfig { listen: any_port() },
+        runtime: RuntimeConfig::default(),
+    }
+}
+
+/// Plain HTTP/1.1 request to `addr` with the given Host and extra headers.
+pub async fn http_get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Accepts any server certificate: the test client is probing the
+/// sidecar's verification of *client* certificates, not the reverse.
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client presenting `chain_pem` (leaf first) with `key_pem`, or no
+/// certificate at all.
+pub fn tls_client(cert: Option<(&str, &str)>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let provider = meshguard::tls::crypto_provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)));
+    let mut config = match cert {
+        Some((chain, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes()).map(|c| c.unwrap()).collect();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Connects to an inbound listener with `client`, sends one GET over
+/// HTTP/1.1 (or HTTP/2 when negotiated) and returns the status, or the
+/// error that stopped the exchange.
+pub async fn tls_get(addr: SocketAddr, client: Arc<rustls::ClientConfig>, path: &str, headers: &[(&str, &str)]) -> Result<(StatusCode, String), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("server.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mut req = Request::get(format!("http://server.test{path}"));
+    if !h2 {
+        req = req.header("host", "server.test");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}

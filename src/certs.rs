@@ -24,6 +24,8 @@ pub enum CertsError {
     },
     #[error("{0} exists but {1} is missing; remove both or pass --force to make a new CA")]
     HalfCa(PathBuf, PathBuf),
+    #[error("{0}: existing dev CA is unusable ({1}); pass --force to replace it")]
+    BadCa(PathBuf, String),
     #[error("workload {0:?} is not of the form <namespace>/<service-account>")]
     BadWorkload(String),
     #[error("invalid SPIFFE ID for workload {workload:?}: {reason}")]
@@ -239,6 +241,19 @@ pub struct DevCertsOptions<'a> {
 
 /// Writes (or reuses) the dev CA and one SVID per workload.
 pub fn write_dev_certs(opts: &DevCertsOptions<'_>) -> Result<DevCerts, CertsError> {
+    // Check every argument before touching the disk.
+    let mut requested = Vec::new();
+    for workload in opts.workloads {
+        let (ns, sa) = workload
+            .split_once('/')
+            .filter(|(n, s)| !n.is_empty() && !s.is_empty() && !s.contains('/'))
+            .ok_or_else(|| CertsError::BadWorkload(workload.clone()))?;
+        let id = SpiffeId::from_k8s(opts.trust_domain, ns, sa).map_err(|e| CertsError::BadId {
+            workload: workload.clone(),
+            reason: e.to_string(),
+        })?;
+        requested.push((ns, sa, id));
+    }
     let out = opts.out_dir;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let (ca_cert_path, ca_key_path) = (out.join("ca.crt"), out.join("ca.key"));
@@ -246,7 +261,9 @@ pub fn write_dev_certs(opts: &DevCertsOptions<'_>) -> Result<DevCerts, CertsErro
         (true, true, false) => {
             let cert = std::fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
             let key = std::fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
-            (DevCa::from_pem(&cert, &key)?, true)
+            let ca = DevCa::from_pem(&cert, &key)
+                .map_err(|e| CertsError::BadCa(ca_cert_path.clone(), e.to_string()))?;
+            (ca, true)
         }
         (true, false, false) => return Err(CertsError::HalfCa(ca_cert_path, ca_key_path)),
         (false, true, false) => return Err(CertsError::HalfCa(ca_key_path, ca_cert_path)),
@@ -258,15 +275,7 @@ pub fn write_dev_certs(opts: &DevCertsOptions<'_>) -> Result<DevCerts, CertsErro
         }
     };
     let mut workloads = Vec::new();
-    for workload in opts.workloads {
-        let (ns, sa) = workload
-            .split_once('/')
-            .filter(|(n, s)| !n.is_empty() && !s.is_empty() && !s.contains('/'))
-            .ok_or_else(|| CertsError::BadWorkload(workload.clone()))?;
-        let id = SpiffeId::from_k8s(opts.trust_domain, ns, sa).map_err(|e| CertsError::BadId {
-            workload: workload.clone(),
-            reason: e.to_string(),
-        })?;
+    for (ns, sa, id) in requested {
         let mut spec = LeafSpec::svid(id.as_str(), opts.ttl);
         spec.dns = vec![format!("{sa}.{ns}.svc.cluster.local")];
         let issued = ca.issue(&spec)?;

@@ -19,18 +19,39 @@ struct Pair {
 async fn pair(protocol: UpstreamProtocol) -> Pair {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
-    let server = meshguard::app::start(&inbound_config(pki.identity("server", &id("default", "server")), app.addr)).await.unwrap();
-    let mut cfg = outbound_config(pki.identity("client", &id("default", "client")), SERVER_HOST, server.inbound.unwrap(), id("default", "server"));
+    let server = meshguard::app::start(&inbound_config(
+        pki.identity("server", &id("default", "server")),
+        app.addr,
+    ))
+    .await
+    .unwrap();
+    let mut cfg = outbound_config(
+        pki.identity("client", &id("default", "client")),
+        SERVER_HOST,
+        server.inbound.unwrap(),
+        id("default", "server"),
+    );
     cfg.outbound.as_mut().unwrap().protocol = protocol;
     let client = meshguard::app::start(&cfg).await.unwrap();
-    Pair { pki, app, server, client }
+    Pair {
+        pki,
+        app,
+        server,
+        client,
+    }
 }
 
 #[tokio::test]
 async fn request_crosses_two_sidecars_over_http1() {
     let p = pair(UpstreamProtocol::Http1).await;
     for i in 0..5 {
-        let (status, body) = http_get(p.client.outbound.unwrap(), SERVER_HOST, &format!("/r/{i}"), &[]).await;
+        let (status, body) = http_get(
+            p.client.outbound.unwrap(),
+            SERVER_HOST,
+            &format!("/r/{i}"),
+            &[],
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body, "app ok, 0 body bytes");
     }
@@ -38,7 +59,10 @@ async fn request_crosses_two_sidecars_over_http1() {
     let seen = p.app.last();
     assert_eq!(seen.target, "/r/4");
     assert_eq!(seen.header("host"), vec![SERVER_HOST]);
-    assert_eq!(seen.header("x-meshguard-client-id"), vec!["spiffe://cluster.local/ns/default/sa/client"]);
+    assert_eq!(
+        seen.header("x-meshguard-client-id"),
+        vec!["spiffe://cluster.local/ns/default/sa/client"]
+    );
 }
 
 #[tokio::test]
@@ -47,7 +71,9 @@ async fn request_crosses_two_sidecars_over_http2() {
     let mut handles = Vec::new();
     for i in 0..10 {
         let addr = p.client.outbound.unwrap();
-        handles.push(tokio::spawn(async move { http_get(addr, SERVER_HOST, &format!("/c/{i}"), &[]).await }));
+        handles.push(tokio::spawn(async move {
+            http_get(addr, SERVER_HOST, &format!("/c/{i}"), &[]).await
+        }));
     }
     for h in handles {
         assert_eq!(h.await.unwrap().0, 200);
@@ -59,25 +85,47 @@ async fn request_crosses_two_sidecars_over_http2() {
 #[tokio::test]
 async fn host_matching_ignores_case_and_port() {
     let p = pair(UpstreamProtocol::Http1).await;
-    let (status, _) = http_get(p.client.outbound.unwrap(), "Server.Default.Svc.Cluster.Local:8080", "/", &[]).await;
+    let (status, _) = http_get(
+        p.client.outbound.unwrap(),
+        "Server.Default.Svc.Cluster.Local:8080",
+        "/",
+        &[],
+    )
+    .await;
     assert_eq!(status, 200);
 }
 
 #[tokio::test]
 async fn app_cannot_send_identity_headers_through_outbound() {
     let p = pair(UpstreamProtocol::Http1).await;
-    let forged = [("x-meshguard-client-id", "spiffe://cluster.local/ns/kube-system/sa/admin"), ("x-forwarded-client-cert", "URI=spiffe://evil")];
+    let forged = [
+        (
+            "x-meshguard-client-id",
+            "spiffe://cluster.local/ns/kube-system/sa/admin",
+        ),
+        ("x-forwarded-client-cert", "URI=spiffe://evil"),
+    ];
     let (status, _) = http_get(p.client.outbound.unwrap(), SERVER_HOST, "/", &forged).await;
     assert_eq!(status, 200);
     let seen = p.app.last();
-    assert_eq!(seen.header("x-meshguard-client-id"), vec!["spiffe://cluster.local/ns/default/sa/client"]);
-    assert!(seen.header("x-forwarded-client-cert")[0].ends_with("URI=spiffe://cluster.local/ns/default/sa/client"));
+    assert_eq!(
+        seen.header("x-meshguard-client-id"),
+        vec!["spiffe://cluster.local/ns/default/sa/client"]
+    );
+    assert!(seen.header("x-forwarded-client-cert")[0]
+        .ends_with("URI=spiffe://cluster.local/ns/default/sa/client"));
 }
 
 #[tokio::test]
 async fn undeclared_destination_is_refused_and_nothing_leaves() {
     let p = pair(UpstreamProtocol::Http1).await;
-    let (status, body) = http_get(p.client.outbound.unwrap(), "payments.default.svc.cluster.local", "/", &[]).await;
+    let (status, body) = http_get(
+        p.client.outbound.unwrap(),
+        "payments.default.svc.cluster.local",
+        "/",
+        &[],
+    )
+    .await;
     assert_eq!(status, 403);
     assert!(body.contains("not declared"), "{body}");
     assert_eq!(p.app.count(), 0);
@@ -87,12 +135,20 @@ async fn undeclared_destination_is_refused_and_nothing_leaves() {
 async fn peer_with_wrong_identity_is_refused_with_502() {
     let p = pair(UpstreamProtocol::Http1).await;
     // Same CA, valid chain, but the route expects someone else.
-    let cfg = outbound_config(p.pki.identity("client2", &id("default", "client")), SERVER_HOST, p.server.inbound.unwrap(), id("default", "payments"));
+    let cfg = outbound_config(
+        p.pki.identity("client2", &id("default", "client")),
+        SERVER_HOST,
+        p.server.inbound.unwrap(),
+        id("default", "payments"),
+    );
     let client = meshguard::app::start(&cfg).await.unwrap();
     let (status, body) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &[]).await;
     assert_eq!(status, 502);
     assert!(body.contains("wrong identity"), "{body}");
-    assert!(body.contains("spiffe://cluster.local/ns/default/sa/payments"), "{body}");
+    assert!(
+        body.contains("spiffe://cluster.local/ns/default/sa/payments"),
+        "{body}"
+    );
     assert_eq!(p.app.count(), 0);
 }
 
@@ -102,8 +158,18 @@ async fn peer_from_a_foreign_ca_is_refused_with_502() {
     // A server with the right name but a CA we do not trust.
     let rogue_pki = Pki::new();
     let rogue_app = RecordingApp::start().await;
-    let rogue = meshguard::app::start(&inbound_config(rogue_pki.identity("server", &id("default", "server")), rogue_app.addr)).await.unwrap();
-    let cfg = outbound_config(p.pki.identity("client2", &id("default", "client")), SERVER_HOST, rogue.inbound.unwrap(), id("default", "server"));
+    let rogue = meshguard::app::start(&inbound_config(
+        rogue_pki.identity("server", &id("default", "server")),
+        rogue_app.addr,
+    ))
+    .await
+    .unwrap();
+    let cfg = outbound_config(
+        p.pki.identity("client2", &id("default", "client")),
+        SERVER_HOST,
+        rogue.inbound.unwrap(),
+        id("default", "server"),
+    );
     let client = meshguard::app::start(&cfg).await.unwrap();
     let (status, body) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &[]).await;
     assert_eq!(status, 502);
@@ -115,16 +181,34 @@ async fn peer_from_a_foreign_ca_is_refused_with_502() {
 async fn unreachable_peer_is_502_and_local_app_down_is_503() {
     let p = pair(UpstreamProtocol::Http1).await;
     // Peer: a port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let cfg = outbound_config(p.pki.identity("client2", &id("default", "client")), SERVER_HOST, closed, id("default", "server"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = outbound_config(
+        p.pki.identity("client2", &id("default", "client")),
+        SERVER_HOST,
+        closed,
+        id("default", "server"),
+    );
     let client = meshguard::app::start(&cfg).await.unwrap();
     let (status, body) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &[]).await;
     assert_eq!(status, 502);
     assert!(body.contains("unreachable"), "{body}");
 
     // Local app: the server sidecar forwards to a closed port.
-    let server = meshguard::app::start(&inbound_config(p.pki.identity("server2", &id("default", "server")), closed)).await.unwrap();
-    let cfg = outbound_config(p.pki.identity("client3", &id("default", "client")), SERVER_HOST, server.inbound.unwrap(), id("default", "server"));
+    let server = meshguard::app::start(&inbound_config(
+        p.pki.identity("server2", &id("default", "server")),
+        closed,
+    ))
+    .await
+    .unwrap();
+    let cfg = outbound_config(
+        p.pki.identity("client3", &id("default", "client")),
+        SERVER_HOST,
+        server.inbound.unwrap(),
+        id("default", "server"),
+    );
     let client = meshguard::app::start(&cfg).await.unwrap();
     let (status, body) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &[]).await;
     assert_eq!(status, 503);
@@ -134,14 +218,30 @@ async fn unreachable_peer_is_502_and_local_app_down_is_503() {
 #[tokio::test]
 async fn listener_bound_route_sends_everything_to_its_peer() {
     let p = pair(UpstreamProtocol::Http1).await;
-    let mut cfg = outbound_config(p.pki.identity("client2", &id("default", "client")), "unused", p.server.inbound.unwrap(), id("default", "server"));
+    let mut cfg = outbound_config(
+        p.pki.identity("client2", &id("default", "client")),
+        "unused",
+        p.server.inbound.unwrap(),
+        id("default", "server"),
+    );
     cfg.outbound = Some(OutboundConfig {
         listen: None,
         protocol: UpstreamProtocol::Http1,
-        routes: vec![RouteConfig { host: None, listen: Some(any_port()), peer: p.server.inbound.unwrap().to_string(), identity: id("default", "server") }],
+        routes: vec![RouteConfig {
+            host: None,
+            listen: Some(any_port()),
+            peer: p.server.inbound.unwrap().to_string(),
+            identity: id("default", "server"),
+        }],
     });
     let client = meshguard::app::start(&cfg).await.unwrap();
-    let (status, _) = http_get(client.route_listeners[0], "anything.example", "/via-listener", &[]).await;
+    let (status, _) = http_get(
+        client.route_listeners[0],
+        "anything.example",
+        "/via-listener",
+        &[],
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(p.app.last().target, "/via-listener");
 }
@@ -153,6 +253,9 @@ async fn readiness_is_green_once_started() {
     assert_eq!((status.as_u16(), body.as_str()), (200, "ready\n"));
     let (status, body) = http_get(p.client.admin, "admin", "/config", &[]).await;
     assert_eq!(status, 200);
-    assert!(body.contains("spiffe://cluster.local/ns/default/sa/server"), "{body}");
+    assert!(
+        body.contains("spiffe://cluster.local/ns/default/sa/server"),
+        "{body}"
+    );
     assert!(!body.contains("PRIVATE KEY"));
 }

@@ -10,7 +10,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshguard::certs::{DevCa, Issued, LeafSpec};
-use meshguard::config::{AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig};
+use meshguard::config::{
+    AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig,
+};
 use meshguard::identity::SpiffeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -44,7 +46,10 @@ impl Pki {
     }
 
     pub fn for_domain(td: &str) -> Pki {
-        Pki { dir: tempfile::tempdir().unwrap(), ca: DevCa::generate(td, time::Duration::days(1)).unwrap() }
+        Pki {
+            dir: tempfile::tempdir().unwrap(),
+            ca: DevCa::generate(td, time::Duration::days(1)).unwrap(),
+        }
     }
 
     pub fn bundle_path(&self) -> PathBuf {
@@ -57,7 +62,9 @@ impl Pki {
 
     /// A correct SVID for `id`.
     pub fn svid(&self, id: &SpiffeId) -> Issued {
-        self.ca.issue(&LeafSpec::svid(id.as_str(), time::Duration::hours(1))).unwrap()
+        self.ca
+            .issue(&LeafSpec::svid(id.as_str(), time::Duration::hours(1)))
+            .unwrap()
     }
 
     /// Writes `issued` as name.crt / name.key and returns (cert, key).
@@ -71,7 +78,12 @@ impl Pki {
 
     pub fn identity(&self, name: &str, id: &SpiffeId) -> IdentityConfig {
         let (cert, key) = self.write(name, &self.svid(id));
-        IdentityConfig { cert, key, bundle: self.bundle_path(), federated_bundles: Default::default() }
+        IdentityConfig {
+            cert,
+            key,
+            bundle: self.bundle_path(),
+            federated_bundles: Default::default(),
+        }
     }
 }
 
@@ -85,7 +97,11 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -103,7 +119,9 @@ impl RecordingApp {
         let record = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let record = record.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -112,16 +130,36 @@ impl RecordingApp {
                             let entry = Seen {
                                 method: req.method().to_string(),
                                 target: req.uri().to_string(),
-                                headers: req.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect(),
+                                headers: req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect(),
                             };
                             record.lock().unwrap().push(entry);
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let mut resp = Response::new(Full::new(Bytes::from(format!("app ok, {} body bytes", body.len()))));
-                            resp.headers_mut().insert("x-app", "recording".parse().unwrap());
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut resp = Response::new(Full::new(Bytes::from(format!(
+                                "app ok, {} body bytes",
+                                body.len()
+                            ))));
+                            resp.headers_mut()
+                                .insert("x-app", "recording".parse().unwrap());
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
                 });
             }
         });
@@ -133,7 +171,12 @@ impl RecordingApp {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("the app saw a request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the app saw a request")
     }
 }
 
@@ -141,7 +184,10 @@ impl RecordingApp {
 pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
     Config {
         identity,
-        inbound: Some(InboundConfig { listen: any_port(), app }),
+        inbound: Some(InboundConfig {
+            listen: any_port(),
+            app,
+        }),
         outbound: None,
         admin: AdminConfig { listen: any_port() },
         runtime: RuntimeConfig::default(),
@@ -149,14 +195,24 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
 }
 
 /// Config of a sidecar with only an outbound listener routing `host` to `peer`.
-pub fn outbound_config(identity: IdentityConfig, host: &str, peer: SocketAddr, expected: SpiffeId) -> Config {
+pub fn outbound_config(
+    identity: IdentityConfig,
+    host: &str,
+    peer: SocketAddr,
+    expected: SpiffeId,
+) -> Config {
     Config {
         identity,
         inbound: None,
         outbound: Some(OutboundConfig {
             listen: Some(any_port()),
             protocol: Default::default(),
-            routes: vec![RouteConfig { host: Some(host.into()), listen: None, peer: peer.to_string(), identity: expected }],
+            routes: vec![RouteConfig {
+                host: Some(host.into()),
+                listen: None,
+                peer: peer.to_string(),
+                identity: expected,
+            }],
         }),
         admin: AdminConfig { listen: any_port() },
         runtime: RuntimeConfig::default(),
@@ -164,15 +220,25 @@ pub fn outbound_config(identity: IdentityConfig, host: &str, peer: SocketAddr, e
 }
 
 /// Plain HTTP/1.1 request to `addr` with the given Host and extra headers.
-pub async fn http_get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+pub async fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut req = Request::get(path).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender.send_request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
@@ -184,13 +250,30 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str
 struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -209,7 +292,10 @@ pub fn tls_client(cert: Option<(&str, &str)>, alpn: &[&[u8]]) -> Arc<rustls::Cli
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)));
     let mut config = match cert {
         Some((chain, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes()).map(|c| c.unwrap()).collect();
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
             builder.with_client_auth_cert(chain, key).unwrap()
         }
@@ -222,10 +308,18 @@ pub fn tls_client(cert: Option<(&str, &str)>, alpn: &[&[u8]]) -> Arc<rustls::Cli
 /// Connects to an inbound listener with `client`, sends one GET over
 /// HTTP/1.1 (or HTTP/2 when negotiated) and returns the status, or the
 /// error that stopped the exchange.
-pub async fn tls_get(addr: SocketAddr, client: Arc<rustls::ClientConfig>, path: &str, headers: &[(&str, &str)]) -> Result<(StatusCode, String), String> {
+pub async fn tls_get(
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, String), String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from("server.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let mut req = Request::get(format!("http://server.test{path}"));
     if !h2 {
@@ -236,16 +330,26 @@ pub async fn tls_get(addr: SocketAddr, client: Arc<rustls::ClientConfig>, path: 
     }
     let req = req.body(Full::new(Bytes::new())).unwrap();
     let resp = if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         sender.send_request(req).await.map_err(|e| e.to_string())?
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         sender.send_request(req).await.map_err(|e| e.to_string())?
     };
     let status = resp.status();
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 

@@ -143,3 +143,11 @@ fn nothing_to_do_is_refused() {
     let err = parse("identity:\n  cert: a\n  key: b\n  bundle: c\n").unwrap_err();
     assert!(err.to_string().contains("nothing to do"), "{err}");
 }
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/meshguard.example.yaml");
+    let c = Config::load(&path).unwrap();
+    assert!(c.identity.cert.ends_with("certs-dev/default/server/tls.crt"));
+    assert_eq!(c.outbound.unwrap().routes.len(), 1);
+}

@@ -11,3 +11,4 @@ pub mod identity;
 pub mod pathnorm;
 pub mod proxy;
 pub mod tls;
+pub mod policy;

@@ -1,7 +1,8 @@
-//! The admin listener: liveness, readiness and a read-only view of the
-//! effective configuration. It is never subject to the allow matrix: a
+//! The admin listener: Prometheus metrics, liveness, readiness and a
+//! read-only view of the effective configuration. It is never subject to the allow matrix: a
 //! deny-by-default policy must not break health checks or scraping.
 
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -21,13 +22,15 @@ pub struct AdminState {
     /// The effective configuration as JSON (paths, addresses, identities;
     /// never key material).
     config_json: String,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminState {
-    pub fn new(config_json: String) -> Arc<Self> {
+    pub fn new(config_json: String, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(AdminState {
             ready: AtomicBool::new(false),
             config_json,
+            metrics,
         })
     }
 
@@ -75,6 +78,14 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if state.is_ready() => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, state.metrics.render());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         "/config" => {
             let mut resp = text(StatusCode::OK, state.config_json.clone());
             resp.headers_mut().insert(
@@ -85,7 +96,7 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready, /config\n",
+            "not found; try /metrics, /live, /ready, /config\n",
         ),
     }
 }

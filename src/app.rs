@@ -4,7 +4,10 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::proxy::{bind, inbound::Inbound, outbound::Outbound, BindError};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyError};
+use crate::proxy::inbound::{Inbound, PolicySlot};
+use crate::proxy::{bind, outbound::Outbound, BindError};
 use crate::tls::{
     crypto_provider, inbound_server_config, CredentialStore, Svid, TlsError, TrustBundles,
 };
@@ -20,6 +23,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 /// A running sidecar: the addresses it actually listens on, and the handle
@@ -32,6 +37,9 @@ pub struct Running {
     pub route_listeners: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub store: Arc<CredentialStore>,
+    pub metrics: Arc<Metrics>,
+    /// The policy in force (swapped on reload).
+    pub policy: PolicySlot,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -62,9 +70,20 @@ pub fn load_credentials(config: &Config) -> Result<Arc<CredentialStore>, TlsErro
 pub async fn start(config: &Config) -> Result<Running, AppError> {
     let store = load_credentials(config)?;
     let own_id = store.own_id();
+    let policy_path = config.inbound.as_ref().and_then(|i| i.policy.clone());
+    let policy: PolicySlot = Arc::new(arc_swap::ArcSwapOption::from(match &policy_path {
+        Some(path) => Some(Arc::new(Policy::load(path)?)),
+        None => None,
+    }));
+    let known_peers = config
+        .outbound
+        .iter()
+        .flat_map(|o| o.routes.iter().map(|r| r.identity.to_string()));
+    let metrics = Arc::new(Metrics::new(known_peers));
+    publish_cert_expiry(&metrics, &store);
     let config_json =
         serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    let admin_state = AdminState::new(config_json);
+    let admin_state = AdminState::new(config_json, metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -86,14 +105,28 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             addr: cfg.listen,
             source,
         })?);
-        let proxy = Inbound::new(store.clone(), inbound_server_config(&store)?, cfg.app);
+        let proxy = Inbound::new(
+            store.clone(),
+            inbound_server_config(&store)?,
+            cfg.app,
+            policy.clone(),
+            metrics.clone(),
+        );
         tasks.spawn(proxy.serve(listener, shutdown_rx.clone()));
+        if let Some(path) = policy_path {
+            tasks.spawn(crate::reload::watch_policy(
+                path,
+                policy.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
     }
 
     let mut outbound_addr = None;
     let mut route_listeners = Vec::new();
     if let Some(cfg) = &config.outbound {
-        let proxy = Outbound::new(&store, cfg)?;
+        let proxy = Outbound::new(&store, cfg, metrics.clone())?;
         if let Some(listen) = cfg.listen {
             let listener = bind(listen).await?;
             outbound_addr = Some(listener.local_addr().map_err(|source| BindError {
@@ -132,7 +165,32 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         route_listeners,
         admin,
         store,
+        metrics,
+        policy,
         shutdown,
         tasks,
     })
+}
+
+/// Sets the expiry gauges of our SVID and of every bundle root.
+pub fn publish_cert_expiry(metrics: &Metrics, store: &CredentialStore) {
+    metrics.clear_cert_expiry();
+    let svid = store.svid();
+    metrics.set_cert_expiry(
+        "svid",
+        svid.id.trust_domain(),
+        svid.id.as_str(),
+        svid.not_after,
+    );
+    for (td, root) in store.bundles().roots() {
+        if let Ok((_, cert)) = x509_parser::parse_x509_certificate(root) {
+            let subject = cert.subject().to_string();
+            metrics.set_cert_expiry(
+                "bundle_root",
+                td,
+                &subject,
+                cert.validity().not_after.timestamp(),
+            );
+        }
+    }
 }

@@ -63,6 +63,10 @@ pub struct InboundConfig {
     pub listen: SocketAddr,
     /// The local application (plain HTTP/1.1), normally on loopback.
     pub app: SocketAddr,
+    /// The allow matrix (YAML). Without one, every authenticated peer is
+    /// allowed; with one, anything it does not allow is denied.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

@@ -114,6 +114,7 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> anyhow::Result<()> {
             inbound: Some(InboundConfig {
                 listen: ports.addr(off + 6),
                 app: ports.addr(off + 10),
+                policy: None,
             }),
             outbound: Some(OutboundConfig {
                 listen: Some(ports.addr(off + 1)),

@@ -3,12 +3,15 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod demo;
 pub mod headers;
 pub mod identity;
+pub mod metrics;
 pub mod pathnorm;
-pub mod proxy;
-pub mod tls;
 pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod tls;

@@ -80,7 +80,7 @@ enum CertsCommand {
 #[derive(Args)]
 struct RunArgs {
     /// YAML config file (see meshguard.example.yaml). Excludes the flags below.
-    #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "inbound", "app", "outbound", "peer", "peer_id", "admin"])]
+    #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "inbound", "app", "policy", "outbound", "peer", "peer_id", "admin"])]
     config: Option<PathBuf>,
     /// Tokio worker threads (overrides the config; 1 = single-threaded).
     #[arg(long)]
@@ -100,6 +100,9 @@ struct RunArgs {
     /// Local app address that inbound forwards to.
     #[arg(long, requires = "inbound")]
     app: Option<SocketAddr>,
+    /// Policy file (allow matrix) for --inbound.
+    #[arg(long, requires = "inbound")]
+    policy: Option<PathBuf>,
     /// Outbound plain-HTTP listener; every request goes to --peer.
     #[arg(long, requires_all = ["peer", "peer_id"])]
     outbound: Option<SocketAddr>,
@@ -254,7 +257,11 @@ fn config_from_flags(args: &RunArgs) -> anyhow::Result<Config> {
     let inbound = args
         .inbound
         .zip(args.app)
-        .map(|(listen, app)| InboundConfig { listen, app });
+        .map(|(listen, app)| InboundConfig {
+            listen,
+            app,
+            policy: args.policy.clone(),
+        });
     let outbound = match (args.outbound, &args.peer, &args.peer_id) {
         (Some(listen), Some(peer), Some(identity)) => Some(OutboundConfig {
             listen: None,

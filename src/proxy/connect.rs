@@ -2,6 +2,8 @@
 //! our SVID, and the peer's identity checked by the route's verifier. Used
 //! as the connector of the pooled HTTP client of one outbound route.
 
+use super::CountingIo;
+use crate::metrics::{ConnectionGuard, Metrics};
 use crate::tls::{placeholder_server_name, VerifyError};
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -41,6 +43,16 @@ impl ConnectError {
         }
     }
 
+    /// The peer address this error is about.
+    pub fn peer(&self) -> &str {
+        match self {
+            ConnectError::Unreachable { peer, .. }
+            | ConnectError::Timeout { peer, .. }
+            | ConnectError::Refused { peer, .. }
+            | ConnectError::Handshake { peer, .. } => peer,
+        }
+    }
+
     /// Finds a `ConnectError` in an error's source chain.
     pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
@@ -61,15 +73,45 @@ pub struct PeerConnector {
     peer: Arc<str>,
     tls: TlsConnector,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerConnector {
-    pub fn new(peer: &str, tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
+    pub fn new(
+        peer: &str,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         PeerConnector {
             peer: Arc::from(peer),
             tls: TlsConnector::from(tls),
             timeout,
+            metrics,
         }
+    }
+
+    /// Connects, counting the handshake and logging a refusal.
+    async fn connect_counted(self) -> Result<TokioIo<PeerStream>, ConnectError> {
+        let metrics = self.metrics.clone();
+        let result = self.connect().await;
+        match &result {
+            Ok(_) => metrics.handshake("outbound", true, ""),
+            Err(e) => {
+                metrics.handshake("outbound", false, e.reason_label());
+                tracing::warn!(
+                    target: crate::audit::TARGET,
+                    event = "handshake",
+                    direction = "outbound",
+                    peer_addr = e.peer(),
+                    decision = "deny",
+                    reason = e.reason_label(),
+                    detail = %e,
+                    "connection to peer refused"
+                );
+            }
+        }
+        result
     }
 
     async fn connect(self) -> Result<TokioIo<PeerStream>, ConnectError> {
@@ -83,6 +125,7 @@ impl PeerConnector {
                         source,
                     })?;
             let _ = tcp.set_nodelay(true);
+            let tcp = CountingIo::new(tcp, self.metrics.byte_counters("outbound"));
             self.tls
                 .connect(placeholder_server_name(), tcp)
                 .await
@@ -98,7 +141,10 @@ impl PeerConnector {
                 })
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(tls)) => Ok(TokioIo::new(PeerStream(tls))),
+            Ok(Ok(tls)) => Ok(TokioIo::new(PeerStream {
+                tls,
+                _open: self.metrics.connection("outbound"),
+            })),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Timeout {
                 peer,
@@ -118,17 +164,20 @@ impl tower_service::Service<Uri> for PeerConnector {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        Box::pin(self.clone().connect())
+        Box::pin(self.clone().connect_counted())
     }
 }
 
 /// An established mTLS stream to a peer; tells the pool whether HTTP/2 was
 /// negotiated so it can multiplex.
-pub struct PeerStream(TlsStream<TcpStream>);
+pub struct PeerStream {
+    tls: TlsStream<CountingIo<TcpStream>>,
+    _open: ConnectionGuard,
+}
 
 impl Connection for PeerStream {
     fn connected(&self) -> Connected {
-        let h2 = self.0.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+        let h2 = self.tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
         let connected = Connected::new();
         if h2 {
             connected.negotiated_h2()
@@ -144,7 +193,7 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
 
@@ -154,7 +203,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.tls).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -162,18 +211,18 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.tls.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.tls).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.tls).poll_shutdown(cx)
     }
 }

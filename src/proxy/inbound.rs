@@ -1,11 +1,20 @@
 //! Inbound: terminate mTLS from peer sidecars, verify the caller's SVID,
-//! and forward each request to the local app over a plain HTTP/1.1 pool
-//! with only the identity meshguard itself authenticated.
+//! authorize every request against the policy, and forward what is allowed
+//! to the local app over a plain HTTP/1.1 pool, carrying only the identity
+//! meshguard itself authenticated.
+//!
+//! The steps of one request, in order: normalise the path, authorize,
+//! rewrite headers, forward, record (metrics + audit line).
 
-use super::{refusal, ProxyBody};
+use super::{refusal, CountingIo, ProxyBody};
+use crate::audit::{self, RequestRecord};
 use crate::headers::{self, PeerHeaders};
 use crate::identity::SpiffeId;
+use crate::metrics::{Decision, Metrics, RequestCounters};
+use crate::pathnorm::normalize_path;
+use crate::policy::{self, Permit, Policy};
 use crate::tls::{handshake_failure, peer_identity, CredentialStore};
+use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
@@ -17,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -25,12 +34,21 @@ use tokio_rustls::TlsAcceptor;
 /// Time a peer gets to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The current policy: `None` means no policy file, and then every
+/// authenticated peer is allowed. Swapped whole on reload.
+pub type PolicySlot = Arc<ArcSwapOption<Policy>>;
+
 /// The authenticated caller of one connection, computed once at handshake
 /// time and shared by every request on that connection.
 pub struct Peer {
     pub id: SpiffeId,
     pub addr: SocketAddr,
+    /// `addr` as text, formatted once for the audit lines.
+    addr_text: String,
+    /// The local port the connection arrived on (policy `ports`).
+    pub port: u16,
     headers: PeerHeaders,
+    counters: RequestCounters,
 }
 
 /// The inbound proxy of one sidecar.
@@ -39,6 +57,15 @@ pub struct Inbound {
     store: Arc<CredentialStore>,
     app: Authority,
     client: Client<HttpConnector, Incoming>,
+    policy: PolicySlot,
+    metrics: Arc<Metrics>,
+}
+
+/// How one request ended, for the metrics and the audit line.
+struct Outcome<'a> {
+    decision: Decision,
+    rule: Option<&'a str>,
+    reason: &'static str,
 }
 
 impl Inbound {
@@ -46,6 +73,8 @@ impl Inbound {
         store: Arc<CredentialStore>,
         tls: Arc<rustls::ServerConfig>,
         app: SocketAddr,
+        policy: PolicySlot,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -53,7 +82,6 @@ impl Inbound {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .http1_preserve_header_case(false)
             .build(connector);
         let app =
             Authority::try_from(app.to_string()).expect("a socket address is a valid authority");
@@ -62,6 +90,8 @@ impl Inbound {
             store,
             app,
             client,
+            policy,
+            metrics,
         })
     }
 
@@ -89,26 +119,50 @@ impl Inbound {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let _open = self.metrics.connection("inbound");
+        let tcp = CountingIo::new(tcp, self.metrics.byte_counters("inbound"));
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return log_refused_handshake(addr, &e),
+            Ok(Err(e)) => {
+                let (reason, detail) = handshake_failure(&e);
+                self.metrics.handshake("inbound", false, reason);
+                return audit::handshake_refused("inbound", addr, reason, &detail);
+            }
             Err(_) => {
-                tracing::warn!(direction = "inbound", peer_addr = %addr, reason = "handshake_timeout", "handshake refused: not completed within {HANDSHAKE_TIMEOUT:?}");
-                return;
+                self.metrics.handshake("inbound", false, "timeout");
+                let detail = format!("handshake not completed within {HANDSHAKE_TIMEOUT:?}");
+                return audit::handshake_refused("inbound", addr, "timeout", &detail);
             }
         };
         let (_, session) = tls.get_ref();
         let Some((id, cert_hash)) = peer_identity(session.peer_certificates()) else {
             // Unreachable while the verifier requires a certificate; if it
             // ever happens, fail closed.
-            tracing::error!(direction = "inbound", peer_addr = %addr, "handshake completed without a verifiable peer identity; closing");
-            return;
+            self.metrics.handshake("inbound", false, "no_identity");
+            return audit::handshake_refused(
+                "inbound",
+                addr,
+                "no_identity",
+                "handshake completed without a verifiable peer identity",
+            );
         };
+        self.metrics.handshake("inbound", true, "");
         let h2 = session.alpn_protocol() == Some(crate::tls::ALPN_H2);
         tracing::debug!(direction = "inbound", peer_addr = %addr, peer_id = %id, h2, "peer authenticated");
         let own = self.store.own_id();
         let headers = PeerHeaders::new(&id, &own, &cert_hash);
-        let peer = Arc::new(Peer { id, addr, headers });
+        let counters = self
+            .metrics
+            .request_counters("inbound", self.metrics.peer_label(id.as_str()));
+        let peer = Arc::new(Peer {
+            id,
+            addr,
+            addr_text: addr.to_string(),
+            port,
+            headers,
+            counters,
+        });
         let this = self.clone();
         let service = service_fn(move |req| {
             let (this, peer) = (this.clone(), peer.clone());
@@ -133,7 +187,101 @@ impl Inbound {
 
     /// One request from an authenticated peer.
     async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+        let start = Instant::now();
         let (mut parts, body) = req.into_parts();
+        let raw_target = parts
+            .uri
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
+        let target = match normalize_path(raw_target) {
+            Ok(target) => target,
+            Err(e) => {
+                let resp = refusal(
+                    StatusCode::BAD_REQUEST,
+                    format_args!("invalid request path: {e}"),
+                );
+                let outcome = Outcome {
+                    decision: Decision::Deny,
+                    rule: None,
+                    reason: "invalid path",
+                };
+                return self.record(
+                    peer,
+                    parts.method.as_str(),
+                    raw_target.split('?').next().unwrap_or(""),
+                    &outcome,
+                    resp,
+                    start,
+                );
+            }
+        };
+        let path = target.as_path();
+
+        // Authorize. The policy is held (one reference count) until the end
+        // of the request so the deciding rule's name can be logged as is.
+        let policy = self.policy.load_full();
+        let (permit, outcome) = match policy.as_deref() {
+            None => (
+                Permit::without_policy(),
+                Outcome {
+                    decision: Decision::Allow,
+                    rule: None,
+                    reason: "allowed (no policy)",
+                },
+            ),
+            Some(policy) => {
+                let req = policy::Request {
+                    peer: &peer.id,
+                    port: peer.port,
+                    method: &parts.method,
+                    path,
+                };
+                let decision = policy.evaluate(&req);
+                self.metrics.authz_decision(
+                    decision.label(),
+                    decision.rule_name().unwrap_or("default-deny"),
+                );
+                let Some(permit) = decision.permit() else {
+                    let resp = refusal(StatusCode::FORBIDDEN, "access denied by policy");
+                    let outcome = Outcome {
+                        decision: Decision::Deny,
+                        rule: decision.rule_name(),
+                        reason: "denied by policy",
+                    };
+                    return self.record(peer, parts.method.as_str(), path, &outcome, resp, start);
+                };
+                let outcome = if decision.audit_would_deny() {
+                    Outcome {
+                        decision: Decision::AuditDeny,
+                        rule: decision.rule_name(),
+                        reason: "would be denied (audit mode)",
+                    }
+                } else {
+                    Outcome {
+                        decision: Decision::Allow,
+                        rule: decision.rule_name(),
+                        reason: "allowed by policy",
+                    }
+                };
+                (permit, outcome)
+            }
+        };
+
+        // Rewrite: the app gets the normalised target it was authorized
+        // for, and only the identity meshguard authenticated.
+        let forwarded_target = match PathAndQuery::try_from(target.to_request_target().as_ref()) {
+            Ok(pq) => pq,
+            Err(_) => {
+                let resp = refusal(StatusCode::BAD_REQUEST, "invalid request target");
+                let outcome = Outcome {
+                    decision: Decision::Deny,
+                    rule: None,
+                    reason: "invalid path",
+                };
+                return self.record(peer, parts.method.as_str(), path, &outcome, resp, start);
+            }
+        };
         // HTTP/2 carries the host in :authority; the app speaks HTTP/1.1.
         if !parts.headers.contains_key(header::HOST) {
             if let Some(value) = parts
@@ -146,15 +294,35 @@ impl Inbound {
         }
         headers::strip_inbound(&mut parts.headers, &[]);
         peer.headers.apply(&mut parts.headers);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let method = parts.method.clone();
+        let path = path.to_owned();
+        let resp = self.forward(parts, forwarded_target, body, permit).await;
+        let outcome = match resp.status() {
+            StatusCode::SERVICE_UNAVAILABLE if matches!(resp.body(), Either::Right(_)) => Outcome {
+                reason: "local app unavailable",
+                ..outcome
+            },
+            StatusCode::BAD_GATEWAY if matches!(resp.body(), Either::Right(_)) => Outcome {
+                reason: "local app failed",
+                ..outcome
+            },
+            _ => outcome,
+        };
+        self.record(peer, method.as_str(), &path, &outcome, resp, start)
+    }
+
+    /// Sends an authorized request to the local app.
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        target: PathAndQuery,
+        body: Incoming,
+        _permit: Permit,
+    ) -> Response<ProxyBody> {
         parts.uri = match Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.app.clone())
-            .path_and_query(path)
+            .path_and_query(target)
             .build()
         {
             Ok(uri) => uri,
@@ -168,11 +336,11 @@ impl Inbound {
                 Response::from_parts(parts, Either::Left(body))
             }
             Err(e) if e.is_connect() => {
-                tracing::warn!(direction = "inbound", peer_id = %peer.id, error = %e, "local app unavailable");
+                tracing::warn!(direction = "inbound", error = %e, "local app unavailable");
                 refusal(StatusCode::SERVICE_UNAVAILABLE, "local app unavailable")
             }
             Err(e) => {
-                tracing::warn!(direction = "inbound", peer_id = %peer.id, error = %e, "local app failed");
+                tracing::warn!(direction = "inbound", error = %e, "local app failed");
                 refusal(
                     StatusCode::BAD_GATEWAY,
                     "local app closed the connection without a response",
@@ -180,9 +348,37 @@ impl Inbound {
             }
         }
     }
-}
 
-fn log_refused_handshake(addr: SocketAddr, err: &std::io::Error) {
-    let (reason, detail) = handshake_failure(err);
-    tracing::warn!(direction = "inbound", peer_addr = %addr, reason, detail = %detail, "handshake refused");
+    /// Counts the request and writes its audit line.
+    fn record(
+        &self,
+        peer: &Peer,
+        method: &str,
+        path: &str,
+        outcome: &Outcome<'_>,
+        resp: Response<ProxyBody>,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let duration = start.elapsed();
+        let status = resp.status().as_u16();
+        self.metrics.record_request(
+            &peer.counters,
+            outcome.decision,
+            status,
+            duration.as_secs_f64(),
+        );
+        audit::request(&RequestRecord {
+            direction: "inbound",
+            peer_addr: Some(&peer.addr_text),
+            peer_id: Some(&peer.id),
+            method,
+            path,
+            decision: outcome.decision,
+            rule: outcome.rule,
+            status,
+            duration,
+            reason: outcome.reason,
+        });
+        resp
+    }
 }

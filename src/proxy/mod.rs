@@ -2,9 +2,11 @@
 
 mod connect;
 pub mod inbound;
+mod io;
 pub mod outbound;
 
 pub use connect::{ConnectError, PeerConnector};
+pub use io::CountingIo;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};

@@ -4,9 +4,11 @@
 //! destinations are refused: nothing leaves for a place nobody declared.
 
 use super::{refusal, ConnectError, PeerConnector, ProxyBody};
+use crate::audit::{self, RequestRecord};
 use crate::config::{OutboundConfig, RouteConfig};
 use crate::headers;
 use crate::identity::SpiffeId;
+use crate::metrics::{Decision, Metrics, RequestCounters};
 use crate::tls::{outbound_client_config, CredentialStore, TlsError, UpstreamProtocol};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, Request, Response, StatusCode, Uri};
@@ -18,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -30,6 +32,7 @@ pub struct Route {
     pub peer: Arc<str>,
     pub identity: SpiffeId,
     client: Client<PeerConnector, Incoming>,
+    counters: RequestCounters,
 }
 
 impl Route {
@@ -37,18 +40,22 @@ impl Route {
         store: &Arc<CredentialStore>,
         cfg: &RouteConfig,
         protocol: UpstreamProtocol,
+        metrics: &Arc<Metrics>,
     ) -> Result<Arc<Route>, TlsError> {
         let tls = outbound_client_config(store, cfg.identity.clone(), protocol)?;
-        let connector = PeerConnector::new(&cfg.peer, tls, CONNECT_TIMEOUT);
+        let connector = PeerConnector::new(&cfg.peer, tls, CONNECT_TIMEOUT, metrics.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(protocol == UpstreamProtocol::Http2)
             .build(connector);
+        let counters =
+            metrics.request_counters("outbound", metrics.peer_label(cfg.identity.as_str()));
         Ok(Arc::new(Route {
             peer: Arc::from(cfg.peer.as_str()),
             identity: cfg.identity.clone(),
             client,
+            counters,
         }))
     }
 }
@@ -57,24 +64,34 @@ impl Route {
 /// listener, plus routes that own a listener.
 pub struct Outbound {
     by_host: HashMap<String, Arc<Route>>,
+    metrics: Arc<Metrics>,
+    /// Counters of requests refused before a route was chosen.
+    unrouted: RequestCounters,
     /// Routes with a listener of their own, in config order.
     pub listener_routes: Vec<(std::net::SocketAddr, Arc<Route>)>,
 }
 
 impl Outbound {
-    pub fn new(store: &Arc<CredentialStore>, cfg: &OutboundConfig) -> Result<Arc<Self>, TlsError> {
+    pub fn new(
+        store: &Arc<CredentialStore>,
+        cfg: &OutboundConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, TlsError> {
         let mut by_host = HashMap::new();
         let mut listener_routes = Vec::new();
         for route_cfg in &cfg.routes {
-            let route = Route::new(store, route_cfg, cfg.protocol)?;
+            let route = Route::new(store, route_cfg, cfg.protocol, &metrics)?;
             if let Some(host) = &route_cfg.host {
                 by_host.insert(host.to_ascii_lowercase(), route);
             } else if let Some(listen) = route_cfg.listen {
                 listener_routes.push((listen, route));
             }
         }
+        let unrouted = metrics.request_counters("outbound", "none".to_owned());
         Ok(Arc::new(Outbound {
             by_host,
+            metrics,
+            unrouted,
             listener_routes,
         }))
     }
@@ -136,6 +153,7 @@ impl Outbound {
     }
 
     async fn handle(&self, req: Request<Incoming>, fixed: Option<&Route>) -> Response<ProxyBody> {
+        let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         let authority = parts
             .uri
@@ -148,29 +166,40 @@ impl Outbound {
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_owned)
             });
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
         let route = match (fixed, &authority) {
             (Some(route), _) => route,
             (None, Some(authority)) => match self.route_for(authority) {
                 Some(route) => route.as_ref(),
                 None => {
-                    tracing::warn!(direction = "outbound", destination = %authority, reason = "undeclared_destination", "request refused: no route declared for destination");
-                    return refusal(
+                    let resp = refusal(
                         StatusCode::FORBIDDEN,
                         format_args!(
                             "destination {authority:?} is not declared in outbound routes"
                         ),
                     );
+                    return self.record(
+                        None,
+                        &method,
+                        &path,
+                        Decision::Deny,
+                        "undeclared destination",
+                        resp,
+                        start,
+                    );
                 }
             },
             (None, None) => {
-                return refusal(
+                let resp = refusal(
                     StatusCode::BAD_REQUEST,
                     "request has no Host; cannot choose a destination",
-                )
+                );
+                return self.record(None, &method, &path, Decision::Deny, "no host", resp, start);
             }
         };
         headers::strip_outbound(&mut parts.headers);
-        let path = parts
+        let target = parts
             .uri
             .path_and_query()
             .cloned()
@@ -184,34 +213,87 @@ impl Outbound {
         parts.uri = match Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(uri_authority)
-            .path_and_query(path)
+            .path_and_query(target)
             .build()
         {
             Ok(uri) => uri,
-            Err(_) => return refusal(StatusCode::BAD_REQUEST, "invalid request target"),
+            Err(_) => {
+                let resp = refusal(StatusCode::BAD_REQUEST, "invalid request target");
+                return self.record(
+                    Some(route),
+                    &method,
+                    &path,
+                    Decision::Deny,
+                    "invalid request target",
+                    resp,
+                    start,
+                );
+            }
         };
-        match route.client.request(Request::from_parts(parts, body)).await {
+        let (resp, reason) = match route.client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Either::Left(body))
+                (
+                    Response::from_parts(parts, Either::Left(body)),
+                    "forwarded to peer",
+                )
             }
             Err(e) => match ConnectError::find(&e) {
-                Some(err) => {
-                    tracing::warn!(direction = "outbound", peer = %route.peer, expected_id = %route.identity, reason = err.reason_label(), detail = %err, "connection to peer refused");
-                    refusal(StatusCode::BAD_GATEWAY, err)
-                }
+                Some(err) => (refusal(StatusCode::BAD_GATEWAY, err), err.reason_label()),
                 None => {
                     tracing::warn!(direction = "outbound", peer = %route.peer, error = %e, "peer failed");
-                    refusal(
+                    let resp = refusal(
                         StatusCode::BAD_GATEWAY,
                         format_args!(
                             "peer {} closed the connection without a response",
                             route.peer
                         ),
-                    )
+                    );
+                    (resp, "peer failed")
                 }
             },
-        }
+        };
+        self.record(
+            Some(route),
+            &method,
+            &path,
+            Decision::Allow,
+            reason,
+            resp,
+            start,
+        )
+    }
+
+    /// Counts the request and writes its audit line.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        route: Option<&Route>,
+        method: &http::Method,
+        path: &str,
+        decision: Decision,
+        reason: &str,
+        resp: Response<ProxyBody>,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let duration = start.elapsed();
+        let status = resp.status().as_u16();
+        let counters = route.map_or(&self.unrouted, |r| &r.counters);
+        self.metrics
+            .record_request(counters, decision, status, duration.as_secs_f64());
+        audit::request(&RequestRecord {
+            direction: "outbound",
+            peer_addr: route.map(|r| &*r.peer),
+            peer_id: route.map(|r| &r.identity),
+            method: method.as_str(),
+            path,
+            decision,
+            rule: None,
+            status,
+            duration,
+            reason,
+        });
+        resp
     }
 }

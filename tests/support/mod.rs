@@ -187,6 +187,7 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
         inbound: Some(InboundConfig {
             listen: any_port(),
             app,
+            policy: None,
         }),
         outbound: None,
         admin: AdminConfig { listen: any_port() },

@@ -47,6 +47,9 @@ enum Command {
         #[arg(long, default_value_t = 15000)]
         base_port: u16,
     },
+    /// Policy tools: explain a decision, find rules that can never match.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// A tiny HTTP app that echoes what it receives (for demos and tests).
     Echo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -74,6 +77,34 @@ enum CertsCommand {
         /// Replace an existing dev CA instead of reusing it.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Decide one request as the sidecar would. Exit 0 = allow, 1 = deny, 2 = bad input.
+    Check {
+        #[arg(long)]
+        policy: PathBuf,
+        /// The caller's SPIFFE ID.
+        #[arg(long)]
+        from: String,
+        /// The port the request arrives on.
+        #[arg(long, default_value_t = 15006)]
+        port: u16,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request target as sent (normalised exactly as the proxy does).
+        #[arg(long)]
+        path: String,
+    },
+    /// Report rules that can never match. Exit 0 = clean, 1 = findings, 2 = bad input.
+    Lint {
+        #[arg(long)]
+        policy: PathBuf,
+        /// Trust domains this workload has bundles for (repeatable).
+        #[arg(long = "trust-domain", default_value = "cluster.local")]
+        trust_domains: Vec<String>,
     },
 }
 
@@ -138,6 +169,9 @@ fn parse_duration(s: &str) -> Result<time::Duration, String> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Command::Policy(cmd) = cli.command {
+        return policy_command(cmd);
+    }
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -238,6 +272,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 meshguard::demo::DemoPorts { base: base_port },
             ))
         }
+        Command::Policy(_) => unreachable!("handled in main"),
         Command::Echo { listen, name } => runtime(1)?.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -246,6 +281,98 @@ fn run(command: Command) -> anyhow::Result<()> {
             meshguard::demo::echo_app(listener, name).await;
             Ok(())
         }),
+    }
+}
+
+/// `meshguard policy ...`: prints the answer; the exit status carries it.
+fn policy_command(cmd: PolicyCommand) -> std::process::ExitCode {
+    use meshguard::policy::{lint, Policy, Request};
+    use std::process::ExitCode;
+    let bad_input = |msg: String| {
+        eprintln!("meshguard: error: {msg}");
+        ExitCode::from(2)
+    };
+    match cmd {
+        PolicyCommand::Check {
+            policy,
+            from,
+            port,
+            method,
+            path,
+        } => {
+            let policy = match Policy::load(&policy) {
+                Ok(p) => p,
+                Err(e) => return bad_input(e.to_string()),
+            };
+            let peer = match from.parse::<SpiffeId>() {
+                Ok(id) => id,
+                Err(e) => return bad_input(format!("--from {from:?}: {e}")),
+            };
+            let method = match http::Method::from_bytes(method.as_bytes()) {
+                Ok(m) => m,
+                Err(_) => return bad_input(format!("--method {method:?} is not an HTTP method")),
+            };
+            let target = match meshguard::pathnorm::normalize_path(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    return bad_input(format!("--path {path:?}: {e} (the sidecar answers 400)"))
+                }
+            };
+            let decision = policy.evaluate(&Request {
+                peer: &peer,
+                port,
+                method: &method,
+                path: target.as_path(),
+            });
+            let rule = match decision.rule() {
+                Some(rule) => format!(
+                    "rule {:?} (line {})",
+                    rule.name(),
+                    rule.line().map_or("?".into(), |l| l.to_string())
+                ),
+                None => "no rule matched: default deny".to_owned(),
+            };
+            let verdict = match decision {
+                meshguard::policy::Decision::Allow { .. } => "allow",
+                meshguard::policy::Decision::Deny { .. } => "deny",
+                meshguard::policy::Decision::AuditWouldDeny { .. } => {
+                    "deny (audit mode: the request would pass, logged as would-deny)"
+                }
+            };
+            println!(
+                "{verdict}: {method} {} from {peer} on port {port}; {rule}",
+                target.as_path()
+            );
+            if matches!(decision, meshguard::policy::Decision::Allow { .. }) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        PolicyCommand::Lint {
+            policy: path,
+            trust_domains,
+        } => {
+            let policy = match Policy::load(&path) {
+                Ok(p) => p,
+                Err(e) => return bad_input(e.to_string()),
+            };
+            let tds: Vec<&str> = trust_domains.iter().map(String::as_str).collect();
+            let findings = lint(&policy, &tds);
+            for f in &findings {
+                println!("{}: {f}", path.display());
+            }
+            if findings.is_empty() {
+                println!(
+                    "{}: {} rules, no findings",
+                    path.display(),
+                    policy.rules().len()
+                );
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
     }
 }
 

@@ -357,3 +357,72 @@ pub async fn tls_get(
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
+
+/// Sends raw request bytes over mTLS (for paths an HTTP library would
+/// refuse or tidy up) and returns the raw response text.
+pub async fn tls_raw(addr: SocketAddr, client: Arc<rustls::ClientConfig>, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("server.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut out),
+    )
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Status code of a raw HTTP/1.1 response.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Fetches the admin /metrics page.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let (status, body) = http_get(admin, "admin", "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// The value of the series `name` whose labels include all of `labels`,
+/// summed over every matching series (None when there is none).
+pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (head, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (metric, label_text) = match head.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (head, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let have: Vec<(String, String)> = label_text
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                p.split_once("=\"")
+                    .map(|(k, v)| (k.to_string(), v.trim_end_matches('"').to_string()))
+            })
+            .collect();
+        if labels
+            .iter()
+            .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+        {
+            *total.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+    }
+    total
+}

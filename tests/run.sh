@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages the tests use: a C compiler for aws-lc-sys, curl for the
-# scripts. Install only what is missing, so a warm machine starts at once.
-packages=(gcc curl ca-certificates)
+# scripts, prometheus (promtool and a real server for the metrics tests).
+# Install only what is missing, so a warm machine starts at once.
+packages=(gcc curl ca-certificates prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -17,6 +18,12 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+# The package starts a system Prometheus where systemd runs; the tests start
+# their own on loopback ports, so a running one does no harm, but stop it
+# when we can to keep the machine quiet.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    as_root systemctl stop prometheus || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -3,6 +3,7 @@
 //! deny-by-default policy must not break health checks or scraping.
 
 use crate::metrics::Metrics;
+use crate::tls::CredentialStore;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -23,14 +24,20 @@ pub struct AdminState {
     /// never key material).
     config_json: String,
     metrics: Arc<Metrics>,
+    store: Arc<CredentialStore>,
 }
 
 impl AdminState {
-    pub fn new(config_json: String, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        config_json: String,
+        metrics: Arc<Metrics>,
+        store: Arc<CredentialStore>,
+    ) -> Arc<Self> {
         Arc::new(AdminState {
             ready: AtomicBool::new(false),
             config_json,
             metrics,
+            store,
         })
     }
 
@@ -38,8 +45,10 @@ impl AdminState {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Ready when every listener is up and our SVID may be presented: an
+    /// expired SVID with no valid replacement takes the pod out of service.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.store.svid_is_valid_now()
     }
 }
 
@@ -77,7 +86,11 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if state.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/ready" if !state.store.svid_is_valid_now() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: own SVID is expired or not yet valid\n",
+        ),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n"),
         "/metrics" => {
             let mut resp = text(StatusCode::OK, state.metrics.render());
             resp.headers_mut().insert(

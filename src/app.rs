@@ -83,7 +83,8 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     publish_cert_expiry(&metrics, &store);
     let config_json =
         serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    let admin_state = AdminState::new(config_json, metrics.clone());
+    let admin_state = AdminState::new(config_json, metrics.clone(), store.clone());
+    let poll = std::time::Duration::from_millis(config.runtime.poll_interval_ms);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -118,6 +119,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
                 path,
                 policy.clone(),
                 metrics.clone(),
+                poll,
                 shutdown_rx.clone(),
             ));
         }
@@ -149,6 +151,13 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         }
     }
 
+    tasks.spawn(crate::reload::watch_credentials(
+        config.identity.clone(),
+        store.clone(),
+        metrics.clone(),
+        poll,
+        shutdown_rx.clone(),
+    ));
     admin_state.set_ready(true);
     tracing::info!(
         id = %own_id,

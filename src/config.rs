@@ -121,14 +121,23 @@ pub struct RuntimeConfig {
     /// Tokio worker threads; 1 runs a single-threaded runtime.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// How often the policy, SVID, key and bundle files are re-read, in
+    /// milliseconds (SIGHUP re-reads at once).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             workers: default_workers(),
+            poll_interval_ms: default_poll_interval_ms(),
         }
     }
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1000
 }
 
 fn default_workers() -> usize {
@@ -231,6 +240,12 @@ impl Config {
     /// Cross-field rules serde cannot express. On failure returns the
     /// message and a piece of text to locate the offending line.
     pub fn validate(&self) -> Result<(), (String, Option<String>)> {
+        if !(10..=3_600_000).contains(&self.runtime.poll_interval_ms) {
+            return Err((
+                "runtime.poll_interval_ms must be between 10 and 3600000".into(),
+                Some("poll_interval_ms".into()),
+            ));
+        }
         if self.runtime.workers == 0 {
             return Err((
                 "runtime.workers must be at least 1".into(),

@@ -1,18 +1,57 @@
-//! Reloading files that change under a running sidecar. Files are polled
-//! by content (not mtime or inotify), which sees every way they are really
-//! replaced: editors, `kubectl apply` of a ConfigMap (a `..data` symlink
-//! swap), or one file written after another. SIGHUP forces a reload now.
+//! Reloading files that change under a running sidecar: the policy, our
+//! SVID and key, and the trust bundles. Files are polled by content (not
+//! mtime or inotify), which sees every way they are really replaced:
+//! editors, a kubelet `..data` symlink swap (ConfigMaps, Secrets,
+//! csi-driver-spiffe), or spiffe-helper writing one file after another.
+//! SIGHUP forces a reload at once. A bad new file never replaces a good
+//! one: the reason is logged and counted, and the old state stays.
 
+use crate::config::IdentityConfig;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::inbound::PolicySlot;
-use std::path::PathBuf;
+use crate::tls::{crypto_provider, unix_now, CredentialStore, Svid, TrustBundles};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often watched files are re-read.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default interval between two reads of the watched files.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What woke a watcher up.
+enum Wake {
+    Tick,
+    Hangup,
+    Shutdown,
+}
+
+/// The shared loop: a tick every `interval`, SIGHUP, or shutdown.
+struct Waker {
+    tick: tokio::time::Interval,
+    hangup: Hangup,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Waker {
+    fn new(interval: Duration, shutdown: watch::Receiver<bool>) -> Waker {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Waker {
+            tick,
+            hangup: sighup(),
+            shutdown,
+        }
+    }
+
+    async fn next(&mut self) -> Wake {
+        tokio::select! {
+            _ = self.tick.tick() => Wake::Tick,
+            _ = recv_hangup(&mut self.hangup) => Wake::Hangup,
+            _ = self.shutdown.changed() => Wake::Shutdown,
+        }
+    }
+}
 
 /// Re-reads the policy file when its contents change or on SIGHUP. A new
 /// policy that does not parse is refused with its file and line, and the
@@ -21,17 +60,16 @@ pub async fn watch_policy(
     path: PathBuf,
     slot: PolicySlot,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut last_seen = std::fs::read(&path).ok().map(|b| crate::tls::sha256(&b));
-    let mut hangup = sighup();
-    let mut tick = tokio::time::interval(POLL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waker = Waker::new(interval, shutdown);
     loop {
-        let forced = tokio::select! {
-            _ = tick.tick() => false,
-            _ = recv_hangup(&mut hangup) => true,
-            _ = shutdown.changed() => return,
+        let forced = match waker.next().await {
+            Wake::Shutdown => return,
+            Wake::Hangup => true,
+            Wake::Tick => false,
         };
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
@@ -62,6 +100,170 @@ pub async fn watch_policy(
             }
         }
     }
+}
+
+/// The identity files as last read.
+struct IdentityFiles {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    bundles: Vec<(String, PathBuf, Vec<u8>)>,
+}
+
+impl IdentityFiles {
+    fn read(cfg: &IdentityConfig, own_td: &str) -> Result<IdentityFiles, String> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut bundles = vec![(own_td.to_owned(), cfg.bundle.clone(), read(&cfg.bundle)?)];
+        for (td, path) in &cfg.federated_bundles {
+            bundles.push((td.clone(), path.clone(), read(path)?));
+        }
+        Ok(IdentityFiles {
+            cert: read(&cfg.cert)?,
+            key: read(&cfg.key)?,
+            bundles,
+        })
+    }
+
+    fn svid_hash(&self) -> [u8; 32] {
+        crate::tls::sha256(&[self.cert.as_slice(), b"\0", self.key.as_slice()].concat())
+    }
+
+    fn bundle_hash(&self) -> [u8; 32] {
+        let joined: Vec<u8> = self
+            .bundles
+            .iter()
+            .flat_map(|(td, _, b)| td.bytes().chain([0]).chain(b.iter().copied()).chain([0]))
+            .collect();
+        crate::tls::sha256(&joined)
+    }
+
+    fn parse_bundles(&self) -> Result<TrustBundles, String> {
+        let mut bundles = TrustBundles::new();
+        for (td, path, pem) in &self.bundles {
+            let parsed = crate::tls::parse_bundle(pem, path).map_err(|e| e.to_string())?;
+            bundles.insert(td, parsed).map_err(|e| e.to_string())?;
+        }
+        Ok(bundles)
+    }
+}
+
+/// Watches our SVID, key and trust bundles, and keeps every open
+/// connection honest:
+/// - a changed SVID is loaded only if it is a valid X509-SVID inside its
+///   validity window, matches its key (a cert written before its key is
+///   retried when the key arrives), keeps our SPIFFE ID, and chains to our
+///   trust domain's bundle; the next handshake presents it;
+/// - changed bundles are loaded if every file parses, and then every open
+///   connection is re-verified against them (closed if no longer trusted);
+/// - at every tick, connections whose peer certificate expired are closed.
+pub async fn watch_credentials(
+    cfg: IdentityConfig,
+    store: Arc<CredentialStore>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let own_td = store.own_id().trust_domain().to_owned();
+    let (mut svid_seen, mut bundle_seen) = match IdentityFiles::read(&cfg, &own_td) {
+        Ok(files) => (Some(files.svid_hash()), Some(files.bundle_hash())),
+        Err(_) => (None, None),
+    };
+    let provider = crypto_provider();
+    let mut waker = Waker::new(interval, shutdown);
+    let mut was_valid = true;
+    loop {
+        let forced = match waker.next().await {
+            Wake::Shutdown => return,
+            Wake::Hangup => true,
+            Wake::Tick => false,
+        };
+        let now = unix_now();
+        let expired = store.live().sweep_expired(now);
+        if expired > 0 {
+            tracing::info!(
+                closed = expired,
+                reason = "peer_certificate_expired",
+                "closing connections whose peer certificate expired"
+            );
+        }
+        match IdentityFiles::read(&cfg, &own_td) {
+            Err(e) => {
+                if forced || svid_seen.is_some() {
+                    tracing::error!(kind = "credentials", error = %e, "identity files unreadable; keeping the loaded SVID and bundles");
+                    metrics.reload("credentials", false);
+                }
+                svid_seen = None;
+                bundle_seen = None;
+            }
+            Ok(files) => {
+                let (svid_hash, bundle_hash) = (files.svid_hash(), files.bundle_hash());
+                if forced || bundle_seen != Some(bundle_hash) {
+                    bundle_seen = Some(bundle_hash);
+                    reload_bundles(&files, &store, &metrics);
+                }
+                if forced || svid_seen != Some(svid_hash) {
+                    svid_seen = Some(svid_hash);
+                    reload_svid(&cfg, &files, &store, &metrics, &provider);
+                }
+            }
+        }
+        let valid = store.svid_is_valid_now();
+        if was_valid && !valid {
+            tracing::error!(id = %store.own_id(), "own SVID expired and no valid replacement was loaded: refusing handshakes, readiness is false");
+        }
+        was_valid = valid;
+    }
+}
+
+fn reload_bundles(files: &IdentityFiles, store: &CredentialStore, metrics: &Metrics) {
+    match files.parse_bundles() {
+        Ok(bundles) => {
+            let domains = bundles.trust_domains().join(",");
+            store.set_bundles(bundles);
+            let closed = store.revalidate_live();
+            crate::app::publish_cert_expiry(metrics, store);
+            metrics.reload("bundle", true);
+            tracing::info!(kind = "bundle", trust_domains = %domains, closed_connections = closed, "trust bundles reloaded");
+        }
+        Err(e) => {
+            metrics.reload("bundle", false);
+            tracing::error!(kind = "bundle", error = %e, "new trust bundle refused; the previous bundles stay in force");
+        }
+    }
+}
+
+fn reload_svid(
+    cfg: &IdentityConfig,
+    files: &IdentityFiles,
+    store: &CredentialStore,
+    metrics: &Metrics,
+    provider: &rustls::crypto::CryptoProvider,
+) {
+    let refuse = |reason: String| {
+        metrics.reload("svid", false);
+        tracing::error!(kind = "svid", error = %reason, "new SVID refused; still presenting the previous one while it is valid");
+    };
+    let svid = match Svid::from_pem(&files.cert, &files.key, &cfg.cert, &cfg.key, provider) {
+        Ok(svid) => svid,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let own = store.own_id();
+    if svid.id != own {
+        return refuse(format!(
+            "{}: new SVID is for {}, but this sidecar is {own}; an identity change needs a restart",
+            cfg.cert.display(),
+            svid.id
+        ));
+    }
+    if let Err(e) = store.check_own_chain(&svid, &store.bundles()) {
+        return refuse(format!(
+            "{}: new SVID does not chain to our trust bundle: {e}",
+            cfg.cert.display()
+        ));
+    }
+    tracing::info!(kind = "svid", id = %svid.id, not_after = svid.not_after, "SVID reloaded; new handshakes present it");
+    store.set_svid(svid);
+    crate::app::publish_cert_expiry(metrics, store);
+    metrics.reload("svid", true);
 }
 
 #[cfg(unix)]

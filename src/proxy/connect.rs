@@ -3,8 +3,9 @@
 //! as the connector of the pooled HTTP client of one outbound route.
 
 use super::CountingIo;
+use crate::identity::Role;
 use crate::metrics::{ConnectionGuard, Metrics};
-use crate::tls::{placeholder_server_name, VerifyError};
+use crate::tls::{placeholder_server_name, CredentialStore, LiveConn, VerifyError};
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -74,6 +75,7 @@ pub struct PeerConnector {
     tls: TlsConnector,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    store: Arc<CredentialStore>,
 }
 
 impl PeerConnector {
@@ -82,12 +84,14 @@ impl PeerConnector {
         tls: Arc<rustls::ClientConfig>,
         timeout: Duration,
         metrics: Arc<Metrics>,
+        store: Arc<CredentialStore>,
     ) -> Self {
         PeerConnector {
             peer: Arc::from(peer),
             tls: TlsConnector::from(tls),
             timeout,
             metrics,
+            store,
         }
     }
 
@@ -141,10 +145,15 @@ impl PeerConnector {
                 })
         };
         match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(tls)) => Ok(TokioIo::new(PeerStream {
-                tls,
-                _open: self.metrics.connection("outbound"),
-            })),
+            Ok(Ok(tls)) => {
+                let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+                let live = self.store.live().register(certs, Role::Server);
+                Ok(TokioIo::new(PeerStream {
+                    tls,
+                    live,
+                    _open: self.metrics.connection("outbound"),
+                }))
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Timeout {
                 peer,
@@ -172,6 +181,10 @@ impl tower_service::Service<Uri> for PeerConnector {
 /// negotiated so it can multiplex.
 pub struct PeerStream {
     tls: TlsStream<CountingIo<TcpStream>>,
+    /// Revoked when the peer's certificate expires or stops verifying; the
+    /// stream then reads as closed, so the pool drops it and the next
+    /// request makes a new handshake.
+    live: Arc<LiveConn>,
     _open: ConnectionGuard,
 }
 
@@ -193,6 +206,9 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.live.poll_revoked(cx) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }

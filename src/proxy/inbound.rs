@@ -9,7 +9,7 @@
 use super::{refusal, CountingIo, ProxyBody};
 use crate::audit::{self, RequestRecord};
 use crate::headers::{self, PeerHeaders};
-use crate::identity::SpiffeId;
+use crate::identity::{Role, SpiffeId};
 use crate::metrics::{Decision, Metrics, RequestCounters};
 use crate::pathnorm::normalize_path;
 use crate::policy::{self, Permit, Policy};
@@ -163,22 +163,44 @@ impl Inbound {
             headers,
             counters,
         });
+        // Registered for continuous validation: closed if the peer's
+        // certificate expires or its CA leaves the bundle.
+        let live = self.store.live().register(
+            session.peer_certificates().unwrap_or_default(),
+            Role::Client,
+        );
         let this = self.clone();
         let service = service_fn(move |req| {
             let (this, peer) = (this.clone(), peer.clone());
             async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
         });
         let io = TokioIo::new(tls);
+        // Serve until done; if the peer's proof lapses, finish what is in
+        // flight (graceful shutdown: GOAWAY / Connection: close) and close.
+        macro_rules! serve_until_revoked {
+            ($conn:expr) => {{
+                let conn = $conn;
+                tokio::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    why = live.revoked() => {
+                        tracing::info!(target: audit::TARGET, event = "connection_closed", direction = "inbound", peer_addr = %addr, reason = why.as_str(), "closing connection: the peer's certificate no longer verifies");
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }};
+        }
         let result = if h2 {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(io, service)
-                .await
+            serve_until_revoked!(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, service)
+            )
         } else {
-            hyper::server::conn::http1::Builder::new()
+            serve_until_revoked!(hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .serve_connection(io, service)
-                .await
+                .serve_connection(io, service))
         };
         if let Err(e) = result {
             tracing::debug!(direction = "inbound", peer_addr = %addr, error = %e, "connection ended with an error");

@@ -43,7 +43,13 @@ impl Route {
         metrics: &Arc<Metrics>,
     ) -> Result<Arc<Route>, TlsError> {
         let tls = outbound_client_config(store, cfg.identity.clone(), protocol)?;
-        let connector = PeerConnector::new(&cfg.peer, tls, CONNECT_TIMEOUT, metrics.clone());
+        let connector = PeerConnector::new(
+            &cfg.peer,
+            tls,
+            CONNECT_TIMEOUT,
+            metrics.clone(),
+            store.clone(),
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -65,6 +71,7 @@ impl Route {
 pub struct Outbound {
     by_host: HashMap<String, Arc<Route>>,
     metrics: Arc<Metrics>,
+    store: Arc<CredentialStore>,
     /// Counters of requests refused before a route was chosen.
     unrouted: RequestCounters,
     /// Routes with a listener of their own, in config order.
@@ -91,6 +98,7 @@ impl Outbound {
         Ok(Arc::new(Outbound {
             by_host,
             metrics,
+            store: store.clone(),
             unrouted,
             listener_routes,
         }))
@@ -198,6 +206,21 @@ impl Outbound {
                 return self.record(None, &method, &path, Decision::Deny, "no host", resp, start);
             }
         };
+        if !self.store.svid_is_valid_now() {
+            let resp = refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "own SVID has expired and no valid replacement is loaded",
+            );
+            return self.record(
+                Some(route),
+                &method,
+                &path,
+                Decision::Deny,
+                "own SVID expired",
+                resp,
+                start,
+            );
+        }
         headers::strip_outbound(&mut parts.headers);
         let target = parts
             .uri

@@ -2,12 +2,16 @@
 //! held behind atomically swappable pointers so that a reload is seen by the
 //! next handshake without any lock on the handshake path.
 
+use super::live::LiveConnections;
+use super::verify::{verify_peer, VerifyError};
 use super::{bundle::TrustBundles, unix_now, TlsError};
 use crate::identity::{check_svid_leaf, svid_validity, Role, SpiffeId};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::UnixTime;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
@@ -114,6 +118,9 @@ impl Svid {
 pub struct CredentialStore {
     svid: ArcSwap<Svid>,
     bundles: ArcSwap<TrustBundles>,
+    /// Open mTLS connections, re-checked when bundles change or peers expire.
+    live: LiveConnections,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl CredentialStore {
@@ -129,7 +136,43 @@ impl CredentialStore {
         Ok(Arc::new(CredentialStore {
             svid: ArcSwap::from_pointee(svid),
             bundles: ArcSwap::from_pointee(bundles),
+            live: LiveConnections::default(),
+            algorithms: super::crypto_provider().signature_verification_algorithms,
         }))
+    }
+
+    /// The registry of open connections.
+    pub fn live(&self) -> &LiveConnections {
+        &self.live
+    }
+
+    /// True while our own SVID may be presented. Once it expires without a
+    /// valid replacement, handshakes fail closed and readiness goes false.
+    pub fn svid_is_valid_now(&self) -> bool {
+        self.svid.load().is_valid_at(unix_now())
+    }
+
+    /// Checks that `svid` chains to a root of its own trust domain in
+    /// `bundles`: a replacement peers would refuse is not worth presenting.
+    pub fn check_own_chain(&self, svid: &Svid, bundles: &TrustBundles) -> Result<(), VerifyError> {
+        let chain = &svid.key.cert;
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| VerifyError::InvalidCert("empty chain".into()))?;
+        verify_peer(
+            bundles,
+            &self.algorithms,
+            leaf,
+            intermediates,
+            UnixTime::now(),
+            Role::Server,
+        )
+        .map(|_| ())
+    }
+
+    /// Re-verifies every open connection against the current bundles.
+    pub fn revalidate_live(&self) -> usize {
+        self.live.revalidate(&self.bundles.load(), &self.algorithms)
     }
 
     pub fn svid(&self) -> Arc<Svid> {

@@ -4,11 +4,13 @@
 
 mod bundle;
 mod creds;
+mod live;
 mod verify;
 
-pub use bundle::{DomainBundle, TrustBundles};
+pub use bundle::{parse_bundle, DomainBundle, TrustBundles};
 pub use creds::{CredentialStore, Svid};
-pub use verify::{handshake_failure, InboundVerifier, OutboundVerifier, VerifyError};
+pub use live::{LiveConn, LiveConnections, Revocation};
+pub use verify::{handshake_failure, verify_peer, InboundVerifier, OutboundVerifier, VerifyError};
 
 use crate::identity::SpiffeId;
 use rustls::crypto::CryptoProvider;

@@ -4,6 +4,7 @@
 //! real implementation. The outbound verifier also requires the exact
 //! SPIFFE ID expected for the destination.
 
+use super::bundle::TrustBundles;
 use super::creds::CredentialStore;
 use crate::identity::{check_svid_leaf, Role, SpiffeId, SvidError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -102,6 +103,56 @@ impl From<VerifyError> for rustls::Error {
     }
 }
 
+/// Verifies a peer's chain as an X509-SVID for `role`: the leaf rules, then
+/// RFC 5280 path validation against the bundle of the leaf's own trust
+/// domain. Used inside handshakes and again when bundles change, to
+/// re-check connections that are already open.
+pub fn verify_peer(
+    bundles: &TrustBundles,
+    algorithms: &WebPkiSupportedAlgorithms,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    role: Role,
+) -> Result<SpiffeId, VerifyError> {
+    let now_secs = now.as_secs() as i64;
+    let id = check_svid_leaf(end_entity, role, now_secs).map_err(|e| match e {
+        SvidError::Expired { .. } => VerifyError::Expired(e),
+        SvidError::NotYetValid { .. } => VerifyError::NotYetValid(e),
+        other => VerifyError::NotSvid(other),
+    })?;
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(VerifyError::ChainTooLong(intermediates.len()));
+    }
+    let td = id.trust_domain();
+    let bundle = bundles
+        .get(td)
+        .ok_or_else(|| VerifyError::UnknownTrustDomain(td.to_owned()))?;
+    let cert = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(|e| VerifyError::InvalidCert(format!("{e:?}")))?;
+    let usage = match role {
+        Role::Client => webpki::KeyUsage::client_auth(),
+        Role::Server => webpki::KeyUsage::server_auth(),
+    };
+    cert.verify_for_usage(
+        algorithms.all,
+        &bundle.anchors,
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(|e| match e {
+        // A same-named but different CA shows up as a bad signature.
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            VerifyError::UnknownCa(td.to_owned())
+        }
+        other => VerifyError::InvalidChain(format!("{other:?}")),
+    })?;
+    Ok(id)
+}
+
 /// The checks shared by both directions.
 #[derive(Debug)]
 struct SvidChecker {
@@ -117,43 +168,14 @@ impl SvidChecker {
         now: UnixTime,
         role: Role,
     ) -> Result<SpiffeId, VerifyError> {
-        let now_secs = now.as_secs() as i64;
-        let id = check_svid_leaf(end_entity, role, now_secs).map_err(|e| match e {
-            SvidError::Expired { .. } => VerifyError::Expired(e),
-            SvidError::NotYetValid { .. } => VerifyError::NotYetValid(e),
-            other => VerifyError::NotSvid(other),
-        })?;
-        if intermediates.len() > MAX_INTERMEDIATES {
-            return Err(VerifyError::ChainTooLong(intermediates.len()));
-        }
-        let bundles = self.store.bundles();
-        let td = id.trust_domain();
-        let bundle = bundles
-            .get(td)
-            .ok_or_else(|| VerifyError::UnknownTrustDomain(td.to_owned()))?;
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| VerifyError::InvalidCert(format!("{e:?}")))?;
-        let usage = match role {
-            Role::Client => webpki::KeyUsage::client_auth(),
-            Role::Server => webpki::KeyUsage::server_auth(),
-        };
-        cert.verify_for_usage(
-            self.algorithms.all,
-            &bundle.anchors,
+        verify_peer(
+            &self.store.bundles(),
+            &self.algorithms,
+            end_entity,
             intermediates,
             now,
-            usage,
-            None,
-            None,
+            role,
         )
-        .map_err(|e| match e {
-            // A same-named but different CA shows up as a bad signature.
-            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
-                VerifyError::UnknownCa(td.to_owned())
-            }
-            other => VerifyError::InvalidChain(format!("{other:?}")),
-        })?;
-        Ok(id)
     }
 
     fn tls13_signature(

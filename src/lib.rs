@@ -15,3 +15,5 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod tls;
+pub mod inject;
+pub mod iptables;

@@ -57,6 +57,10 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+    /// Add the sidecar to Kubernetes manifests (files or stdin) and print them.
+    Inject(meshguard::inject::InjectArgs),
+    /// Set up traffic capture with iptables/ip6tables (the pod's init container).
+    InitIptables(meshguard::iptables::InitIptablesArgs),
 }
 
 #[derive(Subcommand)]
@@ -273,6 +277,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             ))
         }
         Command::Policy(_) => unreachable!("handled in main"),
+        Command::Inject(args) => Ok(meshguard::inject::run(&args)?),
+        Command::InitIptables(args) => Ok(meshguard::iptables::run(&args)?),
         Command::Echo { listen, name } => runtime(1)?.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

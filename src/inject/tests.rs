@@ -327,3 +327,92 @@ fn changing_an_annotation_and_injecting_again_updates_the_sidecar() {
     );
     assert_eq!(second.yaml.matches("name: meshguard-init").count(), 1);
 }
+
+// ---- deploy/ ----------------------------------------------------------------
+
+fn deploy_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn example_files() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(deploy_dir().join("example"))
+        .expect("deploy/example")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// deploy/example-injected/ is what `meshguard inject` (default options)
+/// makes of deploy/example/; `UPDATE_GOLDEN=1` regenerates it.
+#[test]
+fn deploy_example_injected_is_the_output_of_inject() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let files = example_files();
+    assert!(files.len() >= 4);
+    for file in files {
+        let name = file.file_name().expect("file name");
+        let input = std::fs::read_to_string(&file).expect("readable");
+        let out = inject(&input, &InjectOptions::default()).expect("injects");
+        let target = deploy_dir().join("example-injected").join(name);
+        if update {
+            std::fs::write(&target, &out.yaml).expect("write");
+        }
+        let expected = std::fs::read_to_string(&target).unwrap_or_default();
+        assert_eq!(
+            out.yaml,
+            expected,
+            "{} is stale (UPDATE_GOLDEN=1)",
+            target.display()
+        );
+        for r in &out.reports {
+            assert!(
+                r.skipped.is_none() || r.skipped == Some(SkipReason::UnsupportedKind),
+                "{r:?}"
+            );
+            assert!(r.warnings.is_empty(), "{r:?}");
+        }
+    }
+}
+
+/// The sidecar configs and policies in deploy/example load, and listen
+/// where the injector's capture rules and probes expect them.
+#[test]
+fn deploy_example_configs_load_and_match_the_injected_ports() {
+    use crate::iptables::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+    use serde::Deserialize;
+    let (mut configs, mut policies) = (0, 0);
+    for file in example_files() {
+        let text = std::fs::read_to_string(&file).expect("readable");
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).expect("yaml");
+            let Some(data) = v.get("data").and_then(Value::as_mapping) else {
+                continue;
+            };
+            if let Some(cfg) = data.get(sidecar::CONFIG_FILE).and_then(Value::as_str) {
+                let c = crate::config::Config::from_yaml(cfg, "example", std::path::Path::new("/"))
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                assert_eq!(c.admin.listen.port(), ADMIN_PORT);
+                assert!(
+                    !c.admin.listen.ip().is_loopback(),
+                    "kubelet probes the pod IP"
+                );
+                if let Some(i) = &c.inbound {
+                    assert_eq!(i.listen.port(), INBOUND_PORT);
+                    assert!(i.app.ip().is_loopback());
+                }
+                if let Some(listen) = c.outbound.as_ref().and_then(|o| o.listen) {
+                    assert_eq!(listen.port(), OUTBOUND_PORT);
+                }
+                configs += 1;
+            }
+            if let Some(p) = data.get(sidecar::POLICY_FILE).and_then(Value::as_str) {
+                crate::policy::Policy::from_yaml(p, "policy.yaml")
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                policies += 1;
+            }
+        }
+    }
+    assert_eq!((configs, policies), (2, 1));
+}

@@ -244,3 +244,75 @@ fn injected_output_validates_against_kubernetes_schemas() {
         "kubernetes-validate refused some output (see above)"
     );
 }
+
+/// Deletes a network namespace when dropped, so a failing test cleans up.
+struct NetNs(String);
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn tool_works(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The real iptables/ip6tables accept every rule, and a second run leaves
+/// the same table (flushes, no duplicate jumps). Needs root, `ip` and
+/// iptables; skipped with a note otherwise. The full capture test (two pod
+/// namespaces, traffic through the rules) is separate.
+#[test]
+fn init_iptables_applies_and_reapplies_in_a_network_namespace() {
+    let root_user = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| text(&o.stdout).trim() == "0");
+    if !root_user || !tool_works("ip", "-V") || !tool_works("iptables", "--version") {
+        eprintln!("skipped: needs root, iproute2 and iptables");
+        return;
+    }
+    let ns = NetNs(format!("mg-inject-cli-{}", std::process::id()));
+    let added = Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .expect("ip runs");
+    assert!(added.success());
+    let in_ns = |args: &[&str]| -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0])
+            .args(args)
+            .output()
+            .expect("ip netns exec runs")
+    };
+    let bin = env!("CARGO_BIN_EXE_meshguard");
+    let capture = [
+        bin,
+        "init-iptables",
+        "--exclude-outbound-cidrs",
+        "10.96.0.0/12,fd00::/8",
+    ];
+    let first = in_ns(&capture);
+    assert!(
+        first.status.success(),
+        "{}{}",
+        text(&first.stdout),
+        text(&first.stderr)
+    );
+    let table = |program: &str| text(&in_ns(&[program, "-t", "nat", "-S"]).stdout);
+    let (v4, v6) = (table("iptables"), table("ip6tables"));
+    let second = in_ns(&capture);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(table("iptables"), v4, "a re-run must leave the same table");
+    assert_eq!(table("ip6tables"), v6);
+    for (t, lo) in [(&v4, "127.0.0.1/32"), (&v6, "::1/128")] {
+        assert_eq!(t.matches("-j MESHGUARD_INBOUND").count(), 2, "{t}");
+        assert!(t.contains("-A MESHGUARD_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006"));
+        assert!(t.contains(&format!("! -d {lo} -o lo -p tcp -m owner --uid-owner 2110")));
+    }
+    assert!(v4.contains("-d 10.96.0.0/12 -j RETURN") && !v4.contains("fd00::"));
+    assert!(v6.contains("-d fd00::/8 -j RETURN") && !v6.contains("10.96."));
+}

@@ -254,8 +254,7 @@ pub(super) fn settings(
     })
 }
 
-/// Whether a value would be rejected as an annotation under any reading,
-/// shown in errors as written.
+/// An annotation value as text, for error messages.
 fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

@@ -230,7 +230,7 @@ fn process(input: &str, op: Op<'_>) -> Result<Processed, InjectError> {
         working
             .apply_merge()
             .map_err(|e| malformed(format!("merge keys: {e}")))?;
-        yaml::fix_octal_modes(&mut working);
+        normalize_templates(&mut working);
         let before = working.clone();
         let mut doc_reports = Vec::new();
         match &mut working {
@@ -280,6 +280,32 @@ fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str
         }
         ("batch", "CronJob") => Some(&["spec", "jobTemplate", "spec", "template"]),
         _ => None,
+    }
+}
+
+/// Applies [`yaml::fix_octal_modes`] to pod templates only: a ConfigMap
+/// value `mode: "0644"` is a string and must stay one.
+fn normalize_templates(doc: &mut Value) {
+    let fix_object = |obj: &mut Value| {
+        let field = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default();
+        let Some(path) = template_path(field("apiVersion"), field("kind")) else {
+            return;
+        };
+        let mut node = Some(obj);
+        for key in path {
+            node = node.and_then(|n| n.get_mut(*key));
+        }
+        if let Some(template) = node {
+            yaml::fix_octal_modes(template);
+        }
+    };
+    match doc {
+        Value::Mapping(m) if is_list(m) => {
+            if let Some(items) = m.get_mut("items").and_then(Value::as_sequence_mut) {
+                items.iter_mut().for_each(fix_object);
+            }
+        }
+        other => fix_object(other),
     }
 }
 

@@ -416,3 +416,11 @@ fn deploy_example_configs_load_and_match_the_injected_ports() {
     }
     assert_eq!((configs, policies), (2, 1));
 }
+
+#[test]
+fn octal_file_modes_are_numbers_in_pod_templates_only() {
+    let input = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: c}\n  data:\n    mode: \"0644\"\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p}\n  spec:\n    containers:\n    - name: a\n      image: a\n      ports: [{containerPort: 80}]\n    volumes:\n    - name: v\n      configMap: {name: c, defaultMode: 0644}\n";
+    let out = inject(input, &test_options()).unwrap().yaml;
+    assert!(out.contains("    mode: '0644'\n"), "{out}");
+    assert!(out.contains("      defaultMode: 420\n"), "{out}");
+}

@@ -171,7 +171,7 @@ fn values(yaml: &str) -> Vec<serde_norway::Value> {
         .map(|d| {
             let mut v = serde_norway::Value::deserialize(d).expect("valid yaml");
             v.apply_merge().expect("merge");
-            yaml::fix_octal_modes(&mut v);
+            normalize_templates(&mut v);
             v
         })
         .filter(|v| !v.is_null())

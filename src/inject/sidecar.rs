@@ -42,6 +42,8 @@ pub const CSI_FS_GROUP_ATTRIBUTE: &str = "spiffe.csi.cert-manager.io/fs-group";
 /// Environment of the sidecar (the contract with `meshguard run`).
 pub const ENV_LOG_FORMAT: &str = "MESHGUARD_LOG_FORMAT";
 pub const ENV_APP_PROBES: &str = "MESHGUARD_APP_PROBES";
+/// Where the probe forwarder listens (set together with the probes).
+pub const ENV_PROBE_LISTEN: &str = "MESHGUARD_PROBE_LISTEN";
 pub const ENV_SHUTDOWN_LISTEN: &str = "MESHGUARD_SHUTDOWN_LISTEN";
 
 fn resources(r: &ProxyResources) -> Value {
@@ -209,6 +211,11 @@ pub(super) fn sidecar_container(
     let c = &settings.capture;
     let mut env = vec![map([("name", s(ENV_LOG_FORMAT)), ("value", s("json"))])];
     if has_app_probes {
+        // Not loopback: kubelet calls the probe port on the pod IP.
+        env.push(map([
+            ("name", s(ENV_PROBE_LISTEN)),
+            ("value", s(&format!("[::]:{}", c.probe_port))),
+        ]));
         env.push(map([
             ("name", s(ENV_APP_PROBES)),
             (

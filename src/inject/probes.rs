@@ -12,6 +12,34 @@
 //! `<container>/<kind>` to a [`ProbeRecord`]. Injection reads it back to
 //! restore the probes, and the sidecar receives it through the downward
 //! API (env `MESHGUARD_APP_PROBES`). These types are that contract.
+//!
+//! # What the sidecar's probe forwarder must do
+//!
+//! - Listen on `MESHGUARD_PROBE_LISTEN` (`[::]:15020`) when it and
+//!   `MESHGUARD_APP_PROBES` are set; refuse to start if the JSON does not
+//!   parse ([`parse_app_probes`]). The port is outside capture and policy.
+//! - Answer only `GET`/`HEAD` on exactly `/app-probe/<key>` for a key in
+//!   the map (any query string ignored); everything else is 404. Never
+//!   forward a path or header taken from the request: the port is open to
+//!   the network, so it must run only the recorded probes.
+//! - Dial the app on loopback only (`127.0.0.1:port`, then `[::1]:port` if
+//!   refused). The capture rules send the proxy's own connections to its
+//!   pod IP into the inbound listener, so never dial the pod IP.
+//! - `http`: GET `path` (query included) over HTTP/1.1, or TLS without
+//!   certificate verification and without SNI for `HTTPS` (kubelet does
+//!   not verify either); send the recorded `headers` (they replace
+//!   defaults, `Host` included), else `Host: 127.0.0.1:<port>`, the
+//!   kubelet's `User-Agent` and `Accept: */*`. Follow redirects to the same
+//!   host up to 10 times; a redirect elsewhere counts as success, as in
+//!   kubelet. Success is a final status 200-399.
+//! - `tcp`: success when a connection opens; close it at once.
+//! - `grpc`: `grpc.health.v1.Health/Check` over h2c with `service` (empty
+//!   when absent); success is `SERVING`.
+//! - Give up after `timeoutSeconds` (less a small margin, so the answer
+//!   reaches kubelet within its own timeout of the same length).
+//! - Answer 200 on success and 503 on failure, with a one-line plain-text
+//!   reason (status received, connection refused, timeout); never pass the
+//!   app's status through, since kubelet would follow a 3xx to the sidecar.
 
 use super::yaml::{get_str, map, n, replace_entry, s};
 use crate::iptables::PortRange;

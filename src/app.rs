@@ -5,12 +5,10 @@
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicyError};
+use crate::policy::PolicyError;
 use crate::proxy::inbound::{Inbound, PolicySlot};
 use crate::proxy::{bind, outbound::Outbound, BindError};
-use crate::tls::{
-    crypto_provider, inbound_server_config, CredentialStore, Svid, TlsError, TrustBundles,
-};
+use crate::tls::{inbound_server_config, CredentialStore, TlsError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -52,29 +50,20 @@ impl Running {
     }
 }
 
-/// Loads our SVID and the trust bundles named in the config.
-pub fn load_credentials(config: &Config) -> Result<Arc<CredentialStore>, TlsError> {
-    let provider = crypto_provider();
-    let id = &config.identity;
-    let svid = Svid::load(&id.cert, &id.key, &provider)?;
-    let mut bundles = TrustBundles::new();
-    bundles.load_domain(svid.id.trust_domain(), &id.bundle)?;
-    for (td, path) in &id.federated_bundles {
-        bundles.load_domain(td, path)?;
-    }
-    CredentialStore::new(svid, bundles)
-}
-
 /// Starts every part of the sidecar described by `config`. Returns once all
 /// listeners are bound (so readiness is true).
 pub async fn start(config: &Config) -> Result<Running, AppError> {
-    let store = load_credentials(config)?;
+    let (store, loaded_files) = crate::reload::load_credentials(&config.identity)?;
     let own_id = store.own_id();
     let policy_path = config.inbound.as_ref().and_then(|i| i.policy.clone());
-    let policy: PolicySlot = Arc::new(arc_swap::ArcSwapOption::from(match &policy_path {
-        Some(path) => Some(Arc::new(Policy::load(path)?)),
-        None => None,
-    }));
+    let (policy, policy_hash) = match &policy_path {
+        Some(path) => {
+            let (policy, hash) = crate::reload::load_policy(path)?;
+            (Some(Arc::new(policy)), hash)
+        }
+        None => (None, [0; 32]),
+    };
+    let policy: PolicySlot = Arc::new(arc_swap::ArcSwapOption::from(policy));
     let known_peers = config
         .outbound
         .iter()
@@ -118,6 +107,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             tasks.spawn(crate::reload::watch_policy(
                 path,
                 policy.clone(),
+                policy_hash,
                 metrics.clone(),
                 poll,
                 shutdown_rx.clone(),
@@ -154,6 +144,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     tasks.spawn(crate::reload::watch_credentials(
         config.identity.clone(),
         store.clone(),
+        loaded_files,
         metrics.clone(),
         poll,
         shutdown_rx.clone(),

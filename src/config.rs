@@ -78,6 +78,10 @@ pub struct OutboundConfig {
     /// HTTP version spoken on the mTLS hop to peers.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// Idle pooled connections kept per peer (default: no limit). 0 makes
+    /// every request a new connection and handshake.
+    #[serde(default)]
+    pub max_idle_per_peer: Option<usize>,
     /// Declared destinations. Anything else is refused.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,

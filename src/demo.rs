@@ -119,6 +119,7 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> anyhow::Result<()> {
             outbound: Some(OutboundConfig {
                 listen: Some(ports.addr(off + 1)),
                 protocol: Default::default(),
+                max_idle_per_peer: None,
                 routes: vec![RouteConfig {
                     host: Some(format!("{other}.default.svc.cluster.local")),
                     listen: None,

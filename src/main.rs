@@ -399,6 +399,7 @@ fn config_from_flags(args: &RunArgs) -> anyhow::Result<Config> {
         (Some(listen), Some(peer), Some(identity)) => Some(OutboundConfig {
             listen: None,
             protocol: Default::default(),
+            max_idle_per_peer: None,
             routes: vec![RouteConfig {
                 host: None,
                 listen: Some(listen),

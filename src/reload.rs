@@ -10,7 +10,9 @@ use crate::config::IdentityConfig;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::inbound::PolicySlot;
-use crate::tls::{crypto_provider, unix_now, CredentialStore, Svid, TrustBundles};
+use crate::tls::{
+    crypto_provider, parse_bundle, unix_now, CredentialStore, Svid, TlsError, TrustBundles,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,11 +61,12 @@ impl Waker {
 pub async fn watch_policy(
     path: PathBuf,
     slot: PolicySlot,
+    loaded: [u8; 32],
     metrics: Arc<Metrics>,
     interval: Duration,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut last_seen = std::fs::read(&path).ok().map(|b| crate::tls::sha256(&b));
+    let mut last_seen = Some(loaded);
     let mut waker = Waker::new(interval, shutdown);
     loop {
         let forced = match waker.next().await {
@@ -102,24 +105,31 @@ pub async fn watch_policy(
     }
 }
 
-/// The identity files as last read.
+/// The identity files as read at one moment.
 struct IdentityFiles {
     cert: Vec<u8>,
     key: Vec<u8>,
-    bundles: Vec<(String, PathBuf, Vec<u8>)>,
+    own_bundle: Vec<u8>,
+    federated: Vec<(String, PathBuf, Vec<u8>)>,
 }
 
 impl IdentityFiles {
-    fn read(cfg: &IdentityConfig, own_td: &str) -> Result<IdentityFiles, String> {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let mut bundles = vec![(own_td.to_owned(), cfg.bundle.clone(), read(&cfg.bundle)?)];
+    fn read(cfg: &IdentityConfig) -> Result<IdentityFiles, TlsError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let mut federated = Vec::new();
         for (td, path) in &cfg.federated_bundles {
-            bundles.push((td.clone(), path.clone(), read(path)?));
+            federated.push((td.clone(), path.clone(), read(path)?));
         }
         Ok(IdentityFiles {
             cert: read(&cfg.cert)?,
             key: read(&cfg.key)?,
-            bundles,
+            own_bundle: read(&cfg.bundle)?,
+            federated,
         })
     }
 
@@ -128,22 +138,66 @@ impl IdentityFiles {
     }
 
     fn bundle_hash(&self) -> [u8; 32] {
-        let joined: Vec<u8> = self
-            .bundles
-            .iter()
-            .flat_map(|(td, _, b)| td.bytes().chain([0]).chain(b.iter().copied()).chain([0]))
-            .collect();
+        let mut joined = self.own_bundle.clone();
+        for (td, _, pem) in &self.federated {
+            joined.push(0);
+            joined.extend_from_slice(td.as_bytes());
+            joined.push(0);
+            joined.extend_from_slice(pem);
+        }
         crate::tls::sha256(&joined)
     }
 
-    fn parse_bundles(&self) -> Result<TrustBundles, String> {
+    fn parse_svid(
+        &self,
+        cfg: &IdentityConfig,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<Svid, TlsError> {
+        Svid::from_pem(&self.cert, &self.key, &cfg.cert, &cfg.key, provider)
+    }
+
+    fn parse_bundles(&self, cfg: &IdentityConfig, own_td: &str) -> Result<TrustBundles, TlsError> {
         let mut bundles = TrustBundles::new();
-        for (td, path, pem) in &self.bundles {
-            let parsed = crate::tls::parse_bundle(pem, path).map_err(|e| e.to_string())?;
-            bundles.insert(td, parsed).map_err(|e| e.to_string())?;
+        bundles.insert(own_td, parse_bundle(&self.own_bundle, &cfg.bundle)?)?;
+        for (td, path, pem) in &self.federated {
+            bundles.insert(td, parse_bundle(pem, path)?)?;
         }
         Ok(bundles)
     }
+}
+
+/// Fingerprints of the identity files that were loaded, so a watcher acts
+/// on changes made after the load (and only on those).
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedFiles {
+    svid: [u8; 32],
+    bundles: [u8; 32],
+}
+
+/// Loads our SVID and the trust bundles named in `cfg`, from one read of
+/// the files.
+pub fn load_credentials(
+    cfg: &IdentityConfig,
+) -> Result<(Arc<CredentialStore>, LoadedFiles), TlsError> {
+    let files = IdentityFiles::read(cfg)?;
+    let svid = files.parse_svid(cfg, &crypto_provider())?;
+    let bundles = files.parse_bundles(cfg, svid.id.trust_domain())?;
+    let loaded = LoadedFiles {
+        svid: files.svid_hash(),
+        bundles: files.bundle_hash(),
+    };
+    Ok((CredentialStore::new(svid, bundles)?, loaded))
+}
+
+/// Loads the policy file, returning it with the fingerprint of its text.
+pub fn load_policy(path: &Path) -> Result<(Policy, [u8; 32]), crate::policy::PolicyError> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| crate::policy::PolicyError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    let policy = Policy::from_yaml(&String::from_utf8_lossy(&bytes), &file)?;
+    Ok((policy, crate::tls::sha256(&bytes)))
 }
 
 /// Watches our SVID, key and trust bundles, and keeps every open
@@ -158,15 +212,13 @@ impl IdentityFiles {
 pub async fn watch_credentials(
     cfg: IdentityConfig,
     store: Arc<CredentialStore>,
+    loaded: LoadedFiles,
     metrics: Arc<Metrics>,
     interval: Duration,
     shutdown: watch::Receiver<bool>,
 ) {
     let own_td = store.own_id().trust_domain().to_owned();
-    let (mut svid_seen, mut bundle_seen) = match IdentityFiles::read(&cfg, &own_td) {
-        Ok(files) => (Some(files.svid_hash()), Some(files.bundle_hash())),
-        Err(_) => (None, None),
-    };
+    let (mut svid_seen, mut bundle_seen) = (Some(loaded.svid), Some(loaded.bundles));
     let provider = crypto_provider();
     let mut waker = Waker::new(interval, shutdown);
     let mut was_valid = true;
@@ -185,7 +237,7 @@ pub async fn watch_credentials(
                 "closing connections whose peer certificate expired"
             );
         }
-        match IdentityFiles::read(&cfg, &own_td) {
+        match IdentityFiles::read(&cfg) {
             Err(e) => {
                 if forced || svid_seen.is_some() {
                     tracing::error!(kind = "credentials", error = %e, "identity files unreadable; keeping the loaded SVID and bundles");
@@ -198,7 +250,7 @@ pub async fn watch_credentials(
                 let (svid_hash, bundle_hash) = (files.svid_hash(), files.bundle_hash());
                 if forced || bundle_seen != Some(bundle_hash) {
                     bundle_seen = Some(bundle_hash);
-                    reload_bundles(&files, &store, &metrics);
+                    reload_bundles(&cfg, &files, &own_td, &store, &metrics);
                 }
                 if forced || svid_seen != Some(svid_hash) {
                     svid_seen = Some(svid_hash);
@@ -214,8 +266,14 @@ pub async fn watch_credentials(
     }
 }
 
-fn reload_bundles(files: &IdentityFiles, store: &CredentialStore, metrics: &Metrics) {
-    match files.parse_bundles() {
+fn reload_bundles(
+    cfg: &IdentityConfig,
+    files: &IdentityFiles,
+    own_td: &str,
+    store: &CredentialStore,
+    metrics: &Metrics,
+) {
+    match files.parse_bundles(cfg, own_td) {
         Ok(bundles) => {
             let domains = bundles.trust_domains().join(",");
             store.set_bundles(bundles);
@@ -242,7 +300,7 @@ fn reload_svid(
         metrics.reload("svid", false);
         tracing::error!(kind = "svid", error = %reason, "new SVID refused; still presenting the previous one while it is valid");
     };
-    let svid = match Svid::from_pem(&files.cert, &files.key, &cfg.cert, &cfg.key, provider) {
+    let svid = match files.parse_svid(cfg, provider) {
         Ok(svid) => svid,
         Err(e) => return refuse(e.to_string()),
     };

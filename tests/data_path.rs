@@ -227,6 +227,7 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
     cfg.outbound = Some(OutboundConfig {
         listen: None,
         protocol: UpstreamProtocol::Http1,
+        max_idle_per_peer: None,
         routes: vec![RouteConfig {
             host: None,
             listen: Some(any_port()),

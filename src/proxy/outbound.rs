@@ -40,6 +40,7 @@ impl Route {
         store: &Arc<CredentialStore>,
         cfg: &RouteConfig,
         protocol: UpstreamProtocol,
+        max_idle: usize,
         metrics: &Arc<Metrics>,
     ) -> Result<Arc<Route>, TlsError> {
         let tls = outbound_client_config(store, cfg.identity.clone(), protocol)?;
@@ -53,6 +54,7 @@ impl Route {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(max_idle)
             .http2_only(protocol == UpstreamProtocol::Http2)
             .build(connector);
         let counters =
@@ -87,7 +89,13 @@ impl Outbound {
         let mut by_host = HashMap::new();
         let mut listener_routes = Vec::new();
         for route_cfg in &cfg.routes {
-            let route = Route::new(store, route_cfg, cfg.protocol, &metrics)?;
+            let route = Route::new(
+                store,
+                route_cfg,
+                cfg.protocol,
+                cfg.max_idle_per_peer.unwrap_or(usize::MAX),
+                &metrics,
+            )?;
             if let Some(host) = &route_cfg.host {
                 by_host.insert(host.to_ascii_lowercase(), route);
             } else if let Some(listen) = route_cfg.listen {

@@ -208,6 +208,7 @@ pub fn outbound_config(
         outbound: Some(OutboundConfig {
             listen: Some(any_port()),
             protocol: Default::default(),
+            max_idle_per_peer: None,
             routes: vec![RouteConfig {
                 host: Some(host.into()),
                 listen: None,

@@ -17,3 +17,4 @@ pub mod reload;
 pub mod tls;
 pub mod inject;
 pub mod iptables;
+pub mod probe;

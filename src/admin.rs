@@ -20,6 +20,8 @@ use tokio::sync::watch;
 pub struct AdminState {
     /// True once identity is loaded and every listener is bound.
     ready: AtomicBool,
+    /// Set on SIGTERM: readiness false while connections drain.
+    draining: AtomicBool,
     /// The effective configuration as JSON (paths, addresses, identities;
     /// never key material).
     config_json: String,
@@ -35,10 +37,16 @@ impl AdminState {
     ) -> Arc<Self> {
         Arc::new(AdminState {
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             config_json,
             metrics,
             store,
         })
+    }
+
+    /// From now on readiness is false: the pod is shutting down.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -48,7 +56,9 @@ impl AdminState {
     /// Ready when every listener is up and our SVID may be presented: an
     /// expired SVID with no valid replacement takes the pod out of service.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.store.svid_is_valid_now()
+        self.ready.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && self.store.svid_is_valid_now()
     }
 }
 
@@ -90,6 +100,9 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: own SVID is expired or not yet valid\n",
         ),
+        "/ready" if state.draining.load(Ordering::Acquire) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n")
+        }
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n"),
         "/metrics" => {
             let mut resp = text(StatusCode::OK, state.metrics.render());

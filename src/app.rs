@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::PolicyError;
 use crate::proxy::inbound::{Inbound, PolicySlot};
+use crate::proxy::serve::ConnectionTracker;
 use crate::proxy::{bind, outbound::Outbound, BindError};
 use crate::tls::{inbound_server_config, CredentialStore, TlsError};
 use std::net::SocketAddr;
@@ -38,15 +39,62 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The policy in force (swapped on reload).
     pub policy: PolicySlot,
+    /// Open data-path connections (both directions).
+    pub connections: ConnectionTracker,
+    admin_state: Arc<AdminState>,
+    shutdown_config: crate::config::ShutdownConfig,
+    /// true = stop accepting, close connections gracefully.
+    drain: watch::Sender<bool>,
+    /// true = stop everything (admin, watchers) now.
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
 impl Running {
-    /// Stops accepting and waits for the listener tasks to end.
+    /// Stops at once: closes listeners, asks connections to close, and
+    /// waits for the listener tasks to end.
     pub async fn stop(mut self) {
+        let _ = self.drain.send(true);
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// The shutdown Kubernetes needs (on SIGTERM): readiness goes false at
+    /// once while both directions keep serving for the drain delay (so
+    /// endpoints are removed before anything is refused, and the app can
+    /// finish its outbound calls); then listeners close, every connection
+    /// is closed gracefully (HTTP/1 `Connection: close`, HTTP/2 GOAWAY),
+    /// and we return when none is left or at the deadline.
+    pub async fn drain(self) {
+        let cfg = self.shutdown_config.clone();
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(cfg.deadline_ms);
+        self.admin_state.set_draining();
+        tracing::info!(
+            delay_ms = cfg.drain_delay_ms,
+            deadline_ms = cfg.deadline_ms,
+            "draining: not ready, still serving"
+        );
+        tokio::time::sleep_until(
+            (tokio::time::Instant::now() + std::time::Duration::from_millis(cfg.drain_delay_ms))
+                .min(deadline),
+        )
+        .await;
+        let _ = self.drain.send(true);
+        tracing::info!(
+            open = self.connections.active(),
+            "draining: listeners closed, closing connections gracefully"
+        );
+        while self.connections.active() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left = self.connections.active();
+        if left > 0 {
+            tracing::warn!(open = left, "drain deadline reached; closing the rest");
+        } else {
+            tracing::info!("drained");
+        }
+        self.stop().await;
     }
 }
 
@@ -75,6 +123,8 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let admin_state = AdminState::new(config_json, metrics.clone(), store.clone());
     let poll = std::time::Duration::from_millis(config.runtime.poll_interval_ms);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (drain, drain_rx) = watch::channel(false);
+    let connections = ConnectionTracker::default();
     let mut tasks = JoinSet::new();
 
     let admin_listener = bind(config.admin.listen).await?;
@@ -101,8 +151,9 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
             cfg.app,
             policy.clone(),
             metrics.clone(),
+            config.limits.clone(),
         );
-        tasks.spawn(proxy.serve(listener, shutdown_rx.clone()));
+        tasks.spawn(proxy.serve(listener, drain_rx.clone(), connections.clone()));
         if let Some(path) = policy_path {
             tasks.spawn(crate::reload::watch_policy(
                 path,
@@ -118,14 +169,18 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let mut outbound_addr = None;
     let mut route_listeners = Vec::new();
     if let Some(cfg) = &config.outbound {
-        let proxy = Outbound::new(&store, cfg, metrics.clone())?;
+        let proxy = Outbound::new(&store, cfg, metrics.clone(), config.limits.clone())?;
         if let Some(listen) = cfg.listen {
             let listener = bind(listen).await?;
             outbound_addr = Some(listener.local_addr().map_err(|source| BindError {
                 addr: listen,
                 source,
             })?);
-            tasks.spawn(proxy.clone().serve(listener, None, shutdown_rx.clone()));
+            tasks.spawn(
+                proxy
+                    .clone()
+                    .serve(listener, None, drain_rx.clone(), connections.clone()),
+            );
         }
         for (listen, route) in &proxy.listener_routes {
             let listener = bind(*listen).await?;
@@ -133,11 +188,12 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
                 addr: *listen,
                 source,
             })?);
-            tasks.spawn(
-                proxy
-                    .clone()
-                    .serve(listener, Some(route.clone()), shutdown_rx.clone()),
-            );
+            tasks.spawn(proxy.clone().serve(
+                listener,
+                Some(route.clone()),
+                drain_rx.clone(),
+                connections.clone(),
+            ));
         }
     }
 
@@ -167,6 +223,10 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         store,
         metrics,
         policy,
+        connections,
+        admin_state,
+        shutdown_config: config.shutdown.clone(),
+        drain,
         shutdown,
         tasks,
     })

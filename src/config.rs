@@ -40,6 +40,8 @@ pub struct Config {
     pub outbound: Option<OutboundConfig>,
     pub admin: AdminConfig,
     pub runtime: RuntimeConfig,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -69,7 +71,7 @@ pub struct InboundConfig {
     pub policy: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Where the local app sends plain HTTP/1.1 requests routed by Host.
@@ -85,6 +87,38 @@ pub struct OutboundConfig {
     /// Declared destinations. Anything else is refused.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Transparent capture (iptables REDIRECT to `listen`): destinations
+    /// by original address, each with the SPIFFE ID expected there. The
+    /// connection goes to the original destination over mTLS.
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+    /// What happens to a captured connection whose original destination
+    /// is not declared: `deny` (default: 403, nothing leaves the pod) or
+    /// `passthrough` (forwarded as plain TCP, unauthenticated).
+    #[serde(default)]
+    pub undeclared: Undeclared,
+}
+
+/// A declared destination for transparently captured traffic.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Addresses: `10.96.0.0/12`, `fd00::/8`, or one address.
+    pub cidr: crate::iptables::Cidr,
+    /// Ports (default: any).
+    #[serde(default)]
+    pub ports: Option<Vec<u16>>,
+    /// The SPIFFE ID the server there must prove.
+    pub identity: SpiffeId,
+}
+
+/// The egress rule for undeclared destinations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Undeclared {
+    #[default]
+    Deny,
+    Passthrough,
 }
 
 /// One declared destination: how requests are matched, where they go, and
@@ -115,6 +149,102 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: DEFAULT_ADMIN_ADDR.parse().expect("static address"),
+        }
+    }
+}
+
+/// Resource limits of every listener (inbound and outbound alike).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A peer must finish its TLS handshake within this time.
+    pub handshake_timeout_ms: u64,
+    /// Request headers must arrive within this time (slowloris); for
+    /// HTTP/1 this also bounds the wait for the next request on an idle
+    /// keep-alive connection. 0 disables it.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes moving for this
+    /// long is closed. Never cuts a stream that is still moving data. 0 disables it.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers accepted (HTTP/1); more gets 431.
+    pub max_headers: usize,
+    /// Most connections open at once per listener; the excess is closed.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 15_000,
+            idle_timeout_ms: 300_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            max_streams_per_connection: 100,
+        }
+    }
+}
+
+fn ms(v: u64) -> Option<std::time::Duration> {
+    (v > 0).then(|| std::time::Duration::from_millis(v))
+}
+
+impl LimitsConfig {
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Option<std::time::Duration> {
+        ms(self.header_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        ms(self.idle_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), (String, Option<String>)> {
+        let bad =
+            |key: &str, rule: &str| Err((format!("limits.{key} {rule}"), Some(format!("{key}:"))));
+        if self.handshake_timeout_ms == 0 {
+            return bad("handshake_timeout_ms", "must be at least 1");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_header_bytes) {
+            return bad("max_header_bytes", "must be between 1024 and 16777216");
+        }
+        if !(1..=10_000).contains(&self.max_headers) {
+            return bad("max_headers", "must be between 1 and 10000");
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return bad("max_connections", "must be between 1 and 1000000");
+        }
+        if self.max_streams_per_connection == 0 {
+            return bad("max_streams_per_connection", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What happens on SIGTERM: keep serving for `drain_delay_ms` (readiness
+/// already false, so endpoints are removed), then stop accepting, close
+/// connections gracefully and exit once drained or at `deadline_ms`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub drain_delay_ms: u64,
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        // Fits Kubernetes' default terminationGracePeriodSeconds of 30.
+        ShutdownConfig {
+            drain_delay_ms: 5_000,
+            deadline_ms: 25_000,
         }
     }
 }
@@ -162,6 +292,10 @@ struct FileConfig {
     admin: AdminConfig,
     #[serde(default)]
     runtime: RuntimeConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    shutdown: ShutdownConfig,
 }
 
 impl Config {
@@ -207,6 +341,8 @@ impl Config {
             outbound: raw.outbound,
             admin: raw.admin,
             runtime: raw.runtime,
+            limits: raw.limits,
+            shutdown: raw.shutdown,
         };
         config.resolve_paths(base);
         config.validate().map_err(|(message, needle)| {
@@ -250,6 +386,7 @@ impl Config {
                 Some("poll_interval_ms".into()),
             ));
         }
+        self.limits.validate()?;
         if self.runtime.workers == 0 {
             return Err((
                 "runtime.workers must be at least 1".into(),

@@ -120,6 +120,8 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> anyhow::Result<()> {
                 listen: Some(ports.addr(off + 1)),
                 protocol: Default::default(),
                 max_idle_per_peer: None,
+                destinations: Vec::new(),
+                undeclared: Default::default(),
                 routes: vec![RouteConfig {
                     host: Some(format!("{other}.default.svc.cluster.local")),
                     listen: None,
@@ -131,6 +133,8 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> anyhow::Result<()> {
                 listen: ports.addr(*off),
             },
             runtime: RuntimeConfig::default(),
+            limits: Default::default(),
+            shutdown: Default::default(),
         };
         running.push(crate::app::start(&config).await?);
     }

@@ -226,9 +226,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             runtime(config.runtime.workers)?.block_on(async {
                 let running = meshguard::app::start(&config).await?;
-                shutdown_signal().await;
-                tracing::info!("shutting down");
-                running.stop().await;
+                match shutdown_signal().await {
+                    // Kubernetes stopping the pod: drain as configured.
+                    Stop::Terminate => running.drain().await,
+                    // A person at a terminal: stop now.
+                    Stop::Interrupt => {
+                        tracing::info!("interrupted; stopping");
+                        running.stop().await
+                    }
+                }
                 Ok(())
             })
         }
@@ -400,6 +406,8 @@ fn config_from_flags(args: &RunArgs) -> anyhow::Result<Config> {
             listen: None,
             protocol: Default::default(),
             max_idle_per_peer: None,
+            destinations: Vec::new(),
+            undeclared: Default::default(),
             routes: vec![RouteConfig {
                 host: None,
                 listen: Some(listen),
@@ -424,6 +432,8 @@ fn config_from_flags(args: &RunArgs) -> anyhow::Result<Config> {
                 .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("static address")),
         },
         runtime: RuntimeConfig::default(),
+        limits: Default::default(),
+        shutdown: Default::default(),
     };
     config
         .validate()
@@ -431,20 +441,31 @@ fn config_from_flags(args: &RunArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
+enum Stop {
+    Terminate,
+    Interrupt,
+}
+
+async fn shutdown_signal() -> Stop {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return Stop::Interrupt;
+                }
             };
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = ctrl_c => Stop::Interrupt,
+            _ = term.recv() => Stop::Terminate,
         }
     }
     #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
+    {
+        let _ = ctrl_c.await;
+        Stop::Interrupt
+    }
 }

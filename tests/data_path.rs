@@ -228,6 +228,8 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
         listen: None,
         protocol: UpstreamProtocol::Http1,
         max_idle_per_peer: None,
+        destinations: Vec::new(),
+        undeclared: Default::default(),
         routes: vec![RouteConfig {
             host: None,
             listen: Some(any_port()),

@@ -524,7 +524,7 @@ async fn audit_log_has_one_json_line_per_decision() {
     // Stop both and read everything they logged.
     let lines = |k: &mut Killed| -> Vec<serde_json::Value> {
         let _ = Command::new("kill")
-            .args(["-TERM", &k.0.id().to_string()])
+            .args(["-INT", &k.0.id().to_string()])
             .status();
         let _ = k.0.wait();
         let stderr = k.0.stderr.take().unwrap();
@@ -639,7 +639,7 @@ async fn audit_log_records_undeclared_destinations() {
         403
     );
     let _ = Command::new("kill")
-        .args(["-TERM", &client.0.id().to_string()])
+        .args(["-INT", &client.0.id().to_string()])
         .status();
     let _ = client.0.wait();
     let lines: Vec<serde_json::Value> = BufReader::new(client.0.stderr.take().unwrap())
@@ -649,7 +649,7 @@ async fn audit_log_records_undeclared_destinations() {
         .collect();
     let audit: Vec<_> = lines
         .iter()
-        .filter(|l| l["target"] == "meshguard::audit")
+        .filter(|l| l["target"] == "meshguard::audit" && l["event"] == "request")
         .collect();
     assert_eq!(audit.len(), 1, "{lines:#?}");
     assert_eq!(audit[0]["decision"], "deny");

@@ -168,6 +168,29 @@ impl Cidr {
         }
     }
 
+    /// True when `ip` lies inside this block (never across families).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(net) == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(net) == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+
     /// Parses a comma-separated list; empty string is an empty list.
     pub fn parse_list(s: &str) -> Result<Vec<Cidr>, IptablesError> {
         if s.trim().is_empty() {
@@ -218,6 +241,20 @@ impl FromStr for Cidr {
             return Err(bad("address has bits set beyond the prefix"));
         }
         Ok(Cidr { addr, prefix })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: IptablesError| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

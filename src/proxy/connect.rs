@@ -129,7 +129,7 @@ impl PeerConnector {
                         source,
                     })?;
             let _ = tcp.set_nodelay(true);
-            let tcp = CountingIo::new(tcp, self.metrics.byte_counters("outbound"));
+            let tcp = CountingIo::new(tcp, Some(self.metrics.byte_counters("outbound")), None);
             self.tls
                 .connect(placeholder_server_name(), tcp)
                 .await

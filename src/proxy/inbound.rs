@@ -6,8 +6,12 @@
 //! The steps of one request, in order: normalise the path, authorize,
 //! rewrite headers, forward, record (metrics + audit line).
 
-use super::{refusal, CountingIo, ProxyBody};
+use super::serve::{
+    accept_loop, http1_builder, http2_builder, Activity, ConnectionTracker, Control, Tracked,
+};
+use super::{log_connection_error, refusal, CountingIo, ProxyBody};
 use crate::audit::{self, RequestRecord};
+use crate::config::LimitsConfig;
 use crate::headers::{self, PeerHeaders};
 use crate::identity::{Role, SpiffeId};
 use crate::metrics::{Decision, Metrics, RequestCounters};
@@ -31,8 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-/// Time a peer gets to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection to the local app is kept.
+pub const APP_POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// The current policy: `None` means no policy file, and then every
 /// authenticated peer is allowed. Swapped whole on reload.
@@ -59,6 +63,7 @@ pub struct Inbound {
     client: Client<HttpConnector, Incoming>,
     policy: PolicySlot,
     metrics: Arc<Metrics>,
+    limits: LimitsConfig,
 }
 
 /// How one request ended, for the metrics and the audit line.
@@ -75,13 +80,16 @@ impl Inbound {
         app: SocketAddr,
         policy: PolicySlot,
         metrics: Arc<Metrics>,
+        limits: LimitsConfig,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the keep-alive timeouts common app servers use (Node's
+            // is 5 s), so we never send on a connection the app is closing.
+            .pool_idle_timeout(APP_POOL_IDLE)
             .build(connector);
         let app =
             Authority::try_from(app.to_string()).expect("a socket address is a valid authority");
@@ -92,37 +100,48 @@ impl Inbound {
             client,
             policy,
             metrics,
+            limits,
         })
     }
 
-    /// Accepts connections until `shutdown` turns true.
+    /// Accepts connections until a drain starts.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        mut shutdown: watch::Receiver<bool>,
+        drain: watch::Receiver<bool>,
+        tracker: ConnectionTracker,
     ) {
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, addr)) => {
-                        tokio::spawn(self.clone().connection(tcp, addr));
-                    }
-                    Err(e) => {
-                        tracing::warn!(direction = "inbound", error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            }
-        }
+        let max = self.limits.max_connections;
+        let this = self.clone();
+        accept_loop(
+            listener,
+            "inbound",
+            max,
+            drain.clone(),
+            tracker,
+            move |tcp, addr, tracked| this.clone().connection(tcp, addr, drain.clone(), tracked),
+        )
+        .await
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, addr: SocketAddr) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        drain: watch::Receiver<bool>,
+        _tracked: Tracked,
+    ) {
         let _ = tcp.set_nodelay(true);
         let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         let _open = self.metrics.connection("inbound");
-        let tcp = CountingIo::new(tcp, self.metrics.byte_counters("inbound"));
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.tls.accept(tcp)).await {
+        let activity = Arc::new(Activity::default());
+        let tcp = CountingIo::new(
+            tcp,
+            Some(self.metrics.byte_counters("inbound")),
+            Some(activity.clone()),
+        );
+        let timeout = self.limits.handshake_timeout();
+        let tls = match tokio::time::timeout(timeout, self.tls.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let (reason, detail) = handshake_failure(&e);
@@ -131,7 +150,7 @@ impl Inbound {
             }
             Err(_) => {
                 self.metrics.handshake("inbound", false, "timeout");
-                let detail = format!("handshake not completed within {HANDSHAKE_TIMEOUT:?}");
+                let detail = format!("handshake not completed within {timeout:?}");
                 return audit::handshake_refused("inbound", addr, "timeout", &detail);
             }
         };
@@ -140,12 +159,8 @@ impl Inbound {
             // Unreachable while the verifier requires a certificate; if it
             // ever happens, fail closed.
             self.metrics.handshake("inbound", false, "no_identity");
-            return audit::handshake_refused(
-                "inbound",
-                addr,
-                "no_identity",
-                "handshake completed without a verifiable peer identity",
-            );
+            let detail = "handshake completed without a verifiable peer identity";
+            return audit::handshake_refused("inbound", addr, "no_identity", detail);
         };
         self.metrics.handshake("inbound", true, "");
         let h2 = session.alpn_protocol() == Some(crate::tls::ALPN_H2);
@@ -169,41 +184,39 @@ impl Inbound {
             session.peer_certificates().unwrap_or_default(),
             Role::Client,
         );
+        let control = Control {
+            drain,
+            idle_timeout: self.limits.idle_timeout(),
+            activity: activity.clone(),
+            revoked: Some(live),
+        };
         let this = self.clone();
         let service = service_fn(move |req| {
-            let (this, peer) = (this.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(this.handle(req, &peer).await) }
+            let (this, peer, in_flight) = (this.clone(), peer.clone(), activity.request());
+            async move {
+                let resp = this.handle(req, &peer).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(resp)
+            }
         });
         let io = TokioIo::new(tls);
-        // Serve until done; if the peer's proof lapses, finish what is in
-        // flight (graceful shutdown: GOAWAY / Connection: close) and close.
-        macro_rules! serve_until_revoked {
-            ($conn:expr) => {{
-                let conn = $conn;
-                tokio::pin!(conn);
-                tokio::select! {
-                    result = conn.as_mut() => result,
-                    why = live.revoked() => {
-                        tracing::info!(target: audit::TARGET, event = "connection_closed", direction = "inbound", peer_addr = %addr, reason = why.as_str(), "closing connection: the peer's certificate no longer verifies");
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
-            }};
-        }
         let result = if h2 {
-            serve_until_revoked!(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .serve_connection(io, service)
+            crate::serve_controlled!(
+                http2_builder(&self.limits).serve_connection(io, service),
+                control,
+                "inbound",
+                addr
             )
         } else {
-            serve_until_revoked!(hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(io, service))
+            crate::serve_controlled!(
+                http1_builder(&self.limits).serve_connection(io, service),
+                control,
+                "inbound",
+                addr
+            )
         };
         if let Err(e) = result {
-            tracing::debug!(direction = "inbound", peer_addr = %addr, error = %e, "connection ended with an error");
+            log_connection_error("inbound", addr, &e);
         }
     }
 

@@ -1,21 +1,44 @@
 //! A byte-counting wrapper for the sockets on the mTLS side.
 
+use super::serve::Activity;
 use prometheus::IntCounter;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Counts bytes read (rx) and written (tx) on the wrapped stream.
+/// Counts bytes read (rx) and written (tx) on the wrapped stream, and
+/// notes the connection's activity for its idle timeout.
 pub struct CountingIo<T> {
     inner: T,
-    rx: IntCounter,
-    tx: IntCounter,
+    counters: Option<(IntCounter, IntCounter)>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl<T> CountingIo<T> {
-    pub fn new(inner: T, (rx, tx): (IntCounter, IntCounter)) -> Self {
-        CountingIo { inner, rx, tx }
+    pub fn new(
+        inner: T,
+        counters: Option<(IntCounter, IntCounter)>,
+        activity: Option<Arc<Activity>>,
+    ) -> Self {
+        CountingIo {
+            inner,
+            counters,
+            activity,
+        }
+    }
+
+    fn note(&self, n: usize, rx: bool) {
+        if n == 0 {
+            return;
+        }
+        if let Some((rx_counter, tx_counter)) = &self.counters {
+            if rx { rx_counter } else { tx_counter }.inc_by(n as u64);
+        }
+        if let Some(activity) = &self.activity {
+            activity.moved(n);
+        }
     }
 }
 
@@ -27,10 +50,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.rx.inc_by(n as u64);
-        }
+        self.note(buf.filled().len() - before, true);
         poll
     }
 }
@@ -43,7 +63,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
-            self.tx.inc_by(n as u64);
+            self.note(n, false);
         }
         poll
     }
@@ -55,7 +75,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = poll {
-            self.tx.inc_by(n as u64);
+            self.note(n, false);
         }
         poll
     }

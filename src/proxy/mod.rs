@@ -4,6 +4,8 @@ mod connect;
 pub mod inbound;
 mod io;
 pub mod outbound;
+pub mod serve;
+pub mod transparent;
 
 pub use connect::{ConnectError, PeerConnector};
 pub use io::CountingIo;
@@ -61,4 +63,18 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError
 pub struct BindError {
     pub addr: SocketAddr,
     pub source: std::io::Error,
+}
+
+/// Logs why a served connection ended with an error; an oversized request
+/// head (answered 431 by the HTTP layer) is an audit event.
+pub fn log_connection_error(direction: &'static str, peer: impl Display, err: &hyper::Error) {
+    if err.is_parse_too_large() {
+        tracing::warn!(target: crate::audit::TARGET, event = "request_refused", direction, peer_addr = %peer, status = 431u16, reason = "request_headers_too_large", "request refused: headers too large");
+    } else if err.is_parse() {
+        tracing::warn!(target: crate::audit::TARGET, event = "request_refused", direction, peer_addr = %peer, status = 400u16, reason = "malformed_request", detail = %err, "request refused: malformed HTTP");
+    } else if err.is_timeout() {
+        tracing::info!(target: crate::audit::TARGET, event = "connection_closed", direction, peer_addr = %peer, reason = "header_read_timeout", "connection closed: request headers not received in time");
+    } else {
+        tracing::debug!(direction, peer_addr = %peer, error = %err, "connection ended with an error");
+    }
 }

@@ -3,8 +3,11 @@
 //! which must prove the SPIFFE ID declared for that route. Undeclared
 //! destinations are refused: nothing leaves for a place nobody declared.
 
-use super::{refusal, ConnectError, PeerConnector, ProxyBody};
+use super::serve::{accept_loop, http1_builder, Activity, ConnectionTracker, Control, Tracked};
+use super::transparent::{original_destination, passthrough, Destinations, Target};
+use super::{log_connection_error, refusal, ConnectError, CountingIo, PeerConnector, ProxyBody};
 use crate::audit::{self, RequestRecord};
+use crate::config::LimitsConfig;
 use crate::config::{OutboundConfig, RouteConfig};
 use crate::headers;
 use crate::identity::SpiffeId;
@@ -26,6 +29,11 @@ use tokio::sync::watch;
 
 /// Time allowed for TCP connect plus TLS handshake to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an idle pooled connection to a peer sidecar is kept: below the
+/// peer's default header read timeout (15 s), which also closes idle
+/// HTTP/1 keep-alive connections, so we never reuse one it is closing.
+pub const PEER_POOL_IDLE: Duration = Duration::from_secs(10);
 
 /// One declared destination with its own pool of mTLS connections.
 pub struct Route {
@@ -53,7 +61,7 @@ impl Route {
         );
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(PEER_POOL_IDLE)
             .pool_max_idle_per_host(max_idle)
             .http2_only(protocol == UpstreamProtocol::Http2)
             .build(connector);
@@ -74,10 +82,15 @@ pub struct Outbound {
     by_host: HashMap<String, Arc<Route>>,
     metrics: Arc<Metrics>,
     store: Arc<CredentialStore>,
+    limits: LimitsConfig,
     /// Counters of requests refused before a route was chosen.
     unrouted: RequestCounters,
     /// Routes with a listener of their own, in config order.
     pub listener_routes: Vec<(std::net::SocketAddr, Arc<Route>)>,
+    /// Transparently captured traffic, by original destination.
+    destinations: Destinations,
+    protocol: UpstreamProtocol,
+    max_idle: usize,
 }
 
 impl Outbound {
@@ -85,17 +98,13 @@ impl Outbound {
         store: &Arc<CredentialStore>,
         cfg: &OutboundConfig,
         metrics: Arc<Metrics>,
+        limits: LimitsConfig,
     ) -> Result<Arc<Self>, TlsError> {
         let mut by_host = HashMap::new();
         let mut listener_routes = Vec::new();
+        let max_idle = cfg.max_idle_per_peer.unwrap_or(usize::MAX);
         for route_cfg in &cfg.routes {
-            let route = Route::new(
-                store,
-                route_cfg,
-                cfg.protocol,
-                cfg.max_idle_per_peer.unwrap_or(usize::MAX),
-                &metrics,
-            )?;
+            let route = Route::new(store, route_cfg, cfg.protocol, max_idle, &metrics)?;
             if let Some(host) = &route_cfg.host {
                 by_host.insert(host.to_ascii_lowercase(), route);
             } else if let Some(listen) = route_cfg.listen {
@@ -107,48 +116,98 @@ impl Outbound {
             by_host,
             metrics,
             store: store.clone(),
+            limits,
             unrouted,
             listener_routes,
+            destinations: Destinations::new(cfg.destinations.clone(), cfg.undeclared),
+            protocol: cfg.protocol,
+            max_idle,
         }))
     }
 
-    /// Serves app connections on `listener`. With `fixed`, every request
-    /// takes that route; otherwise the route is chosen by Host.
+    /// Serves app connections on `listener` until a drain starts. With
+    /// `fixed`, every request takes that route; otherwise the route is
+    /// chosen by Host.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         fixed: Option<Arc<Route>>,
-        mut shutdown: watch::Receiver<bool>,
+        drain: watch::Receiver<bool>,
+        tracker: ConnectionTracker,
     ) {
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => {
-                        tokio::spawn(self.clone().connection(tcp, fixed.clone()));
-                    }
-                    Err(e) => {
-                        tracing::warn!(direction = "outbound", error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            }
-        }
+        let max = self.limits.max_connections;
+        let this = self.clone();
+        accept_loop(
+            listener,
+            "outbound",
+            max,
+            drain.clone(),
+            tracker,
+            move |tcp, addr, tracked| {
+                this.clone()
+                    .connection(tcp, addr, fixed.clone(), drain.clone(), tracked)
+            },
+        )
+        .await
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, fixed: Option<Arc<Route>>) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        addr: std::net::SocketAddr,
+        fixed: Option<Arc<Route>>,
+        drain: watch::Receiver<bool>,
+        _tracked: Tracked,
+    ) {
         let _ = tcp.set_nodelay(true);
+        let target = match fixed {
+            Some(route) => Target::Route(route),
+            None => match original_destination(&tcp) {
+                Some(dst) => self.destinations.target(dst, |cfg| {
+                    Route::new(
+                        &self.store,
+                        cfg,
+                        self.protocol,
+                        self.max_idle,
+                        &self.metrics,
+                    )
+                    .inspect_err(
+                        |e| tracing::error!(destination = %dst, error = %e, "cannot build a route"),
+                    )
+                    .ok()
+                }),
+                None => Target::ByHost,
+            },
+        };
+        if let Target::Passthrough(dst) = target {
+            tracing::info!(target: crate::audit::TARGET, event = "passthrough", direction = "outbound", destination = %dst, decision = "allow", reason = "undeclared destination, passthrough chosen", "forwarding unauthenticated TCP");
+            return passthrough(tcp, dst).await;
+        }
+        let activity = Arc::new(Activity::default());
+        let control = Control {
+            drain,
+            idle_timeout: self.limits.idle_timeout(),
+            activity: activity.clone(),
+            revoked: None,
+        };
         let this = self.clone();
         let service = service_fn(move |req| {
-            let (this, fixed) = (this.clone(), fixed.clone());
-            async move { Ok::<_, Infallible>(this.handle(req, fixed.as_deref()).await) }
+            let (this, target, in_flight) = (this.clone(), target.clone(), activity.request());
+            async move {
+                let resp = this.handle(req, &target).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(resp)
+            }
         });
-        let result = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(tcp), service)
-            .await;
+        let io = TokioIo::new(CountingIo::new(tcp, None, Some(control.activity.clone())));
+        let result = crate::serve_controlled!(
+            http1_builder(&self.limits).serve_connection(io, service),
+            control,
+            "outbound",
+            addr
+        );
         if let Err(e) = result {
-            tracing::debug!(direction = "outbound", error = %e, "app connection ended with an error");
+            log_connection_error("outbound", addr, &e);
         }
     }
 
@@ -168,7 +227,7 @@ impl Outbound {
         })
     }
 
-    async fn handle(&self, req: Request<Incoming>, fixed: Option<&Route>) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>, target: &Target) -> Response<ProxyBody> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         let authority = parts
@@ -184,9 +243,24 @@ impl Outbound {
             });
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
-        let route = match (fixed, &authority) {
-            (Some(route), _) => route,
-            (None, Some(authority)) => match self.route_for(authority) {
+        let route = match (target, &authority) {
+            (Target::Route(route), _) => route.as_ref(),
+            (Target::Undeclared(dst) | Target::Passthrough(dst), _) => {
+                let resp = refusal(
+                    StatusCode::FORBIDDEN,
+                    format_args!("destination {dst} is not declared in outbound destinations"),
+                );
+                return self.record(
+                    None,
+                    &method,
+                    &path,
+                    Decision::Deny,
+                    "undeclared destination",
+                    resp,
+                    start,
+                );
+            }
+            (Target::ByHost, Some(authority)) => match self.route_for(authority) {
                 Some(route) => route.as_ref(),
                 None => {
                     let resp = refusal(
@@ -206,7 +280,7 @@ impl Outbound {
                     );
                 }
             },
-            (None, None) => {
+            (Target::ByHost, None) => {
                 let resp = refusal(
                     StatusCode::BAD_REQUEST,
                     "request has no Host; cannot choose a destination",

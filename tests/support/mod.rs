@@ -192,6 +192,8 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
         outbound: None,
         admin: AdminConfig { listen: any_port() },
         runtime: RuntimeConfig::default(),
+        limits: Default::default(),
+        shutdown: Default::default(),
     }
 }
 
@@ -209,6 +211,8 @@ pub fn outbound_config(
             listen: Some(any_port()),
             protocol: Default::default(),
             max_idle_per_peer: None,
+            destinations: Vec::new(),
+            undeclared: Default::default(),
             routes: vec![RouteConfig {
                 host: Some(host.into()),
                 listen: None,
@@ -218,6 +222,8 @@ pub fn outbound_config(
         }),
         admin: AdminConfig { listen: any_port() },
         runtime: RuntimeConfig::default(),
+        limits: Default::default(),
+        shutdown: Default::default(),
     }
 }
 

@@ -1,0 +1,116 @@
+//! Transparent outbound: connections the pod's iptables rules redirected
+//! to the outbound listener. The original destination (`SO_ORIGINAL_DST`)
+//! decides: a declared destination is reached over mTLS, requiring the
+//! SPIFFE ID declared for it; an undeclared one is refused (egress
+//! allowlist) unless `passthrough` was chosen explicitly.
+
+use super::outbound::Route;
+use crate::config::{DestinationConfig, RouteConfig, Undeclared};
+use crate::identity::SpiffeId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
+
+/// Where a captured connection goes.
+#[derive(Clone)]
+pub enum Target {
+    /// Not captured (the app dialled the listener itself): route by Host.
+    ByHost,
+    /// A declared route.
+    Route(Arc<Route>),
+    /// Captured, destination not declared, policy `deny`.
+    Undeclared(SocketAddr),
+    /// Captured, destination not declared, policy `passthrough`.
+    Passthrough(SocketAddr),
+}
+
+/// The destination table and a route (with its pool) per destination met.
+pub struct Destinations {
+    rules: Vec<DestinationConfig>,
+    undeclared: Undeclared,
+    routes: Mutex<HashMap<SocketAddr, Arc<Route>>>,
+}
+
+impl Destinations {
+    pub fn new(rules: Vec<DestinationConfig>, undeclared: Undeclared) -> Destinations {
+        Destinations {
+            rules,
+            undeclared,
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The identity declared for `dst` (first matching rule).
+    pub fn identity_for(&self, dst: SocketAddr) -> Option<&SpiffeId> {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.cidr.contains(dst.ip())
+                    && r.ports.as_ref().is_none_or(|p| p.contains(&dst.port()))
+            })
+            .map(|r| &r.identity)
+    }
+
+    /// What to do with a connection whose original destination is `dst`.
+    /// `make_route` builds the pooled mTLS route the first time a declared
+    /// destination is met.
+    pub fn target(
+        &self,
+        dst: SocketAddr,
+        make_route: impl FnOnce(&RouteConfig) -> Option<Arc<Route>>,
+    ) -> Target {
+        let Some(identity) = self.identity_for(dst) else {
+            return match self.undeclared {
+                Undeclared::Deny => Target::Undeclared(dst),
+                Undeclared::Passthrough => Target::Passthrough(dst),
+            };
+        };
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(route) = routes.get(&dst) {
+            return Target::Route(route.clone());
+        }
+        let cfg = RouteConfig {
+            host: None,
+            listen: None,
+            peer: dst.to_string(),
+            identity: identity.clone(),
+        };
+        match make_route(&cfg) {
+            Some(route) => {
+                routes.insert(dst, route.clone());
+                Target::Route(route)
+            }
+            None => Target::Undeclared(dst),
+        }
+    }
+}
+
+/// The destination the app originally dialled, if iptables redirected this
+/// connection to us; `None` when it dialled the listener itself.
+pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
+    let local = tcp.local_addr().ok()?;
+    let sock = socket2::SockRef::from(tcp);
+    let original = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    }
+    .ok()?
+    .as_socket()?;
+    // Without a redirect the kernel reports the listener's own address.
+    (original != local).then_some(original)
+}
+
+/// Copies bytes both ways to `dst`, unauthenticated (only when the
+/// operator chose `undeclared: passthrough`).
+pub async fn passthrough(mut app: TcpStream, dst: SocketAddr) {
+    match TcpStream::connect(dst).await {
+        Ok(mut upstream) => {
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut app, &mut upstream).await;
+        }
+        Err(e) => {
+            tracing::warn!(direction = "outbound", destination = %dst, error = %e, "passthrough connect failed")
+        }
+    }
+}

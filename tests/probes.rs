@@ -4,107 +4,19 @@
 
 #[path = "probes/apps.rs"]
 mod apps;
+#[path = "probes/harness.rs"]
+mod harness;
 
 use apps::{grpc_app, http_app, tls_server, App};
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use meshguard::inject::probes::parse_app_probes;
+use harness::{call, closed_port, forwarder, grpc_probe, http_probe, local, probe, tcp_probe};
 use meshguard::probe::{
-    probes_from_env, serve_probes, serve_shutdown, shutdown_listen_from_env, KUBE_PROBE_USER_AGENT,
+    probes_from_env, serve_shutdown, shutdown_listen_from_env, KUBE_PROBE_USER_AGENT,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-struct Forwarder {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-/// Starts the forwarder with `probes` (a JSON object, as in the annotation).
-async fn forwarder(probes: Value) -> Forwarder {
-    let probes = parse_app_probes(&probes.to_string()).unwrap();
-    let listener = TcpListener::bind(local()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(serve_probes(listener, Arc::new(probes), rx));
-    Forwarder { addr, stop, task }
-}
-
-fn http_probe(port: u16, scheme: &str, path: &str, headers: Value) -> Value {
-    json!({
-        "original": {"httpGet": {"path": path, "port": port, "scheme": scheme}},
-        "forward": {"type": "http", "port": port, "scheme": scheme, "path": path,
-                    "headers": headers, "timeoutSeconds": 1},
-    })
-}
-
-fn tcp_probe(port: u16) -> Value {
-    json!({
-        "original": {"tcpSocket": {"port": port}},
-        "forward": {"type": "tcp", "port": port, "timeoutSeconds": 1},
-    })
-}
-
-fn grpc_probe(port: u16, service: Option<&str>) -> Value {
-    json!({
-        "original": {"grpc": {"port": port}},
-        "forward": {"type": "grpc", "port": port, "service": service, "timeoutSeconds": 2},
-    })
-}
-
-/// One HTTP/1.1 request; returns status and body.
-async fn call(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "pod-ip:15020");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn probe(f: &Forwarder, key: &str) -> (u16, String) {
-    call(f.addr, "GET", &format!("/app-probe/{key}"), &[]).await
-}
-
-/// A port where nothing listens (just closed).
-async fn closed_port() -> u16 {
-    TcpListener::bind(local())
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn http_probes_answer_by_the_final_status() {

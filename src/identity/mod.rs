@@ -6,7 +6,7 @@
 
 mod svid;
 
-pub use svid::{check_svid_leaf, svid_validity, Role, SvidError};
+pub use svid::{check_svid_leaf, svid_validity, Role, SvidError, MIN_RSA_BITS};
 
 use std::fmt;
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 use super::{SpiffeId, SpiffeIdError};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::public_key::PublicKey;
 
 /// Which side of the TLS handshake the certificate's holder plays, so that
 /// an extended key usage can be checked against it.
@@ -40,11 +41,22 @@ pub enum SvidError {
     SigningKeyUsage,
     #[error("extended key usage does not allow {0}")]
     WrongExtendedKeyUsage(&'static str),
+    #[error("leaf RSA key is too weak: {0} bits (at least {MIN_RSA_BITS} required)")]
+    WeakKey(usize),
+    #[error("subject is empty but subjectAltName is not critical (RFC 5280 section 4.2.1.6)")]
+    EmptySubjectSanNotCritical,
+    #[error("validity window is empty (notBefore {not_before} is after notAfter {not_after})")]
+    EmptyValidity { not_before: i64, not_after: i64 },
     #[error("certificate is expired (notAfter {not_after}, now {now})")]
     Expired { not_after: i64, now: i64 },
     #[error("certificate is not yet valid (notBefore {not_before}, now {now})")]
     NotYetValid { not_before: i64, now: i64 },
 }
+
+/// Smallest RSA modulus accepted in a leaf. The TLS 1.3 signature schemes
+/// rustls verifies with refuse smaller keys anyway, but only later and with a
+/// vague handshake error; refusing here names the reason.
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// Applies the X509-SVID leaf rules to `der` and returns its SPIFFE ID.
 ///
@@ -60,6 +72,7 @@ pub fn check_svid_leaf(der: &[u8], role: Role, now: i64) -> Result<SpiffeId, Svi
     }
     let id = spiffe_id_of(&cert)?;
     check_leaf_constraints(&cert, role)?;
+    check_key_strength(&cert)?;
     check_validity(&cert, now)?;
     Ok(id)
 }
@@ -77,6 +90,11 @@ fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
         .subject_alternative_name()
         .map_err(|e| SvidError::Malformed(format!("subjectAltName: {e}")))?
         .ok_or(SvidError::NoUriSan)?;
+    // An issuer that leaves the subject empty must make the SAN critical;
+    // one that does not is not following the rules a verifier relies on.
+    if !san.critical && cert.subject().iter().next().is_none() {
+        return Err(SvidError::EmptySubjectSanNotCritical);
+    }
     let mut uris = san.value.general_names.iter().filter_map(|n| match n {
         GeneralName::URI(uri) => Some(*uri),
         _ => None,
@@ -129,9 +147,36 @@ fn check_leaf_constraints(cert: &X509Certificate<'_>, role: Role) -> Result<(), 
     Ok(())
 }
 
+/// Refuses RSA keys below [`MIN_RSA_BITS`]. Other key types are left to
+/// the handshake, which accepts only the curves the provider supports.
+fn check_key_strength(cert: &X509Certificate<'_>) -> Result<(), SvidError> {
+    if let Ok(PublicKey::RSA(rsa)) = cert.public_key().parsed() {
+        let bits = significant_bits(rsa.modulus);
+        if bits < MIN_RSA_BITS {
+            return Err(SvidError::WeakKey(bits));
+        }
+    }
+    Ok(())
+}
+
+/// Bit length of a big-endian unsigned integer (leading zero bytes, such as
+/// DER's sign byte, do not count).
+fn significant_bits(be: &[u8]) -> usize {
+    match be.iter().position(|&b| b != 0) {
+        Some(i) => (be.len() - i - 1) * 8 + (8 - be[i].leading_zeros() as usize),
+        None => 0,
+    }
+}
+
 fn check_validity(cert: &X509Certificate<'_>, now: i64) -> Result<(), SvidError> {
     let v = cert.validity();
     let (not_before, not_after) = (v.not_before.timestamp(), v.not_after.timestamp());
+    if not_before > not_after {
+        return Err(SvidError::EmptyValidity {
+            not_before,
+            not_after,
+        });
+    }
     if now < not_before {
         return Err(SvidError::NotYetValid { not_before, now });
     }
@@ -139,4 +184,23 @@ fn check_validity(cert: &X509Certificate<'_>, now: i64) -> Result<(), SvidError>
         return Err(SvidError::Expired { not_after, now });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod key_size_tests {
+    use super::significant_bits;
+
+    #[test]
+    fn bit_length_ignores_leading_zero_bytes() {
+        assert_eq!(significant_bits(&[]), 0);
+        assert_eq!(significant_bits(&[0, 0]), 0);
+        assert_eq!(significant_bits(&[1]), 1);
+        assert_eq!(significant_bits(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(significant_bits(&[0x7f, 0xff]), 15);
+        let mut rsa_2048 = vec![0u8; 257];
+        rsa_2048[1] = 0xc3;
+        assert_eq!(significant_bits(&rsa_2048), 2048);
+        rsa_2048[1] = 0x43;
+        assert_eq!(significant_bits(&rsa_2048), 2047);
+    }
 }

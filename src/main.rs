@@ -61,6 +61,8 @@ enum Command {
     Inject(meshguard::inject::InjectArgs),
     /// Set up traffic capture with iptables/ip6tables (the pod's init container).
     InitIptables(meshguard::iptables::InitIptablesArgs),
+    /// Inject the sidecar at admission: an HTTPS mutating admission webhook.
+    Webhook(meshguard::inject::webhook::WebhookArgs),
 }
 
 #[derive(Subcommand)]
@@ -285,6 +287,20 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Policy(_) => unreachable!("handled in main"),
         Command::Inject(args) => Ok(meshguard::inject::run(&args)?),
         Command::InitIptables(args) => Ok(meshguard::iptables::run(&args)?),
+        Command::Webhook(args) => runtime(2)?.block_on(async {
+            let webhook = meshguard::inject::webhook::Webhook::bind(&args).await?;
+            // Tests and scripts read the address (useful with port 0).
+            println!(
+                "meshguard webhook: listening on https://{}",
+                webhook.local_addr()?
+            );
+            webhook
+                .serve(async {
+                    shutdown_signal().await;
+                })
+                .await;
+            Ok(())
+        }),
         Command::Echo { listen, name } => runtime(1)?.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

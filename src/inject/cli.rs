@@ -14,6 +14,14 @@ pub struct InjectArgs {
     /// Remove meshguard injections instead, restoring the original probes.
     #[arg(long)]
     pub uninject: bool,
+    #[command(flatten)]
+    pub injector: InjectorArgs,
+}
+
+/// What every injected pod gets by default (shared by `inject` and
+/// `webhook`); per-pod annotations override it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InjectorArgs {
     /// Sidecar image (also runs the capture init container).
     #[arg(long, default_value = super::DEFAULT_IMAGE)]
     pub image: String,
@@ -57,6 +65,12 @@ pub enum InjectCliError {
 }
 
 impl InjectArgs {
+    pub fn options(&self) -> Result<InjectOptions, InjectCliError> {
+        self.injector.options()
+    }
+}
+
+impl InjectorArgs {
     pub fn options(&self) -> Result<InjectOptions, InjectCliError> {
         if self.proxy_uid == 0 {
             return Err(InjectCliError::Usage(

@@ -16,16 +16,19 @@
 //! The sidecar-side half of the probe rewrite is described in
 //! [`probes`]; the capture rules in [`crate::iptables`].
 
+pub mod admission;
 pub mod annotations;
 mod cli;
 mod docs;
 mod emit;
+pub mod jsonpatch;
 mod pod;
 pub mod probes;
 pub mod sidecar;
+pub mod webhook;
 mod yaml;
 
-pub use cli::{describe, run, InjectArgs, InjectCliError};
+pub use cli::{describe, run, InjectArgs, InjectCliError, InjectorArgs};
 
 use crate::iptables::PROXY_UID;
 use pod::PodError;
@@ -207,6 +210,20 @@ pub fn inject(input: &str, opts: &InjectOptions) -> Result<Processed, InjectErro
 /// Removes meshguard injections, restoring the original probes.
 pub fn uninject(input: &str) -> Result<Processed, InjectError> {
     process(input, Op::Uninject)
+}
+
+/// Injects the sidecar into one Kubernetes object given as a value (the
+/// object of an admission request), exactly as [`inject`] does to a
+/// document holding that object. Lists and YAML merge keys are not looked
+/// at (an API object has neither). The report's `doc` and `line` are 1.
+pub fn inject_object(value: &mut Value, opts: &InjectOptions) -> Result<DocReport, InjectError> {
+    normalize_templates(value);
+    let chunk = docs::Chunk {
+        text: "",
+        has_marker: false,
+        first_line: 1,
+    };
+    object(value, Op::Inject(opts), &chunk, 1, None)
 }
 
 fn process(input: &str, op: Op<'_>) -> Result<Processed, InjectError> {

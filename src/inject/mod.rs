@@ -14,7 +14,9 @@
 //!   [`SkipReason`].
 //!
 //! The sidecar-side half of the probe rewrite is described in
-//! [`probes`]; the capture rules in [`crate::iptables`].
+//! [`probes`]; the capture rules in [`crate::iptables`]. [`webhook`]
+//! applies the same injection at admission ([`inject_object`] is its
+//! entry point, [`admission`] the AdmissionReview handling).
 
 pub mod admission;
 pub mod annotations;

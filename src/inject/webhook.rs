@@ -9,7 +9,9 @@
 //! `--reload-interval` seconds: a changed pair that loads and matches
 //! serves the next handshakes (cert-manager renews the Secret, the
 //! kubelet swaps the files); one that does not is logged and the old pair
-//! stays.
+//! stays. After the shutdown signal it keeps accepting for
+//! `--shutdown-delay` seconds (the apiserver may still dial a pod whose
+//! endpoint is being removed), then lets open requests finish.
 
 use super::admission::{self, BadReview};
 use super::cli::{InjectCliError, InjectorArgs};

@@ -70,6 +70,7 @@ impl Running {
         let deadline =
             tokio::time::Instant::now() + std::time::Duration::from_millis(cfg.deadline_ms);
         self.admin_state.set_draining();
+        self.connections.start_closing();
         tracing::info!(
             delay_ms = cfg.drain_delay_ms,
             deadline_ms = cfg.deadline_ms,

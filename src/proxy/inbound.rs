@@ -7,7 +7,8 @@
 //! rewrite headers, forward, record (metrics + audit line).
 
 use super::serve::{
-    accept_loop, http1_builder, http2_builder, Activity, ConnectionTracker, Control, Tracked,
+    accept_loop, close_if_draining, http1_builder, http2_builder, Activity, ConnectionTracker,
+    Control, Tracked,
 };
 use super::{log_connection_error, refusal, CountingIo, ProxyBody};
 use crate::audit::{self, RequestRecord};
@@ -129,7 +130,7 @@ impl Inbound {
         tcp: TcpStream,
         addr: SocketAddr,
         drain: watch::Receiver<bool>,
-        _tracked: Tracked,
+        tracked: Tracked,
     ) {
         let _ = tcp.set_nodelay(true);
         let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -191,10 +192,17 @@ impl Inbound {
             revoked: Some(live),
         };
         let this = self.clone();
+        let closing = tracked.closing_flag();
         let service = service_fn(move |req| {
-            let (this, peer, in_flight) = (this.clone(), peer.clone(), activity.request());
+            let (this, peer, in_flight, closing) = (
+                this.clone(),
+                peer.clone(),
+                activity.request(),
+                closing.clone(),
+            );
             async move {
-                let resp = this.handle(req, &peer).await;
+                let mut resp = this.handle(req, &peer).await;
+                close_if_draining(&closing, !h2, &mut resp);
                 drop(in_flight);
                 Ok::<_, Infallible>(resp)
             }

@@ -3,7 +3,9 @@
 //! which must prove the SPIFFE ID declared for that route. Undeclared
 //! destinations are refused: nothing leaves for a place nobody declared.
 
-use super::serve::{accept_loop, http1_builder, Activity, ConnectionTracker, Control, Tracked};
+use super::serve::{
+    accept_loop, close_if_draining, http1_builder, Activity, ConnectionTracker, Control, Tracked,
+};
 use super::transparent::{original_destination, passthrough, Destinations, Target};
 use super::{log_connection_error, refusal, ConnectError, CountingIo, PeerConnector, ProxyBody};
 use crate::audit::{self, RequestRecord};
@@ -157,7 +159,7 @@ impl Outbound {
         addr: std::net::SocketAddr,
         fixed: Option<Arc<Route>>,
         drain: watch::Receiver<bool>,
-        _tracked: Tracked,
+        tracked: Tracked,
     ) {
         let _ = tcp.set_nodelay(true);
         let target = match fixed {
@@ -191,10 +193,17 @@ impl Outbound {
             revoked: None,
         };
         let this = self.clone();
+        let closing = tracked.closing_flag();
         let service = service_fn(move |req| {
-            let (this, target, in_flight) = (this.clone(), target.clone(), activity.request());
+            let (this, target, in_flight, closing) = (
+                this.clone(),
+                target.clone(),
+                activity.request(),
+                closing.clone(),
+            );
             async move {
-                let resp = this.handle(req, &target).await;
+                let mut resp = this.handle(req, &target).await;
+                close_if_draining(&closing, true, &mut resp);
                 drop(in_flight);
                 Ok::<_, Infallible>(resp)
             }

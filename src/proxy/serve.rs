@@ -10,7 +10,7 @@ use crate::tls::{LiveConn, Revocation};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -72,8 +72,14 @@ pub struct Control {
 impl Control {
     /// Completes when the connection should be closed gracefully.
     pub async fn close_reason(&mut self) -> CloseReason {
+        let drain_activity = self.activity.clone();
         let drain = async {
             drained(&mut self.drain).await;
+            // Clients were told `Connection: close` during the drain delay;
+            // a connection still open now may have a request on its way (one
+            // just accepted, or a client that ignored the hint). Close only
+            // once it is quiet, so no request that reached us is dropped.
+            wait_quiet(&drain_activity, DRAIN_QUIET).await;
             CloseReason::Drain
         };
         let revoked = async {
@@ -88,26 +94,34 @@ impl Control {
             let Some(timeout) = idle_timeout else {
                 return std::future::pending().await;
             };
-            let step = (timeout / 4).max(Duration::from_millis(10));
-            let (mut last_bytes, mut quiet) =
-                (activity.bytes.load(Ordering::Relaxed), Duration::ZERO);
-            loop {
-                tokio::time::sleep(step).await;
-                let bytes = activity.bytes.load(Ordering::Relaxed);
-                if bytes != last_bytes || activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    (last_bytes, quiet) = (bytes, Duration::ZERO);
-                } else {
-                    quiet += step;
-                    if quiet >= timeout {
-                        return CloseReason::Idle;
-                    }
-                }
-            }
+            wait_quiet(&activity, timeout).await;
+            CloseReason::Idle
         };
         tokio::select! {
             r = drain => r,
             r = revoked => r,
             r = idle => r,
+        }
+    }
+}
+
+/// How long a connection must be quiet before a drain closes it.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(300);
+
+/// Completes once no request has been in flight and no byte has moved for `quiet`.
+async fn wait_quiet(activity: &Activity, quiet: Duration) {
+    let step = (quiet / 4).max(Duration::from_millis(10));
+    let (mut last_bytes, mut quiet_for) = (activity.bytes.load(Ordering::Relaxed), Duration::ZERO);
+    loop {
+        tokio::time::sleep(step).await;
+        let bytes = activity.bytes.load(Ordering::Relaxed);
+        if bytes != last_bytes || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            (last_bytes, quiet_for) = (bytes, Duration::ZERO);
+        } else {
+            quiet_for += step;
+            if quiet_for >= quiet {
+                return;
+            }
         }
     }
 }
@@ -163,17 +177,28 @@ pub fn http2_builder(limits: &LimitsConfig) -> hyper::server::conn::http2::Build
     b
 }
 
-/// Counts open connections of a sidecar, to know when a drain is done.
+/// Counts open connections of a sidecar, to know when a drain is done,
+/// and says when a drain has begun.
 #[derive(Clone, Default)]
-pub struct ConnectionTracker(Arc<AtomicUsize>);
+pub struct ConnectionTracker {
+    active: Arc<AtomicUsize>,
+    closing: Arc<AtomicBool>,
+}
 
 impl ConnectionTracker {
     pub fn active(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// From now on HTTP/1 responses carry `Connection: close`, so clients
+    /// move off their keep-alive connections while we still serve, instead
+    /// of racing a request against the close at the end of the drain.
+    pub fn start_closing(&self) {
+        self.closing.store(true, Ordering::Release);
     }
 
     fn track(&self, permit: OwnedSemaphorePermit) -> Tracked {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.active.fetch_add(1, Ordering::AcqRel);
         Tracked {
             tracker: self.clone(),
             _permit: permit,
@@ -187,9 +212,26 @@ pub struct Tracked {
     _permit: OwnedSemaphorePermit,
 }
 
+impl Tracked {
+    /// The flag [`ConnectionTracker::start_closing`] sets, for request handlers.
+    pub fn closing_flag(&self) -> Arc<AtomicBool> {
+        self.tracker.closing.clone()
+    }
+}
+
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.tracker.0.fetch_sub(1, Ordering::AcqRel);
+        self.tracker.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Adds `Connection: close` to an HTTP/1 response once a drain has begun.
+pub fn close_if_draining<B>(closing: &AtomicBool, http1: bool, resp: &mut http::Response<B>) {
+    if http1 && closing.load(Ordering::Relaxed) {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
     }
 }
 

@@ -226,19 +226,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 config.runtime.workers = w;
             }
-            runtime(config.runtime.workers)?.block_on(async {
-                let running = meshguard::app::start(&config).await?;
-                match shutdown_signal().await {
-                    // Kubernetes stopping the pod: drain as configured.
-                    Stop::Terminate => running.drain().await,
-                    // A person at a terminal: stop now.
-                    Stop::Interrupt => {
-                        tracing::info!("interrupted; stopping");
-                        running.stop().await
-                    }
-                }
-                Ok(())
-            })
+            // Injected pods hand over the app's kubelet probes and, in
+            // classic-container mode, a loopback shutdown endpoint. Bad
+            // values refuse to start.
+            let probes = meshguard::probe::probes_from_env()?;
+            let shutdown_listen = meshguard::probe::shutdown_listen_from_env()?;
+            runtime(config.runtime.workers)?.block_on(run_sidecar(config, probes, shutdown_listen))
         }
         Command::Certs(CertsCommand::Dev {
             out,
@@ -402,6 +395,63 @@ fn policy_command(cmd: PolicyCommand) -> std::process::ExitCode {
             }
         }
     }
+}
+
+/// Runs one sidecar until SIGTERM (drain), Ctrl-C (stop now) or a POST to
+/// the shutdown endpoint (drain).
+async fn run_sidecar(
+    config: Config,
+    probes: Option<(SocketAddr, meshguard::inject::probes::AppProbes)>,
+    shutdown_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut extra = tokio::task::JoinSet::new();
+    // Bound before the data path: the app's probes hit it as soon as the app starts.
+    if let Some((addr, probes)) = probes {
+        let listener = meshguard::probe::bind_probe_listener(addr).await?;
+        extra.spawn(meshguard::probe::serve_probes(
+            listener,
+            std::sync::Arc::new(probes),
+            stop_rx.clone(),
+        ));
+    }
+    let (trigger, mut requested) = tokio::sync::mpsc::channel(1);
+    if let Some(addr) = shutdown_listen {
+        let listener = meshguard::proxy::bind(addr).await?;
+        extra.spawn(meshguard::probe::serve_shutdown(
+            listener,
+            trigger,
+            stop_rx.clone(),
+        ));
+    } else {
+        drop(trigger);
+    }
+    let running = meshguard::app::start(&config).await?;
+    let shutdown_requested = async move {
+        match requested.recv().await {
+            Some(()) => (),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        stop = shutdown_signal() => match stop {
+            // Kubernetes stopping the pod: drain as configured.
+            Stop::Terminate => running.drain().await,
+            // A person at a terminal: stop now.
+            Stop::Interrupt => {
+                tracing::info!("interrupted; stopping");
+                running.stop().await
+            }
+        },
+        () = shutdown_requested => {
+            tracing::info!("shutdown requested on the shutdown endpoint; draining");
+            running.drain().await
+        }
+    }
+    // Only now: kubelet keeps probing while the pod terminates.
+    let _ = stop_tx.send(true);
+    while extra.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Builds the single-route config of the ghostunnel-style quick start.

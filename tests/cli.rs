@@ -365,3 +365,130 @@ fn demo_shows_the_authenticated_identity_and_keeps_running() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The env contract of injected pods: the probe port runs the recorded
+/// probes against the app; the loopback shutdown endpoint drains and exits 0.
+#[test]
+fn injected_env_serves_probes_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(certs_dev(dir.path(), &[]).status.success());
+    let d = dir.path();
+    let (app, inbound, admin, probe, shut) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _app = Killed(
+        meshguard()
+            .args(["echo", "--listen", &format!("127.0.0.1:{app}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let probes = format!(
+        r#"{{"app/readiness":{{"original":{{"httpGet":{{"path":"/ready","port":{app}}}}},"forward":{{"type":"http","port":{app},"scheme":"HTTP","path":"/ready","timeoutSeconds":1}}}}}}"#
+    );
+    let mut sidecar = Killed(
+        meshguard()
+            .args(["run", "--cert"])
+            .arg(d.join("default/server/tls.crt"))
+            .arg("--key")
+            .arg(d.join("default/server/tls.key"))
+            .arg("--bundle")
+            .arg(d.join("default/server/ca.crt"))
+            .args([
+                "--inbound",
+                &format!("127.0.0.1:{inbound}"),
+                "--app",
+                &format!("127.0.0.1:{app}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .env("MESHGUARD_PROBE_LISTEN", format!("127.0.0.1:{probe}"))
+            .env("MESHGUARD_APP_PROBES", probes)
+            .env("MESHGUARD_SHUTDOWN_LISTEN", format!("127.0.0.1:{shut}"))
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(admin, &mut sidecar.0);
+    let resp = get(probe, "kubelet", "/app-probe/app/readiness").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let resp = get(probe, "kubelet", "/app-probe/app/liveness").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    // POST /shutdown: drain (5 s default delay) and exit 0.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", shut)).unwrap();
+    write!(
+        s,
+        "POST /shutdown HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 202"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = sidecar.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sidecar did not exit after /shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn bad_injected_env_refuses_to_start() {
+    let out = meshguard()
+        .args([
+            "run",
+            "--cert",
+            "a",
+            "--key",
+            "b",
+            "--bundle",
+            "c",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:1",
+        ])
+        .env("MESHGUARD_PROBE_LISTEN", "127.0.0.1:0")
+        .env("MESHGUARD_APP_PROBES", "{not json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("MESHGUARD_APP_PROBES"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = meshguard()
+        .args([
+            "run",
+            "--cert",
+            "a",
+            "--key",
+            "b",
+            "--bundle",
+            "c",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:1",
+        ])
+        .env("MESHGUARD_SHUTDOWN_LISTEN", "0.0.0.0:15021")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("MESHGUARD_SHUTDOWN_LISTEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

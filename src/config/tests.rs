@@ -148,6 +148,9 @@ fn nothing_to_do_is_refused() {
 fn shipped_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/meshguard.example.yaml");
     let c = Config::load(&path).unwrap();
-    assert!(c.identity.cert.ends_with("certs-dev/default/server/tls.crt"));
+    assert!(c
+        .identity
+        .cert
+        .ends_with("certs-dev/default/server/tls.crt"));
     assert_eq!(c.outbound.unwrap().routes.len(), 1);
 }

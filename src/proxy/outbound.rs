@@ -254,20 +254,28 @@ impl Outbound {
         let path = parts.uri.path().to_owned();
         let route = match (target, &authority) {
             (Target::Route(route), _) => route.as_ref(),
-            (Target::Undeclared(dst) | Target::Passthrough(dst), _) => {
-                let resp = refusal(
-                    StatusCode::FORBIDDEN,
-                    format_args!("destination {dst} is not declared in outbound destinations"),
-                );
-                return self.record(
-                    None,
-                    &method,
-                    &path,
-                    Decision::Deny,
-                    "undeclared destination",
-                    resp,
-                    start,
-                );
+            // Captured to an address no destination rule declares: a
+            // declared Host route still applies (an app calling a Service
+            // by name), anything else is refused.
+            (Target::Undeclared(dst) | Target::Passthrough(dst), authority) => {
+                match authority.as_deref().and_then(|a| self.route_for(a)) {
+                    Some(route) => route.as_ref(),
+                    None => {
+                        let resp = refusal(
+                            StatusCode::FORBIDDEN,
+                            format_args!("destination {dst} is not declared in outbound destinations or routes"),
+                        );
+                        return self.record(
+                            None,
+                            &method,
+                            &path,
+                            Decision::Deny,
+                            "undeclared destination",
+                            resp,
+                            start,
+                        );
+                    }
+                }
             }
             (Target::ByHost, Some(authority)) => match self.route_for(authority) {
                 Some(route) => route.as_ref(),

@@ -114,3 +114,57 @@ pub async fn passthrough(mut app: TcpStream, dst: SocketAddr) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(cidr: &str, ports: Option<Vec<u16>>, id: &str) -> DestinationConfig {
+        DestinationConfig {
+            cidr: cidr.parse().unwrap(),
+            ports,
+            identity: id.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn destinations_match_by_cidr_and_port_first_rule_wins() {
+        let d = Destinations::new(
+            vec![
+                rule("10.96.0.10/32", Some(vec![80]), "spiffe://td/ns/a/sa/web"),
+                rule("10.96.0.0/12", None, "spiffe://td/ns/a/sa/any"),
+                rule("fd00::/8", Some(vec![443]), "spiffe://td/ns/b/sa/v6"),
+            ],
+            Undeclared::Deny,
+        );
+        let id = |a: &str| d.identity_for(a.parse().unwrap()).map(|i| i.to_string());
+        assert_eq!(
+            id("10.96.0.10:80").as_deref(),
+            Some("spiffe://td/ns/a/sa/web")
+        );
+        assert_eq!(
+            id("10.96.0.10:81").as_deref(),
+            Some("spiffe://td/ns/a/sa/any")
+        );
+        assert_eq!(
+            id("10.111.255.255:1").as_deref(),
+            Some("spiffe://td/ns/a/sa/any")
+        );
+        assert_eq!(id("10.112.0.0:80"), None, "outside the /12");
+        assert_eq!(
+            id("[fd00::1]:443").as_deref(),
+            Some("spiffe://td/ns/b/sa/v6")
+        );
+        assert_eq!(id("[fd00::1]:80"), None);
+        assert_eq!(id("[::ffff:10.96.0.10]:80"), None, "no cross-family match");
+    }
+
+    #[test]
+    fn undeclared_destinations_follow_the_chosen_rule() {
+        let dst: SocketAddr = "192.0.2.1:5432".parse().unwrap();
+        let deny = Destinations::new(Vec::new(), Undeclared::Deny);
+        assert!(matches!(deny.target(dst, |_| None), Target::Undeclared(d) if d == dst));
+        let pass = Destinations::new(Vec::new(), Undeclared::Passthrough);
+        assert!(matches!(pass.target(dst, |_| None), Target::Passthrough(d) if d == dst));
+    }
+}

@@ -88,8 +88,15 @@ impl Destinations {
 
 /// The destination the app originally dialled, if iptables redirected this
 /// connection to us; `None` when it dialled the listener itself.
+///
+/// A listener on `[::]` (one socket for both families, as the capture rules
+/// need: IPv4 is redirected to 127.0.0.1, IPv6 to ::1) accepts IPv4 as
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`). Such a connection is tracked by the
+/// IPv4 conntrack, so its original destination is asked with the IPv4
+/// option (the IPv6 one fails for it) and returned as plain IPv4, so the
+/// IPv4 CIDRs of `destinations` match it.
 pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
-    let local = tcp.local_addr().ok()?;
+    let local = canonical(tcp.local_addr().ok()?);
     let sock = socket2::SockRef::from(tcp);
     let original = match local {
         SocketAddr::V4(_) => sock.original_dst_v4(),
@@ -97,8 +104,14 @@ pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
     }
     .ok()?
     .as_socket()?;
+    let original = canonical(original);
     // Without a redirect the kernel reports the listener's own address.
     (original != local).then_some(original)
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is; others unchanged.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Copies bytes both ways to `dst`, unauthenticated (only when the
@@ -157,6 +170,22 @@ mod tests {
         );
         assert_eq!(id("[fd00::1]:80"), None);
         assert_eq!(id("[::ffff:10.96.0.10]:80"), None, "no cross-family match");
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_taken_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.96.0.10]:80".parse().unwrap();
+        let v4: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v4), v4);
+        let v6: SocketAddr = "[fd00::1]:443".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+        // So a connection accepted on `[::]` matches an IPv4 rule.
+        let d = Destinations::new(
+            vec![rule("10.96.0.0/12", None, "spiffe://td/ns/a/sa/any")],
+            Undeclared::Deny,
+        );
+        assert!(d.identity_for(canonical(mapped)).is_some());
     }
 
     #[test]

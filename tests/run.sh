@@ -10,7 +10,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # Debian packages the tests use: a C compiler for aws-lc-sys, curl for the
 # scripts, prometheus (promtool and a real server for the metrics tests).
 # Install only what is missing, so a warm machine starts at once.
-packages=(gcc curl ca-certificates prometheus)
+packages=(gcc curl ca-certificates prometheus iproute2 iptables util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

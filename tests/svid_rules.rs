@@ -817,7 +817,6 @@ fn leaf_outliving_its_ca_is_refused_once_the_ca_expired() {
 /// certificate must have keyCertSign. webpki ignores keyUsage on issuers and
 /// meshguard's verifier does not check it either.
 #[test]
-#[ignore = "verifier accepts an issuer whose keyUsage lacks keyCertSign (src/tls/verify.rs)"]
 fn issuer_without_key_cert_sign_is_refused() {
     let w = world();
     let root = issuer_of(&w.pki.ca);

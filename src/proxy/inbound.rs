@@ -10,7 +10,7 @@ use super::serve::{
     accept_loop, close_if_draining, http1_builder, http2_builder, Activity, ConnectionTracker,
     Control, Tracked,
 };
-use super::{log_connection_error, refusal, CountingIo, ProxyBody};
+use super::{canonical_host, log_connection_error, refusal, CountingIo, ProxyBody};
 use crate::audit::{self, RequestRecord};
 use crate::config::LimitsConfig;
 use crate::headers::{self, PeerHeaders};
@@ -21,7 +21,7 @@ use crate::policy::{self, Permit, Policy};
 use crate::tls::{handshake_failure, peer_identity, CredentialStore};
 use arc_swap::ArcSwapOption;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -232,6 +232,24 @@ impl Inbound {
     async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
+        // One Host, the one authorized; HTTP/2's :authority becomes the
+        // Host the HTTP/1.1 app reads.
+        if let Err(reason) = canonical_host(&mut parts) {
+            let resp = refusal(StatusCode::BAD_REQUEST, reason);
+            let outcome = Outcome {
+                decision: Decision::Deny,
+                rule: None,
+                reason: "ambiguous host",
+            };
+            return self.record(
+                peer,
+                parts.method.as_str(),
+                parts.uri.path(),
+                &outcome,
+                resp,
+                start,
+            );
+        }
         let raw_target = parts
             .uri
             .path_and_query()
@@ -325,16 +343,6 @@ impl Inbound {
                 return self.record(peer, parts.method.as_str(), path, &outcome, resp, start);
             }
         };
-        // HTTP/2 carries the host in :authority; the app speaks HTTP/1.1.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(value) = parts
-                .uri
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(header::HOST, value);
-            }
-        }
         headers::strip_inbound(&mut parts.headers, &[]);
         peer.headers.apply(&mut parts.headers);
         let method = parts.method.clone();

@@ -78,3 +78,20 @@ pub fn log_connection_error(direction: &'static str, peer: impl Display, err: &h
         tracing::debug!(direction, peer_addr = %peer, error = %err, "connection ended with an error");
     }
 }
+
+/// Makes the request name exactly one host, the one it is routed and
+/// authorized by: two Host headers are refused (RFC 9112 section 3.2), and
+/// a target or :authority that carries an authority replaces any Host the
+/// caller sent (RFC 9112 section 3.2.2, RFC 9113 section 8.3.1), so the app
+/// never reads a host that nobody checked.
+pub fn canonical_host(parts: &mut http::request::Parts) -> Result<(), &'static str> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(authority) = parts.uri.authority() {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| "invalid authority")?;
+        parts.headers.insert(header::HOST, value);
+    }
+    Ok(())
+}

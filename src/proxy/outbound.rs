@@ -7,7 +7,10 @@ use super::serve::{
     accept_loop, close_if_draining, http1_builder, Activity, ConnectionTracker, Control, Tracked,
 };
 use super::transparent::{original_destination, passthrough, Destinations, Target};
-use super::{log_connection_error, refusal, ConnectError, CountingIo, PeerConnector, ProxyBody};
+use super::{
+    canonical_host, log_connection_error, refusal, ConnectError, CountingIo, PeerConnector,
+    ProxyBody,
+};
 use crate::audit::{self, RequestRecord};
 use crate::config::LimitsConfig;
 use crate::config::{OutboundConfig, RouteConfig};
@@ -239,6 +242,19 @@ impl Outbound {
     async fn handle(&self, req: Request<Incoming>, target: &Target) -> Response<ProxyBody> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
+        if let Err(reason) = canonical_host(&mut parts) {
+            let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
+            let resp = refusal(StatusCode::BAD_REQUEST, reason);
+            return self.record(
+                None,
+                &method,
+                &path,
+                Decision::Deny,
+                "ambiguous host",
+                resp,
+                start,
+            );
+        }
         let authority = parts
             .uri
             .authority()

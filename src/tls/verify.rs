@@ -150,7 +150,32 @@ pub fn verify_peer(
         }
         other => VerifyError::InvalidChain(format!("{other:?}")),
     })?;
+    // webpki does not look at an issuer's keyUsage; RFC 5280 6.1.4 (n) and
+    // the X509-SVID standard require keyCertSign on every signing cert.
+    for (index, intermediate) in intermediates.iter().enumerate() {
+        check_signing_cert(intermediate).map_err(|reason| {
+            VerifyError::InvalidChain(format!("intermediate #{index}: {reason}"))
+        })?;
+    }
     Ok(id)
+}
+
+/// A certificate that signs others must be a CA and, when it has a
+/// keyUsage extension, allow keyCertSign.
+fn check_signing_cert(der: &[u8]) -> Result<(), &'static str> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|_| "not a valid certificate")?;
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        Ok(_) => return Err("not a CA certificate"),
+        Err(_) => return Err("invalid basicConstraints"),
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => Err("keyUsage lacks keyCertSign"),
+        Ok(_) => Ok(()),
+        Err(_) => Err("invalid keyUsage"),
+    }
 }
 
 /// The checks shared by both directions.

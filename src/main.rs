@@ -95,7 +95,8 @@ enum PolicyCommand {
         /// The caller's SPIFFE ID.
         #[arg(long)]
         from: String,
-        /// The port the request arrives on.
+        /// The port the caller dialled (under iptables capture: the app's
+        /// port; otherwise the inbound listener's).
         #[arg(long, default_value_t = 15006)]
         port: u16,
         #[arg(long, default_value = "GET")]
@@ -117,7 +118,7 @@ enum PolicyCommand {
 #[derive(Args)]
 struct RunArgs {
     /// YAML config file (see meshguard.example.yaml). Excludes the flags below.
-    #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "inbound", "app", "policy", "outbound", "peer", "peer_id", "admin"])]
+    #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "inbound", "app", "policy", "outbound", "peer", "peer_id"])]
     config: Option<PathBuf>,
     /// Tokio worker threads (overrides the config; 1 = single-threaded).
     #[arg(long)]
@@ -220,6 +221,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Some(path) => Config::load(path)?,
                 None => config_from_flags(&args)?,
             };
+            // Overrides that also apply to a config file (the injector forces
+            // the admin address so kubelet can always probe it).
+            if let Some(admin) = args.admin {
+                config.admin.listen = admin;
+            }
             if let Some(w) = args.workers {
                 if w == 0 {
                     bail!("--workers must be at least 1");

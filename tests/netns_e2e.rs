@@ -466,8 +466,10 @@ fn capture_in_network_namespaces_end_to_end() {
     lab.write(
         "server-policy.yaml",
         &format!(
+            // `ports` is the port the client dialled (8080), not the
+            // inbound listener it was redirected to.
             "rules:\n  - name: client-read\n    action: allow\n    from: [{CLIENT_ID}]\n    \
-             methods: [GET]\n    paths: [\"/*\"]\n"
+             ports: [8080]\n    methods: [GET]\n    paths: [\"/*\"]\n"
         ),
     );
     lab.write(

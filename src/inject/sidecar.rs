@@ -154,14 +154,19 @@ pub(super) fn init_container(settings: &Settings, opts: &InjectOptions) -> Value
 /// `meshguard run` arguments: the config file from the ConfigMap, or (no
 /// ConfigMap) an inbound-only sidecar described by flags.
 fn run_args(settings: &Settings, app_port: Option<u16>) -> Vec<String> {
+    let c = &settings.capture;
     if settings.config_map.is_some() {
+        // The admin port is forced onto all addresses whatever the config
+        // says: kubelet probes it on the pod IP, so loopback would leave a
+        // pod that never becomes ready.
         return vec![
             "run".into(),
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            "--admin".into(),
+            format!("[::]:{}", c.admin_port),
         ];
     }
-    let c = &settings.capture;
     let mut args: Vec<String> = vec![
         "run".into(),
         "--cert".into(),

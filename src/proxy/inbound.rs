@@ -10,6 +10,7 @@ use super::serve::{
     accept_loop, close_if_draining, http1_builder, http2_builder, Activity, ConnectionTracker,
     Control, Tracked,
 };
+use super::transparent::original_destination;
 use super::{canonical_host, log_connection_error, refusal, CountingIo, ProxyBody};
 use crate::audit::{self, RequestRecord};
 use crate::config::LimitsConfig;
@@ -50,8 +51,12 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// `addr` as text, formatted once for the audit lines.
     addr_text: String,
-    /// The local port the connection arrived on (policy `ports`).
+    /// The port the caller dialled (policy `ports`): the original
+    /// destination port when iptables redirected the connection to us.
     pub port: u16,
+    /// Where this connection's requests go: the configured app, or, under
+    /// capture, the app's address with the port the caller dialled.
+    app: Authority,
     headers: PeerHeaders,
     counters: RequestCounters,
 }
@@ -61,6 +66,7 @@ pub struct Inbound {
     tls: TlsAcceptor,
     store: Arc<CredentialStore>,
     app: Authority,
+    app_addr: SocketAddr,
     client: Client<HttpConnector, Incoming>,
     policy: PolicySlot,
     metrics: Arc<Metrics>,
@@ -92,12 +98,14 @@ impl Inbound {
             // is 5 s), so we never send on a connection the app is closing.
             .pool_idle_timeout(APP_POOL_IDLE)
             .build(connector);
+        let app_addr = app;
         let app =
             Authority::try_from(app.to_string()).expect("a socket address is a valid authority");
         Arc::new(Inbound {
             tls: TlsAcceptor::from(tls),
             store,
             app,
+            app_addr,
             client,
             policy,
             metrics,
@@ -133,7 +141,16 @@ impl Inbound {
         tracked: Tracked,
     ) {
         let _ = tcp.set_nodelay(true);
-        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let captured = original_destination(&tcp);
+        let port = captured.map_or(local_port, |d| d.port());
+        let app = match captured {
+            Some(dst) => {
+                Authority::try_from(SocketAddr::new(self.app_addr.ip(), dst.port()).to_string())
+                    .unwrap_or_else(|_| self.app.clone())
+            }
+            None => self.app.clone(),
+        };
         let _open = self.metrics.connection("inbound");
         let activity = Arc::new(Activity::default());
         let tcp = CountingIo::new(
@@ -176,6 +193,7 @@ impl Inbound {
             addr,
             addr_text: addr.to_string(),
             port,
+            app,
             headers,
             counters,
         });
@@ -347,7 +365,9 @@ impl Inbound {
         peer.headers.apply(&mut parts.headers);
         let method = parts.method.clone();
         let path = path.to_owned();
-        let resp = self.forward(parts, forwarded_target, body, permit).await;
+        let resp = self
+            .forward(parts, &peer.app, forwarded_target, body, permit)
+            .await;
         let outcome = match resp.status() {
             StatusCode::SERVICE_UNAVAILABLE if matches!(resp.body(), Either::Right(_)) => Outcome {
                 reason: "local app unavailable",
@@ -366,13 +386,14 @@ impl Inbound {
     async fn forward(
         &self,
         mut parts: http::request::Parts,
+        app: &Authority,
         target: PathAndQuery,
         body: Incoming,
         _permit: Permit,
     ) -> Response<ProxyBody> {
         parts.uri = match Uri::builder()
             .scheme(Scheme::HTTP)
-            .authority(self.app.clone())
+            .authority(app.clone())
             .path_and_query(target)
             .build()
         {

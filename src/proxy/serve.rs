@@ -253,11 +253,11 @@ pub async fn accept_loop<F, Fut>(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, addr)) => match permits.clone().try_acquire_owned() {
-                    Ok(permit) => {
+                Ok((tcp, addr)) => match (permits.clone().try_acquire_owned(), super::transparent::canonical(addr)) {
+                    (Ok(permit), addr) => {
                         tokio::spawn(handle(tcp, addr, tracker.track(permit)));
                     }
-                    Err(_) => {
+                    (Err(_), addr) => {
                         tracing::warn!(target: crate::audit::TARGET, event = "connection_refused", direction, peer_addr = %addr, reason = "connection_limit", limit = max_connections, "connection refused: listener at its connection limit");
                     }
                 },

@@ -1,0 +1,598 @@
+#!/usr/bin/env bash
+# The mTLS pairs benchmark of meshguard against nginx, haproxy and stunnel.
+#
+# Every pair does the same job, on loopback only:
+#   wrk → outbound proxy (plain HTTP/1.1) → mTLS (TLS 1.3, client cert required,
+#   both sides verified against one dev CA) → inbound proxy → nginx backend
+# plus the direct path wrk → nginx backend. See benches/README.md.
+#
+#   benches/pairs/run.sh                 # 3 rounds × 10 s, 3 s warm-up
+#   benches/pairs/run.sh --quick         # smoke test: 1 round × 2 s
+#   benches/pairs/run.sh --soak 600      # meshguard pair only, RSS over 10 minutes
+#
+# Options (environment variable in brackets):
+#   --rounds N [ROUNDS=3]  --duration S [DURATION=10]  --warmup S [WARMUP=3]
+#   --connections N [CONNS=50]    connections of the keep-alive and new-connection tests
+#   --pairs LIST [PAIRS=direct,nginx,haproxy,stunnel,meshguard]; also meshguard-h2
+#               (HTTP/2 multiplexed on the mTLS hop, outbound from a config file)
+#   --base-port P [BASE_PORT=18400]  uses P .. P+53 on 127.0.0.1
+#   --max-foreign C [MAX_FOREIGN=0.10]  foreign CPU (cores) that marks a measurement disturbed
+#   --max-steal C [MAX_STEAL=0.05]      steal (cores) that marks a measurement disturbed
+#   --soak S, --soak-interval S [SOAK_INTERVAL=5]
+#   --no-perf  skip the syscalls-per-request count (perf stat; skipped anyway without perf)
+#   --no-install, --no-build (use $MESHGUARD_BIN or target/release/meshguard as is)
+#   --keep    keep the temporary directory (configs, certs, logs)
+#   --hold    start and check the pairs, print their addresses and pids, then wait
+#             (for profiling by hand: perf record -p PID, strace -c -f -p PID); Ctrl-C ends
+set -euo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+export PYTHONDONTWRITEBYTECODE=1
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+CONNS=${CONNS:-50}
+PAIRS=${PAIRS:-direct,nginx,haproxy,stunnel,meshguard}
+BASE_PORT=${BASE_PORT:-18400}
+MAX_FOREIGN=${MAX_FOREIGN:-0.10}
+MAX_STEAL=${MAX_STEAL:-0.05}
+SOAK=${SOAK:-0}
+SOAK_INTERVAL=${SOAK_INTERVAL:-5}
+PERF=${PERF:-1}
+INSTALL=1
+BUILD=1
+KEEP=0
+HOLD=0
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) ROUNDS=1; DURATION=2; WARMUP=1 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    --warmup) WARMUP=$2; shift ;;
+    --connections) CONNS=$2; shift ;;
+    --pairs) PAIRS=$2; shift ;;
+    --base-port) BASE_PORT=$2; shift ;;
+    --max-foreign) MAX_FOREIGN=$2; shift ;;
+    --max-steal) MAX_STEAL=$2; shift ;;
+    --soak) SOAK=$2; shift ;;
+    --soak-interval) SOAK_INTERVAL=$2; shift ;;
+    --no-perf) PERF=0 ;;
+    --no-install) INSTALL=0 ;;
+    --no-build) BUILD=0 ;;
+    --keep) KEEP=1 ;;
+    --hold) HOLD=1 ;;
+    -h|--help) usage 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; usage 2 ;;
+  esac
+  shift
+done
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+if [ "$SOAK" != 0 ]; then PAIRS=meshguard; fi
+IFS=, read -r -a PAIR_LIST <<<"$PAIRS"
+has_pair() { local p; for p in "${PAIR_LIST[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
+for p in "${PAIR_LIST[@]}"; do
+  case "$p" in direct|nginx|haproxy|stunnel|meshguard|meshguard-h2) ;; *) die "unknown pair $p" ;; esac
+done
+
+# ------------------------------------------------------------------ tools
+
+need_pkgs=()
+command -v wrk >/dev/null || need_pkgs+=(wrk)
+command -v nginx >/dev/null || need_pkgs+=(nginx)
+if has_pair haproxy; then command -v haproxy >/dev/null || need_pkgs+=(haproxy); fi
+if has_pair stunnel; then command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need_pkgs+=(stunnel4); fi
+command -v openssl >/dev/null || need_pkgs+=(openssl)
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v ss >/dev/null || need_pkgs+=(iproute2)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  [ "$INSTALL" = 1 ] || die "missing: ${need_pkgs[*]} (and --no-install given)"
+  [ "$(id -u)" = 0 ] || die "missing: ${need_pkgs[*]}; run as root or install them"
+  say "installing ${need_pkgs[*]}"
+  # Keep package scripts from starting system services (nginx would listen
+  # on 0.0.0.0:80): a policy-rc.d that refuses, only for this install.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+  fi
+  apt_ok=0
+  for attempt in 1 2; do
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]}" >&2; then apt_ok=1; break; fi
+    apt-get update -q >&2 || true
+  done
+  if [ "$apt_ok" = 0 ] && [[ " ${need_pkgs[*]} " == *" nginx "* ]]; then
+    # Older releases package the binary as nginx-light / nginx-core.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_pkgs[@]/#nginx/nginx-light}" >&2 && apt_ok=1
+  fi
+  [ "$made_policy" = 1 ] && rm -f "$policy"
+  [ "$apt_ok" = 1 ] || die "apt-get install ${need_pkgs[*]} failed"
+fi
+STUNNEL=$(command -v stunnel4 || command -v stunnel || true)
+
+# ------------------------------------------------------------------ meshguard
+
+MESHGUARD_BIN=${MESHGUARD_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/meshguard}
+if [ "$BUILD" = 1 ]; then
+  say "cargo build --release"
+  built=0
+  for attempt in 1 2 3 4 5; do
+    if (cd "$REPO" && cargo build --release >&2); then built=1; break; fi
+    say "build failed (attempt $attempt; someone may be mid-edit); retrying in 60 s"
+    sleep 60
+  done
+  [ "$built" = 1 ] || die "cargo build --release keeps failing"
+fi
+[ -x "$MESHGUARD_BIN" ] || die "no meshguard binary at $MESHGUARD_BIN"
+
+# ------------------------------------------------------------------ processes
+
+TMP=$(mktemp -d /tmp/meshguard-pairs.XXXXXX)
+PIDS=()
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  set +e
+  for pid in ${BENCH_PID:-} ${SLEEP_PID:-}; do
+    kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  done
+  for pid in "${PIDS[@]}"; do
+    # Each server runs in its own session (setsid): its process group is its pid.
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
+  # meshguard drains for 5 s after SIGTERM (readiness off, then close); give it 8.
+  for _ in $(seq 1 80); do
+    local alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}"; do
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null
+  done
+  if [ "$KEEP" = 1 ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD...: runs CMD in its own session, logs to $TMP/NAME.log.
+start() {
+  local name=$1; shift
+  setsid "$@" >"$TMP/$name.log" 2>&1 </dev/null &
+  local pid=$!
+  PIDS+=("$pid")
+  eval "PID_${name//-/_}=$pid"
+}
+pid_of() { local v="PID_${1//-/_}"; echo "${!v}"; }
+
+port_free() { [ -z "$(ss -Htln "sport = :$1" 2>/dev/null)" ]; }
+wait_port() { # wait_port PORT NAME
+  for _ in $(seq 1 100); do
+    if ! port_free "$1"; then return 0; fi
+    kill -0 "$(pid_of "$2")" 2>/dev/null || { cat "$TMP/$2.log" >&2; die "$2 exited"; }
+    sleep 0.1
+  done
+  cat "$TMP/$2.log" >&2
+  die "$2 does not listen on 127.0.0.1:$1"
+}
+
+B=$BASE_PORT
+P_NGINX_OUT=$((B + 10)) P_NGINX_IN=$((B + 11))
+P_HAP_OUT=$((B + 20)) P_HAP_IN=$((B + 21))
+P_ST_OUT=$((B + 30)) P_ST_IN=$((B + 31))
+P_MG_OUT=$((B + 40)) P_MG_IN=$((B + 41)) P_MG_ADMIN_OUT=$((B + 42)) P_MG_ADMIN_IN=$((B + 43))
+P_MG2_OUT=$((B + 50)) P_MG2_IN=$((B + 51)) P_MG2_ADMIN_OUT=$((B + 52)) P_MG2_ADMIN_IN=$((B + 53))
+for p in $P_MG2_OUT $P_MG2_IN $P_MG2_ADMIN_OUT $P_MG2_ADMIN_IN $B $P_NGINX_OUT $P_NGINX_IN $P_HAP_OUT $P_HAP_IN $P_ST_OUT $P_ST_IN $P_MG_OUT $P_MG_IN $P_MG_ADMIN_OUT $P_MG_ADMIN_IN; do
+  port_free "$p" || die "port 127.0.0.1:$p is in use; pick another --base-port"
+done
+
+# ------------------------------------------------------------------ certs
+
+say "dev certificates (meshguard certs dev) in $TMP/certs"
+"$MESHGUARD_BIN" certs dev --out "$TMP/certs" --workload default/client --workload default/server >"$TMP/certs.log" 2>&1 \
+  || { cat "$TMP/certs.log" >&2; die "meshguard certs dev failed"; }
+# A second, unrelated CA: its client cert must be refused by every inbound.
+"$MESHGUARD_BIN" certs dev --out "$TMP/rogue" --workload default/client >>"$TMP/certs.log" 2>&1
+CA=$TMP/certs/ca.crt
+CC=$TMP/certs/default/client/tls.crt CK=$TMP/certs/default/client/tls.key
+SC=$TMP/certs/default/server/tls.crt SK=$TMP/certs/default/server/tls.key
+SERVER_DNS=server.default.svc.cluster.local
+SERVER_ID=spiffe://cluster.local/ns/default/sa/server
+# haproxy wants certificate and key in one PEM: the same files, concatenated.
+cat "$CC" "$CK" >"$TMP/certs/client.pem"
+cat "$SC" "$SK" >"$TMP/certs/server.pem"
+
+MARKER="meshguard-pairs-backend-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+
+# ------------------------------------------------------------------ backend
+
+nginx_common() { # nginx_common DIR
+  cat <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 8192; }
+EOF
+}
+nginx_http_common() { # nginx_http_common DIR
+  cat <<EOF
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 75s;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
+EOF
+}
+run_nginx() { # run_nginx NAME (config in $TMP/NAME/nginx.conf)
+  nginx -t -q -e "$TMP/$1/error.log" -p "$TMP/$1" -c "$TMP/$1/nginx.conf" >"$TMP/$1.check" 2>&1 \
+    || { cat "$TMP/$1.check" >&2; die "nginx config $1 invalid"; }
+  start "$1" nginx -e "$TMP/$1/error.log" -p "$TMP/$1" -c "$TMP/$1/nginx.conf"
+}
+
+mkdir -p "$TMP/backend"
+{
+  nginx_common "$TMP/backend"
+  echo "http {"
+  nginx_http_common "$TMP/backend"
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$B;
+    location / { default_type text/plain; return 200 "$MARKER\n"; }
+  }
+}
+EOF
+} >"$TMP/backend/nginx.conf"
+say "backend nginx on 127.0.0.1:$B"
+run_nginx backend
+wait_port "$B" backend
+
+# ------------------------------------------------------------------ pairs
+
+if has_pair nginx; then
+  for side in out in; do
+    mkdir -p "$TMP/nginx-$side"
+    {
+      nginx_common "$TMP/nginx-$side"
+      echo "http {"
+      nginx_http_common "$TMP/nginx-$side"
+      if [ "$side" = out ]; then
+        cat <<EOF
+  upstream mtls_in { server 127.0.0.1:$P_NGINX_IN; keepalive 128; keepalive_requests 10000000; keepalive_timeout 75s; }
+  server {
+    listen 127.0.0.1:$P_NGINX_OUT;
+    location / {
+      proxy_pass https://mtls_in;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_certificate $CC;
+      proxy_ssl_certificate_key $CK;
+      proxy_ssl_trusted_certificate $CA;
+      proxy_ssl_verify on;
+      proxy_ssl_verify_depth 2;
+      proxy_ssl_name $SERVER_DNS;
+      proxy_ssl_server_name on;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+      else
+        cat <<EOF
+  upstream app { server 127.0.0.1:$B; keepalive 128; keepalive_requests 10000000; keepalive_timeout 75s; }
+  server {
+    listen 127.0.0.1:$P_NGINX_IN ssl;
+    ssl_certificate $SC;
+    ssl_certificate_key $SK;
+    ssl_client_certificate $CA;
+    ssl_verify_client on;
+    ssl_verify_depth 2;
+    ssl_protocols TLSv1.3;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+      fi
+    } >"$TMP/nginx-$side/nginx.conf"
+  done
+  say "nginx pair: 127.0.0.1:$P_NGINX_OUT → mTLS 127.0.0.1:$P_NGINX_IN"
+  run_nginx nginx-in
+  run_nginx nginx-out
+  wait_port "$P_NGINX_IN" nginx-in
+  wait_port "$P_NGINX_OUT" nginx-out
+fi
+
+if has_pair haproxy; then
+  hap_common() {
+    cat <<EOF
+global
+  nbthread 1
+  maxconn 4096
+  ssl-default-bind-options ssl-min-ver TLSv1.3
+  ssl-default-server-options ssl-min-ver TLSv1.3
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 75s
+  timeout server 75s
+  timeout http-keep-alive 75s
+EOF
+  }
+  {
+    hap_common
+    cat <<EOF
+frontend out
+  bind 127.0.0.1:$P_HAP_OUT
+  default_backend mtls_in
+backend mtls_in
+  http-reuse always
+  server in 127.0.0.1:$P_HAP_IN ssl crt $TMP/certs/client.pem ca-file $CA verify required verifyhost $SERVER_DNS sni str($SERVER_DNS) alpn http/1.1
+EOF
+  } >"$TMP/haproxy-out.cfg"
+  {
+    hap_common
+    cat <<EOF
+frontend in
+  bind 127.0.0.1:$P_HAP_IN ssl crt $TMP/certs/server.pem ca-file $CA verify required alpn http/1.1
+  default_backend app
+backend app
+  http-reuse always
+  server app 127.0.0.1:$B
+EOF
+  } >"$TMP/haproxy-in.cfg"
+  for side in out in; do
+    haproxy -c -q -f "$TMP/haproxy-$side.cfg" >"$TMP/haproxy-$side.check" 2>&1 \
+      || { cat "$TMP/haproxy-$side.check" >&2; die "haproxy config $side invalid"; }
+  done
+  say "haproxy pair: 127.0.0.1:$P_HAP_OUT → mTLS 127.0.0.1:$P_HAP_IN"
+  start haproxy-in haproxy -db -f "$TMP/haproxy-in.cfg"
+  start haproxy-out haproxy -db -f "$TMP/haproxy-out.cfg"
+  wait_port "$P_HAP_IN" haproxy-in
+  wait_port "$P_HAP_OUT" haproxy-out
+fi
+
+if has_pair stunnel; then
+  [ -n "$STUNNEL" ] || die "stunnel not found"
+  cat >"$TMP/stunnel-out.conf" <<EOF
+foreground = yes
+pid =
+syslog = no
+debug = 3
+[out]
+client = yes
+accept = 127.0.0.1:$P_ST_OUT
+connect = 127.0.0.1:$P_ST_IN
+cert = $CC
+key = $CK
+CAfile = $CA
+verifyChain = yes
+checkHost = $SERVER_DNS
+sni = $SERVER_DNS
+sslVersionMin = TLSv1.3
+EOF
+  cat >"$TMP/stunnel-in.conf" <<EOF
+foreground = yes
+pid =
+syslog = no
+debug = 3
+[in]
+accept = 127.0.0.1:$P_ST_IN
+connect = 127.0.0.1:$B
+cert = $SC
+key = $SK
+CAfile = $CA
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.3
+EOF
+  say "stunnel pair: 127.0.0.1:$P_ST_OUT → mTLS 127.0.0.1:$P_ST_IN"
+  start stunnel-in "$STUNNEL" "$TMP/stunnel-in.conf"
+  start stunnel-out "$STUNNEL" "$TMP/stunnel-out.conf"
+  wait_port "$P_ST_IN" stunnel-in
+  wait_port "$P_ST_OUT" stunnel-out
+fi
+
+mg_ready() { # mg_ready ADMIN_PORT NAME
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$1/ready" 2>/dev/null && return 0
+    kill -0 "$(pid_of "$2")" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$TMP/$2.log" >&2
+  die "$2 not ready"
+}
+export MESHGUARD_LOG=${MESHGUARD_LOG:-warn}
+if has_pair meshguard; then
+  say "meshguard pair: 127.0.0.1:$P_MG_OUT → mTLS 127.0.0.1:$P_MG_IN ($MESHGUARD_BIN)"
+  start meshguard-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
+    --inbound "127.0.0.1:$P_MG_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG_ADMIN_IN" --workers 1
+  start meshguard-out "$MESHGUARD_BIN" --log-format json run --cert "$CC" --key "$CK" --bundle "$CA" \
+    --outbound "127.0.0.1:$P_MG_OUT" --peer "127.0.0.1:$P_MG_IN" --peer-id "$SERVER_ID" \
+    --admin "127.0.0.1:$P_MG_ADMIN_OUT" --workers 1
+  mg_ready "$P_MG_ADMIN_IN" meshguard-in
+  mg_ready "$P_MG_ADMIN_OUT" meshguard-out
+fi
+if has_pair meshguard-h2; then
+  # Not in the default list: the same inbound, an outbound from a config file
+  # with `protocol: http2` (one multiplexed connection on the mTLS hop).
+  cat >"$TMP/meshguard-h2-out.yaml" <<EOF
+identity:
+  cert: $CC
+  key: $CK
+  bundle: $CA
+outbound:
+  protocol: http2
+  routes:
+    - listen: 127.0.0.1:$P_MG2_OUT
+      peer: 127.0.0.1:$P_MG2_IN
+      identity: $SERVER_ID
+admin:
+  listen: 127.0.0.1:$P_MG2_ADMIN_OUT
+runtime:
+  workers: 1
+EOF
+  say "meshguard-h2 pair: 127.0.0.1:$P_MG2_OUT → mTLS (HTTP/2) 127.0.0.1:$P_MG2_IN"
+  start meshguard-h2-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
+    --inbound "127.0.0.1:$P_MG2_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG2_ADMIN_IN" --workers 1
+  start meshguard-h2-out "$MESHGUARD_BIN" --log-format json run --config "$TMP/meshguard-h2-out.yaml"
+  mg_ready "$P_MG2_ADMIN_IN" meshguard-h2-in
+  mg_ready "$P_MG2_ADMIN_OUT" meshguard-h2-out
+fi
+
+# ------------------------------------------------------------------ checks
+
+REQ='GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n'
+# s_client_get PORT [openssl options...]: stdout+stderr of one request over TLS.
+s_client_get() {
+  local port=$1; shift
+  printf "$REQ" | timeout 10 openssl s_client -connect "127.0.0.1:$port" -servername "$SERVER_DNS" \
+    -CAfile "$CA" -verify_return_error -brief -ign_eof "$@" 2>&1 || true
+}
+CHECKS=()
+check() { # check DESCRIPTION OK(0/1)
+  if [ "$2" = 1 ]; then CHECKS+=("ok   $1"); echo "  ok   $1" >&2
+  else CHECKS+=("FAIL $1"); echo "  FAIL $1" >&2; FAILED=1; fi
+}
+FAILED=0
+say "checking that every pair really does mTLS"
+body=$(curl -fsS "http://127.0.0.1:$B/" || true)
+check "direct: backend answers its marker" "$([ "$body" = "$MARKER" ] && echo 1 || echo 0)"
+for pair in "${PAIR_LIST[@]}"; do
+  case "$pair" in
+    direct) continue ;;
+    nginx) in=$P_NGINX_IN out=$P_NGINX_OUT ;;
+    haproxy) in=$P_HAP_IN out=$P_HAP_OUT ;;
+    stunnel) in=$P_ST_IN out=$P_ST_OUT ;;
+    meshguard) in=$P_MG_IN out=$P_MG_OUT ;;
+    meshguard-h2) in=$P_MG2_IN out=$P_MG2_OUT ;;
+  esac
+  r=$(s_client_get "$in" -cert "$CC" -key "$CK")
+  check "$pair inbound: TLS 1.3 with the client SVID returns the backend body" \
+    "$(grep -q "$MARKER" <<<"$r" && grep -q 'Protocol version: TLSv1.3' <<<"$r" && echo 1 || echo 0)"
+  r=$(s_client_get "$in")
+  check "$pair inbound: without a client certificate no backend body" "$(grep -q "$MARKER" <<<"$r" && echo 0 || echo 1)"
+  r=$(s_client_get "$in" -cert "$TMP/rogue/default/client/tls.crt" -key "$TMP/rogue/default/client/tls.key")
+  check "$pair inbound: client cert from another CA gets no backend body" "$(grep -q "$MARKER" <<<"$r" && echo 0 || echo 1)"
+  r=$(s_client_get "$in" -cert "$CC" -key "$CK" -tls1_2)
+  check "$pair inbound: TLS 1.2 refused" "$(grep -q "$MARKER" <<<"$r" && echo 0 || echo 1)"
+  body=$(curl -sS --max-time 10 "http://127.0.0.1:$out/" || true)
+  check "$pair: request through the pair returns the backend body" "$([ "$body" = "$MARKER" ] && echo 1 || echo 0)"
+done
+printf '%s\n' "${CHECKS[@]}" >"$TMP/checks.txt"
+[ "$FAILED" = 0 ] || die "mTLS checks failed; not measuring (logs in $TMP with --keep)"
+
+# ------------------------------------------------------------------ measure
+
+pids_json() { # pids_json out-name in-name
+  printf '{"out": %s, "in": %s}' "$(pid_of "$1")" "$(pid_of "$2")"
+}
+{
+  echo '{"pairs": ['
+  sep=""
+  for pair in "${PAIR_LIST[@]}"; do
+    case "$pair" in
+      direct) url=http://127.0.0.1:$B/ procs='{}' ;;
+      nginx) url=http://127.0.0.1:$P_NGINX_OUT/ procs=$(pids_json nginx-out nginx-in) ;;
+      haproxy) url=http://127.0.0.1:$P_HAP_OUT/ procs=$(pids_json haproxy-out haproxy-in) ;;
+      stunnel) url=http://127.0.0.1:$P_ST_OUT/ procs=$(pids_json stunnel-out stunnel-in) ;;
+      meshguard) url=http://127.0.0.1:$P_MG_OUT/ procs=$(pids_json meshguard-out meshguard-in) ;;
+      meshguard-h2) url=http://127.0.0.1:$P_MG2_OUT/ procs=$(pids_json meshguard-h2-out meshguard-h2-in) ;;
+    esac
+    printf '%s{"name": "%s", "url": "%s", "proxies": %s}\n' "$sep" "$pair" "$url" "$procs"
+    sep=","
+  done
+  echo "],"
+  printf '"backend_pids": [%s],\n' "$(pid_of backend)"
+  python3 - "$MESHGUARD_BIN" "$STUNNEL" "$REPO" "$TMP/checks.txt" <<'EOF'
+import json, os, platform, subprocess, sys
+def out(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (r.stdout + r.stderr).strip()
+    except Exception as e:
+        return f"? ({e})"
+model = "?"
+with open("/proc/cpuinfo") as f:
+    for line in f:
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+mem = "?"
+with open("/proc/meminfo") as f:
+    mem = f.readline().split()[1]
+git = out(["git", "-C", sys.argv[3], "rev-parse", "--short", "HEAD"])
+dirty = out(["git", "-C", sys.argv[3], "status", "--porcelain", "--untracked-files=no", "src", "Cargo.toml", "Cargo.lock"])
+machine = {
+    "nproc": os.cpu_count(),
+    "cpu_model": model,
+    "kernel": platform.release(),
+    "mem_gib": round(int(mem) / 2**20, 1),
+    "loadavg": open("/proc/loadavg").read().split()[:3],
+}
+versions = {
+    "meshguard": git + ("+local-changes" if dirty else ""),
+    "nginx": out(["nginx", "-v"]).split("/")[-1],
+    "haproxy": out(["haproxy", "-v"]).splitlines()[0].split()[2],
+    "stunnel": out([sys.argv[2], "-version"]).split("stunnel ")[-1].split()[0] if sys.argv[2] else "?",
+    "wrk": out(["wrk", "-v"]).split()[1],
+    "openssl": out(["openssl", "version"]).split()[1],
+}
+print('"machine": ' + json.dumps(machine) + ',')
+print('"versions": ' + json.dumps(versions) + ',')
+print('"checks": ' + json.dumps(open(sys.argv[4]).read().splitlines()))
+EOF
+  echo "}"
+} >"$TMP/spec.json"
+
+if [ "$HOLD" = 1 ]; then
+  say "holding; Ctrl-C stops everything. Spec (urls, pids): $TMP/spec.json"
+  python3 -c 'import json,sys
+for p in json.load(open(sys.argv[1]))["pairs"]: print("  %-10s %-26s pids %s" % (p["name"], p["url"], p["proxies"]))' "$TMP/spec.json" >&2
+  while :; do sleep 3600 & SLEEP_PID=$!; wait "$SLEEP_PID"; done
+fi
+PERF_FLAG=--no-perf
+if [ "$PERF" = 1 ] && command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
+  PERF_FLAG=--perf
+fi
+mkdir -p "$REPO/benches/results"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+if [ "$SOAK" != 0 ]; then
+  OUT="$REPO/benches/results/soak-$STAMP"
+  say "soak: meshguard pair for $SOAK s"
+  python3 "$HERE/bench.py" soak --spec "$TMP/spec.json" --pair meshguard --seconds "$SOAK" \
+    --interval "$SOAK_INTERVAL" --conns "$CONNS" --out-json "$OUT.json" --out-md "$OUT.md" \
+    --max-foreign "$MAX_FOREIGN" --max-steal "$MAX_STEAL" &
+else
+  OUT="$REPO/benches/results/pairs-$STAMP"
+  say "measuring: pairs ${PAIRS}; $ROUNDS rounds × $DURATION s, warm-up $WARMUP s, $CONNS connections"
+  python3 "$HERE/bench.py" run --spec "$TMP/spec.json" --rounds "$ROUNDS" --duration "$DURATION" \
+    --warmup "$WARMUP" --conns "$CONNS" $PERF_FLAG --out-json "$OUT.json" --out-md "$OUT.md" \
+    --max-foreign "$MAX_FOREIGN" --max-steal "$MAX_STEAL" &
+fi
+# In the background and waited for, so that Ctrl-C / SIGTERM reach the trap at once.
+BENCH_PID=$!
+wait "$BENCH_PID" || die "measurement failed"
+BENCH_PID=
+say "wrote $OUT.json and $OUT.md"

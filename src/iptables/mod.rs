@@ -327,6 +327,15 @@ impl CaptureConfig {
                     self.inbound_port
                 ));
             }
+            // The outbound listener usually binds [::] to serve both
+            // families' REDIRECT targets; excluding its port from inbound
+            // capture would expose it to the network as an open relay.
+            if r.contains(self.outbound_port) {
+                return conflict(format!(
+                    "excluded inbound ports {r} contain the outbound port {}: it would be reachable from the network",
+                    self.outbound_port
+                ));
+            }
         }
         for r in &self.exclude_outbound_ports {
             if r.contains(self.outbound_port) {

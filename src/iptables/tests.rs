@@ -329,3 +329,11 @@ fn ipv6_detection_reads_if_inet6() {
     std::fs::write(dir.path().join("if_inet6"), "").unwrap();
     assert!(ipv6_enabled(dir.path()));
 }
+
+#[test]
+fn excluding_the_outbound_port_from_inbound_capture_is_refused() {
+    let mut c = CaptureConfig::default();
+    c.exclude_inbound_ports = PortRange::parse_list("15000-15002").unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("outbound port"), "{err}");
+}

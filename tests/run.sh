@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages the tests use: a C compiler for aws-lc-sys, curl for the
-# scripts, prometheus (promtool and a real server for the metrics tests).
-# Install only what is missing, so a warm machine starts at once.
-packages=(gcc curl ca-certificates prometheus iproute2 iptables util-linux)
+# Debian packages the tests use: a C compiler for aws-lc-sys; curl and
+# openssl for the scripts and TLS checks; prometheus (promtool and a real
+# server for the metrics tests); iproute2, iptables and util-linux (setpriv)
+# for the network-namespace test; python3 with venv for the offline
+# Kubernetes schema validation. Install only what is missing, so a warm
+# machine starts at once.
+packages=(gcc curl openssl ca-certificates prometheus iproute2 iptables util-linux python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -257,15 +257,7 @@ async fn serve_conn<H, Fut>(
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
+use crate::admin::text;
 
 fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     let mut resp = text(

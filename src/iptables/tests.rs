@@ -332,8 +332,10 @@ fn ipv6_detection_reads_if_inet6() {
 
 #[test]
 fn excluding_the_outbound_port_from_inbound_capture_is_refused() {
-    let mut c = CaptureConfig::default();
-    c.exclude_inbound_ports = PortRange::parse_list("15000-15002").unwrap();
+    let c = CaptureConfig {
+        exclude_inbound_ports: PortRange::parse_list("15000-15002").unwrap(),
+        ..Default::default()
+    };
     let err = c.validate().unwrap_err().to_string();
     assert!(err.contains("outbound port"), "{err}");
 }

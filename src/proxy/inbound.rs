@@ -268,8 +268,11 @@ impl Inbound {
                 start,
             );
         }
-        let raw_target = parts
-            .uri
+        // The URI leaves `parts` (`forward` builds the app's), so the
+        // normalised path can borrow it while `parts` goes on to the app:
+        // no per-request copy of the path.
+        let uri = std::mem::take(&mut parts.uri);
+        let raw_target = uri
             .path_and_query()
             .map(PathAndQuery::as_str)
             .unwrap_or("/");
@@ -349,7 +352,17 @@ impl Inbound {
 
         // Rewrite: the app gets the normalised target it was authorized
         // for, and only the identity meshguard authenticated.
-        let forwarded_target = match PathAndQuery::try_from(target.to_request_target().as_ref()) {
+        // Unchanged by normalisation (the common case), the target is the
+        // one already parsed, shared rather than copied and parsed again.
+        let reparsed = if target.is_rewritten() {
+            PathAndQuery::try_from(target.to_request_target().as_ref())
+        } else {
+            Ok(uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")))
+        };
+        let forwarded_target = match reparsed {
             Ok(pq) => pq,
             Err(_) => {
                 let resp = refusal(StatusCode::BAD_REQUEST, "invalid request target");
@@ -364,7 +377,6 @@ impl Inbound {
         headers::strip_inbound(&mut parts.headers, &[]);
         peer.headers.apply(&mut parts.headers);
         let method = parts.method.clone();
-        let path = path.to_owned();
         let resp = self
             .forward(parts, &peer.app, forwarded_target, body, permit)
             .await;
@@ -379,7 +391,7 @@ impl Inbound {
             },
             _ => outcome,
         };
-        self.record(peer, method.as_str(), &path, &outcome, resp, start)
+        self.record(peer, method.as_str(), path, &outcome, resp, start)
     }
 
     /// Sends an authorized request to the local app.

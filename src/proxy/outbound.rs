@@ -255,26 +255,24 @@ impl Outbound {
                 start,
             );
         }
-        let authority = parts
-            .uri
+        // The URI leaves `parts` (a new one is built below) and the Host
+        // value is shared, not copied, so that routing and the audit line
+        // borrow them without a per-request allocation.
+        let uri = std::mem::take(&mut parts.uri);
+        let host = parts.headers.get(header::HOST).cloned();
+        let authority = uri
             .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
+            .map(Authority::as_str)
+            .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()));
         let method = parts.method.clone();
-        let path = parts.uri.path().to_owned();
-        let route = match (target, &authority) {
+        let path = uri.path();
+        let route = match (target, authority) {
             (Target::Route(route), _) => route.as_ref(),
             // Captured to an address no destination rule declares: a
             // declared Host route still applies (an app calling a Service
             // by name), anything else is refused.
             (Target::Undeclared(dst) | Target::Passthrough(dst), authority) => {
-                match authority.as_deref().and_then(|a| self.route_for(a)) {
+                match authority.and_then(|a| self.route_for(a)) {
                     Some(route) => route.as_ref(),
                     None => {
                         let resp = refusal(
@@ -284,7 +282,7 @@ impl Outbound {
                         return self.record(
                             None,
                             &method,
-                            &path,
+                            path,
                             Decision::Deny,
                             "undeclared destination",
                             resp,
@@ -305,7 +303,7 @@ impl Outbound {
                     return self.record(
                         None,
                         &method,
-                        &path,
+                        path,
                         Decision::Deny,
                         "undeclared destination",
                         resp,
@@ -318,7 +316,7 @@ impl Outbound {
                     StatusCode::BAD_REQUEST,
                     "request has no Host; cannot choose a destination",
                 );
-                return self.record(None, &method, &path, Decision::Deny, "no host", resp, start);
+                return self.record(None, &method, path, Decision::Deny, "no host", resp, start);
             }
         };
         if !self.store.svid_is_valid_now() {
@@ -329,7 +327,7 @@ impl Outbound {
             return self.record(
                 Some(route),
                 &method,
-                &path,
+                path,
                 Decision::Deny,
                 "own SVID expired",
                 resp,
@@ -337,17 +335,18 @@ impl Outbound {
             );
         }
         headers::strip_outbound(&mut parts.headers);
-        let target = parts
-            .uri
+        let target = uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         // The URI authority keys the pool and becomes :authority over HTTP/2;
         // where the request goes is fixed by the route's connector.
-        let uri_authority = authority
-            .as_deref()
-            .and_then(|a| Authority::try_from(a).ok())
-            .unwrap_or_else(|| Authority::from_static("peer"));
+        let uri_authority = match uri.authority() {
+            Some(a) => a.clone(),
+            None => authority
+                .and_then(|a| Authority::try_from(a).ok())
+                .unwrap_or_else(|| Authority::from_static("peer")),
+        };
         parts.uri = match Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(uri_authority)
@@ -360,7 +359,7 @@ impl Outbound {
                 return self.record(
                     Some(route),
                     &method,
-                    &path,
+                    path,
                     Decision::Deny,
                     "invalid request target",
                     resp,
@@ -395,7 +394,7 @@ impl Outbound {
         self.record(
             Some(route),
             &method,
-            &path,
+            path,
             Decision::Allow,
             reason,
             resp,

@@ -814,8 +814,8 @@ fn leaf_outliving_its_ca_is_refused_once_the_ca_expired() {
 }
 
 /// RFC 5280 section 6.1.4 (n) and the X509-SVID standard: a signing
-/// certificate must have keyCertSign. webpki ignores keyUsage on issuers and
-/// meshguard's verifier does not check it either.
+/// certificate must have keyCertSign. webpki ignores keyUsage on issuers,
+/// so meshguard's verifier checks every intermediate itself.
 #[test]
 fn issuer_without_key_cert_sign_is_refused() {
     let w = world();

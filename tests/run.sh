@@ -35,4 +35,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo build --locked --all-targets
-cargo test --locked --all-targets
+log="$(mktemp)"
+cargo test --locked --all-targets 2>&1 | tee "$log"
+# One closing line with the totals of every test binary (also kept for CI).
+mkdir -p target
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log" | tee target/test-summary.txt
+rm -f "$log"

@@ -133,6 +133,34 @@ pub async fn drained(drain: &mut watch::Receiver<bool>) {
     let _ = started;
 }
 
+/// The reasons to close one connection, watched on a task of their own:
+/// the connection's task is woken for every read and write, and polling the
+/// drain, revocation and idle futures at each of those wakeups cost more
+/// than the request's policy check. The connection polls only this handle.
+/// Dropping it (the connection ended first) stops the watch.
+pub struct CloseWatch(tokio::task::JoinHandle<CloseReason>);
+
+impl CloseWatch {
+    pub fn spawn(mut control: Control) -> CloseWatch {
+        CloseWatch(tokio::spawn(async move { control.close_reason().await }))
+    }
+
+    /// Completes with the reason once the connection should close.
+    pub async fn reason(&mut self) -> CloseReason {
+        match (&mut self.0).await {
+            Ok(reason) => reason,
+            // Only if the runtime is shutting down: nothing left to watch.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for CloseWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves one hyper connection until it ends or `control` asks for it to
 /// close, then closes it gracefully and waits for in-flight work.
 #[macro_export]
@@ -141,10 +169,11 @@ macro_rules! serve_controlled {
     ($conn:expr, $control:expr, $direction:expr, $peer:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
-        let mut control = $control;
+        let mut watch = $crate::proxy::serve::CloseWatch::spawn($control);
         tokio::select! {
+            biased;
             result = conn.as_mut() => result,
-            reason = control.close_reason() => {
+            reason = watch.reason() => {
                 tracing::info!(target: $crate::audit::TARGET, event = "connection_closed", direction = $direction, peer_addr = %$peer, reason = reason.as_str(), "closing connection gracefully");
                 conn.as_mut().graceful_shutdown();
                 conn.await

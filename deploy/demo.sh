@@ -13,4 +13,6 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install the Rust toolchain (rustup) first" >&2
     exit 1
 fi
-exec cargo run --locked --release -- demo "$@"
+# A debug build: the release profile uses fat LTO (about ten minutes on two
+# cores), which the demo does not need.
+exec cargo run --locked -- demo "$@"

@@ -93,16 +93,7 @@ async fn header_limits_are_configurable() {
 #[tokio::test]
 async fn slowloris_is_cut_at_the_header_read_timeout() {
     let (pki, app, s) = server(|l| l.header_read_timeout_ms = 500).await;
-    let tcp = tokio::net::TcpStream::connect(s.inbound.unwrap())
-        .await
-        .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(client(&pki))
-        .connect(
-            rustls_pki_types::ServerName::try_from("s.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = tls_connect(s.inbound.unwrap(), client(&pki)).await;
     let start = Instant::now();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: s\r\n")
         .await
@@ -197,16 +188,7 @@ async fn idle_connections_close_but_moving_streams_do_not() {
     assert!(start.elapsed() >= Duration::from_millis(1100));
 
     // An idle keep-alive connection is closed after the idle timeout.
-    let tcp = tokio::net::TcpStream::connect(s.inbound.unwrap())
-        .await
-        .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(client(&pki))
-        .connect(
-            rustls_pki_types::ServerName::try_from("s.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut tls = tls_connect(s.inbound.unwrap(), client(&pki)).await;
     let start = Instant::now();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))

@@ -242,16 +242,7 @@ async fn every_http2_stream_is_authorized_on_its_own() {
     use http_body_util::Full;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let client = client_of(&g.pki, "shop", "orders", &[b"h2"]);
-    let tcp = tokio::net::TcpStream::connect(g.sidecar.inbound.unwrap())
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client)
-        .connect(
-            rustls_pki_types::ServerName::try_from("s.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_connect(g.sidecar.inbound.unwrap(), client).await;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await

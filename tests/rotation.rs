@@ -107,14 +107,7 @@ fn presents(running: &meshguard::app::Running, der: &[u8]) -> bool {
 
 /// The certificate a fresh TLS handshake to `addr` is shown.
 async fn presented_cert(addr: std::net::SocketAddr, client: Arc<rustls::ClientConfig>) -> Vec<u8> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(client)
-        .connect(
-            rustls_pki_types::ServerName::try_from("s.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, client).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -450,16 +443,7 @@ async fn a_removed_root_closes_its_connections_and_refuses_new_ones() {
 
     // A keep-alive connection from the old CA, working.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(server.inbound.unwrap())
-        .await
-        .unwrap();
-    let mut kept = tokio_rustls::TlsConnector::from(old_cfg.clone())
-        .connect(
-            rustls_pki_types::ServerName::try_from("s.test").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let mut kept = tls_connect(server.inbound.unwrap(), old_cfg.clone()).await;
     kept.write_all(b"GET /before HTTP/1.1\r\nHost: s\r\n\r\n")
         .await
         .unwrap();

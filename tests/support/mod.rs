@@ -433,3 +433,16 @@ pub fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     }
     total
 }
+
+/// A TLS connection to `addr` made with `client` (the server name is
+/// neither sent nor checked by the test verifier).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(client)
+        .connect(ServerName::try_from("s.test").unwrap(), tcp)
+        .await
+        .unwrap()
+}

@@ -304,7 +304,7 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
-            Decision::AuditDeny => "audit_deny",
+            Decision::AuditDeny => "audit_would_deny",
         }
     }
 }

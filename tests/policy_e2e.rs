@@ -275,7 +275,7 @@ async fn audit_mode_lets_would_deny_requests_pass_and_counts_them() {
         series(
             &text,
             "meshguard_requests_total",
-            &[("decision", "audit_deny")]
+            &[("decision", "audit_would_deny")]
         ),
         Some(1.0)
     );

@@ -190,6 +190,19 @@ fn bad_config_refuses_to_start_naming_file_and_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.crt"));
 }
 
+/// `meshguard run` with the dev SVID of `default/<workload>` made by `certs_dev`.
+fn run_as(d: &Path, workload: &str) -> Command {
+    let dir = d.join("default").join(workload);
+    let mut cmd = meshguard();
+    cmd.arg("run")
+        .arg("--cert")
+        .arg(dir.join("tls.crt"))
+        .arg("--key")
+        .arg(dir.join("tls.key"));
+    cmd.arg("--bundle").arg(dir.join("ca.crt"));
+    cmd
+}
+
 fn wait_ready(admin: u16, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -243,13 +256,8 @@ fn flags_only_quick_start_runs_a_pair() {
             .unwrap(),
     );
     let mut server = Killed(
-        meshguard()
-            .args(["run", "--workers", "1", "--cert"])
-            .arg(d.join("default/server/tls.crt"))
-            .arg("--key")
-            .arg(d.join("default/server/tls.key"))
-            .arg("--bundle")
-            .arg(d.join("default/server/ca.crt"))
+        run_as(d, "server")
+            .args(["--workers", "1"])
             .args([
                 "--inbound",
                 &format!("127.0.0.1:{inbound}"),
@@ -262,13 +270,8 @@ fn flags_only_quick_start_runs_a_pair() {
             .unwrap(),
     );
     let mut client = Killed(
-        meshguard()
-            .args(["run", "--workers", "2", "--cert"])
-            .arg(d.join("default/client/tls.crt"))
-            .arg("--key")
-            .arg(d.join("default/client/tls.key"))
-            .arg("--bundle")
-            .arg(d.join("default/client/ca.crt"))
+        run_as(d, "client")
+            .args(["--workers", "2"])
             .args([
                 "--outbound",
                 &format!("127.0.0.1:{outbound}"),
@@ -391,13 +394,7 @@ fn injected_env_serves_probes_and_shutdown() {
         r#"{{"app/readiness":{{"original":{{"httpGet":{{"path":"/ready","port":{app}}}}},"forward":{{"type":"http","port":{app},"scheme":"HTTP","path":"/ready","timeoutSeconds":1}}}}}}"#
     );
     let mut sidecar = Killed(
-        meshguard()
-            .args(["run", "--cert"])
-            .arg(d.join("default/server/tls.crt"))
-            .arg("--key")
-            .arg(d.join("default/server/tls.key"))
-            .arg("--bundle")
-            .arg(d.join("default/server/ca.crt"))
+        run_as(d, "server")
             .args([
                 "--inbound",
                 &format!("127.0.0.1:{inbound}"),

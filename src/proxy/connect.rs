@@ -1,13 +1,11 @@
 //! Originating mTLS to a peer sidecar: TCP connect, TLS 1.3 handshake with
 //! our SVID, and the peer's identity checked by the route's verifier. Used
-//! as the connector of the pooled HTTP client of one outbound route.
+//! as the dialer of the upstream connections of one outbound route.
 
 use super::CountingIo;
 use crate::identity::Role;
 use crate::metrics::{ConnectionGuard, Metrics};
 use crate::tls::{placeholder_server_name, CredentialStore, LiveConn, VerifyError};
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
@@ -52,18 +50,6 @@ impl ConnectError {
             | ConnectError::Refused { peer, .. }
             | ConnectError::Handshake { peer, .. } => peer,
         }
-    }
-
-    /// Finds a `ConnectError` in an error's source chain.
-    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-        while let Some(e) = cur {
-            if let Some(found) = e.downcast_ref::<ConnectError>() {
-                return Some(found);
-            }
-            cur = e.source();
-        }
-        None
     }
 }
 
@@ -163,22 +149,16 @@ impl PeerConnector {
     }
 }
 
-impl tower_service::Service<Uri> for PeerConnector {
-    type Response = TokioIo<PeerStream>;
+impl super::pool::Dial for PeerConnector {
+    type Io = TokioIo<PeerStream>;
     type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        Box::pin(self.clone().connect_counted())
+    fn dial(&self) -> impl Future<Output = Result<Self::Io, Self::Error>> + Send {
+        self.clone().connect_counted()
     }
 }
 
-/// An established mTLS stream to a peer; tells the pool whether HTTP/2 was
-/// negotiated so it can multiplex.
+/// An established mTLS stream to a peer.
 pub struct PeerStream {
     tls: TlsStream<CountingIo<TcpStream>>,
     /// Revoked when the peer's certificate expires or stops verifying; the
@@ -186,18 +166,6 @@ pub struct PeerStream {
     /// request makes a new handshake.
     live: Arc<LiveConn>,
     _open: ConnectionGuard,
-}
-
-impl Connection for PeerStream {
-    fn connected(&self) -> Connected {
-        let h2 = self.tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
-        let connected = Connected::new();
-        if h2 {
-            connected.negotiated_h2()
-        } else {
-            connected
-        }
-    }
 }
 
 impl AsyncRead for PeerStream {

@@ -6,6 +6,7 @@
 //! The steps of one request, in order: normalise the path, authorize,
 //! rewrite headers, forward, record (metrics + audit line).
 
+use super::pool::{Http1Pool, TcpDial, UpstreamError};
 use super::serve::{
     accept_loop, close_if_draining, http1_builder, http2_builder, Activity, ConnectionTracker,
     Control, Tracked,
@@ -21,24 +22,33 @@ use crate::pathnorm::normalize_path;
 use crate::policy::{self, Permit, Policy};
 use crate::tls::{handshake_failure, peer_identity, CredentialStore};
 use arc_swap::ArcSwapOption;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-/// How long an idle pooled connection to the local app is kept.
+/// How long an idle pooled connection to the local app is kept: below the
+/// keep-alive timeouts common app servers use (Node's is 5 s), so we never
+/// send on a connection the app is closing.
 pub const APP_POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// Time allowed to connect to the local app.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle connections kept per app port.
+const APP_POOL_MAX_IDLE: usize = 1024;
+
+type AppPool = Http1Pool<TcpDial>;
 
 /// The current policy: `None` means no policy file, and then every
 /// authenticated peer is allowed. Swapped whole on reload.
@@ -57,6 +67,8 @@ pub struct Peer {
     /// Where this connection's requests go: the configured app, or, under
     /// capture, the app's address with the port the caller dialled.
     app: Authority,
+    /// The pool of connections to that address.
+    app_pool: Arc<AppPool>,
     headers: PeerHeaders,
     counters: RequestCounters,
 }
@@ -67,7 +79,9 @@ pub struct Inbound {
     store: Arc<CredentialStore>,
     app: Authority,
     app_addr: SocketAddr,
-    client: Client<HttpConnector, Incoming>,
+    /// Connections to the app, by port (one unless traffic is captured,
+    /// where the caller's dialled port is kept).
+    app_pools: Mutex<HashMap<u16, Arc<AppPool>>>,
     policy: PolicySlot,
     metrics: Arc<Metrics>,
     limits: LimitsConfig,
@@ -89,15 +103,6 @@ impl Inbound {
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
     ) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            // Below the keep-alive timeouts common app servers use (Node's
-            // is 5 s), so we never send on a connection the app is closing.
-            .pool_idle_timeout(APP_POOL_IDLE)
-            .build(connector);
         let app_addr = app;
         let app =
             Authority::try_from(app.to_string()).expect("a socket address is a valid authority");
@@ -106,7 +111,7 @@ impl Inbound {
             store,
             app,
             app_addr,
-            client,
+            app_pools: Mutex::default(),
             policy,
             metrics,
             limits,
@@ -144,12 +149,15 @@ impl Inbound {
         let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         let captured = original_destination(&tcp);
         let port = captured.map_or(local_port, |d| d.port());
-        let app = match captured {
+        let (app, app_pool) = match captured {
             Some(dst) => {
-                Authority::try_from(SocketAddr::new(self.app_addr.ip(), dst.port()).to_string())
-                    .unwrap_or_else(|_| self.app.clone())
+                let addr = SocketAddr::new(self.app_addr.ip(), dst.port());
+                match Authority::try_from(addr.to_string()) {
+                    Ok(authority) => (authority, self.app_pool(addr)),
+                    Err(_) => (self.app.clone(), self.app_pool(self.app_addr)),
+                }
             }
-            None => self.app.clone(),
+            None => (self.app.clone(), self.app_pool(self.app_addr)),
         };
         let _open = self.metrics.connection("inbound");
         let activity = Arc::new(Activity::default());
@@ -194,6 +202,7 @@ impl Inbound {
             addr_text: addr.to_string(),
             port,
             app,
+            app_pool,
             headers,
             counters,
         });
@@ -378,7 +387,7 @@ impl Inbound {
         peer.headers.apply(&mut parts.headers);
         let method = parts.method.clone();
         let resp = self
-            .forward(parts, &peer.app, forwarded_target, body, permit)
+            .forward(parts, peer, forwarded_target, body, permit)
             .await;
         let outcome = match resp.status() {
             StatusCode::SERVICE_UNAVAILABLE if matches!(resp.body(), Either::Right(_)) => Outcome {
@@ -394,36 +403,48 @@ impl Inbound {
         self.record(peer, method.as_str(), path, &outcome, resp, start)
     }
 
+    /// The pool of connections to the app at `addr`, made on first use.
+    fn app_pool(&self, addr: SocketAddr) -> Arc<AppPool> {
+        let mut pools = self.app_pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(addr.port())
+            .or_insert_with(|| {
+                let dial = TcpDial {
+                    addr,
+                    timeout: APP_CONNECT_TIMEOUT,
+                };
+                Arc::new(Http1Pool::new(dial, APP_POOL_MAX_IDLE, APP_POOL_IDLE))
+            })
+            .clone()
+    }
+
     /// Sends an authorized request to the local app.
     async fn forward(
         &self,
         mut parts: http::request::Parts,
-        app: &Authority,
+        peer: &Peer,
         target: PathAndQuery,
         body: Incoming,
         _permit: Permit,
     ) -> Response<ProxyBody> {
-        parts.uri = match Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(app.clone())
-            .path_and_query(target)
-            .build()
-        {
-            Ok(uri) => uri,
-            Err(_) => return refusal(StatusCode::BAD_REQUEST, "invalid request target"),
-        };
+        parts.uri = Uri::from(target);
         parts.version = Version::HTTP_11;
-        match self.client.request(Request::from_parts(parts, body)).await {
+        if !parts.headers.contains_key(http::header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(peer.app.as_str()) {
+                parts.headers.insert(http::header::HOST, host);
+            }
+        }
+        match peer.app_pool.send(Request::from_parts(parts, body)).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Either::Left(body))
             }
-            Err(e) if e.is_connect() => {
+            Err(UpstreamError::Connect(e)) => {
                 tracing::warn!(direction = "inbound", error = %e, "local app unavailable");
                 refusal(StatusCode::SERVICE_UNAVAILABLE, "local app unavailable")
             }
-            Err(e) => {
+            Err(UpstreamError::Http(e)) => {
                 tracing::warn!(direction = "inbound", error = %e, "local app failed");
                 refusal(
                     StatusCode::BAD_GATEWAY,

@@ -4,6 +4,7 @@ mod connect;
 pub mod inbound;
 mod io;
 pub mod outbound;
+pub mod pool;
 pub mod serve;
 pub mod transparent;
 
@@ -13,13 +14,12 @@ pub use io::CountingIo;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use std::fmt::Display;
 use std::net::SocketAddr;
 
 /// Response body of the proxy: the upstream's body streamed through, or a
 /// short refusal written by meshguard itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<pool::UpstreamBody, Full<Bytes>>;
 
 /// Which direction a request or connection crosses the boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! which must prove the SPIFFE ID declared for that route. Undeclared
 //! destinations are refused: nothing leaves for a place nobody declared.
 
+use super::pool::{Http1Pool, Http2Conn, UpstreamBody, UpstreamError};
 use super::serve::{
     accept_loop, close_if_draining, http1_builder, Activity, ConnectionTracker, Control, Tracked,
 };
@@ -19,12 +20,11 @@ use crate::identity::SpiffeId;
 use crate::metrics::{Decision, Metrics, RequestCounters};
 use crate::tls::{outbound_client_config, CredentialStore, TlsError, UpstreamProtocol};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,8 +44,45 @@ pub const PEER_POOL_IDLE: Duration = Duration::from_secs(10);
 pub struct Route {
     pub peer: Arc<str>,
     pub identity: SpiffeId,
-    client: Client<PeerConnector, Incoming>,
+    upstream: Upstream,
     counters: RequestCounters,
+}
+
+/// The mTLS connections of one route, by the protocol of the hop.
+enum Upstream {
+    Http1(Http1Pool<PeerConnector>),
+    Http2(Http2Conn<PeerConnector>),
+}
+
+impl Upstream {
+    /// Sends a request whose URI is absolute (`http://authority/target`).
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError<ConnectError>> {
+        match self {
+            Upstream::Http1(pool) => {
+                // HTTP/1.1 puts the authority in Host and sends origin-form.
+                let authority = req.uri().authority().cloned();
+                if !req.headers().contains_key(header::HOST) {
+                    if let Some(value) =
+                        authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    {
+                        req.headers_mut().insert(header::HOST, value);
+                    }
+                }
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(target);
+                *req.version_mut() = http::Version::HTTP_11;
+                pool.send(req).await
+            }
+            Upstream::Http2(conn) => conn.send(req).await,
+        }
+    }
 }
 
 impl Route {
@@ -64,18 +101,18 @@ impl Route {
             metrics.clone(),
             store.clone(),
         );
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(PEER_POOL_IDLE)
-            .pool_max_idle_per_host(max_idle)
-            .http2_only(protocol == UpstreamProtocol::Http2)
-            .build(connector);
+        let upstream = match protocol {
+            UpstreamProtocol::Http1 => {
+                Upstream::Http1(Http1Pool::new(connector, max_idle, PEER_POOL_IDLE))
+            }
+            UpstreamProtocol::Http2 => Upstream::Http2(Http2Conn::new(connector, PEER_POOL_IDLE)),
+        };
         let counters =
             metrics.request_counters("outbound", metrics.peer_label(cfg.identity.as_str()));
         Ok(Arc::new(Route {
             peer: Arc::from(cfg.peer.as_str()),
             identity: cfg.identity.clone(),
-            client,
+            upstream,
             counters,
         }))
     }
@@ -367,7 +404,7 @@ impl Outbound {
                 );
             }
         };
-        let (resp, reason) = match route.client.request(Request::from_parts(parts, body)).await {
+        let (resp, reason) = match route.upstream.send(Request::from_parts(parts, body)).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
@@ -376,20 +413,20 @@ impl Outbound {
                     "forwarded to peer",
                 )
             }
-            Err(e) => match ConnectError::find(&e) {
-                Some(err) => (refusal(StatusCode::BAD_GATEWAY, err), err.reason_label()),
-                None => {
-                    tracing::warn!(direction = "outbound", peer = %route.peer, error = %e, "peer failed");
-                    let resp = refusal(
-                        StatusCode::BAD_GATEWAY,
-                        format_args!(
-                            "peer {} closed the connection without a response",
-                            route.peer
-                        ),
-                    );
-                    (resp, "peer failed")
-                }
-            },
+            Err(UpstreamError::Connect(err)) => {
+                (refusal(StatusCode::BAD_GATEWAY, &err), err.reason_label())
+            }
+            Err(UpstreamError::Http(e)) => {
+                tracing::warn!(direction = "outbound", peer = %route.peer, error = %e, "peer failed");
+                let resp = refusal(
+                    StatusCode::BAD_GATEWAY,
+                    format_args!(
+                        "peer {} closed the connection without a response",
+                        route.peer
+                    ),
+                );
+                (resp, "peer failed")
+            }
         };
         self.record(
             Some(route),

@@ -1,0 +1,318 @@
+//! Upstream connections of the data path: a pool of HTTP/1.1 connections
+//! (to the local app, or to a peer sidecar) and one multiplexed HTTP/2
+//! connection (to a peer sidecar).
+//!
+//! Why not hyper-util's pooled client: it is general (keyed by scheme and
+//! authority, a connect future built and moved with every request, a task
+//! spawned per HTTP/1.1 response to put the connection back), and on our
+//! hop every request of a pool goes to one fixed place. Measured with
+//! callgrind on the inbound proxy, its checkout, key hashing and put-back
+//! were ~5,000 of ~55,000 instructions per request. Here a checkout is a
+//! pop from a list under an uncontended lock, and an HTTP/1.1 connection
+//! goes back to the list when its response body ends, from the body itself.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// How a pool opens a new connection to its one destination.
+pub trait Dial: Send + Sync + 'static {
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn dial(&self) -> impl Future<Output = Result<Self::Io, Self::Error>> + Send;
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError<E: std::error::Error + 'static> {
+    /// No connection could be opened (refused, timed out, handshake refused).
+    #[error("{0}")]
+    Connect(E),
+    /// The connection was opened but the HTTP exchange on it failed.
+    #[error("{0}")]
+    Http(hyper::Error),
+}
+
+/// Plain TCP to the local app.
+pub struct TcpDial {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+}
+
+impl Dial for TcpDial {
+    type Io = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+
+    async fn dial(&self) -> Result<Self::Io, Self::Error> {
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        let _ = tcp.set_nodelay(true);
+        Ok(TokioIo::new(tcp))
+    }
+}
+
+type Idle = Mutex<VecDeque<(http1::SendRequest<Incoming>, Instant)>>;
+
+/// HTTP/1.1 connections to one destination, reused one request at a time.
+pub struct Http1Pool<D> {
+    dial: D,
+    idle: Arc<Idle>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl<D: Dial> Http1Pool<D> {
+    pub fn new(dial: D, max_idle: usize, idle_timeout: Duration) -> Self {
+        Http1Pool {
+            dial,
+            idle: Arc::default(),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Sends `req` (origin-form URI) on an idle connection, or a new one.
+    /// A request that a reused connection never started to send (the
+    /// other side had closed it) is retried; one sent on a fresh
+    /// connection is not.
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError<D::Error>> {
+        loop {
+            let (mut sender, reused) = match self.take_idle() {
+                Some(sender) => (sender, true),
+                // Boxed: the connect future is large and rarely needed;
+                // this keeps every request's future small.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(UpstreamError::Http(e));
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let checkin = Checkin {
+                        sender,
+                        idle: self.idle.clone(),
+                        max_idle: self.max_idle,
+                    };
+                    return Ok(resp.map(|body| UpstreamBody::pooled(body, checkin)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and not
+    /// past the idle timeout; the others are dropped (which closes them).
+    fn take_idle(&self) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((sender, since)) = idle.pop_back() {
+            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError<D::Error>> {
+        let io = self.dial.dial().await.map_err(UpstreamError::Connect)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Gives an HTTP/1.1 connection back to its pool once its response is read.
+struct Checkin {
+    sender: http1::SendRequest<Incoming>,
+    idle: Arc<Idle>,
+    max_idle: usize,
+}
+
+impl Checkin {
+    fn release(self) {
+        if self.max_idle == 0 || self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back((self.sender, Instant::now()));
+    }
+}
+
+/// The body of an upstream response. For a pooled HTTP/1.1 connection,
+/// reaching its end puts the connection back in the pool; dropping it
+/// before the end closes the connection instead (it is mid-response).
+pub struct UpstreamBody {
+    body: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl UpstreamBody {
+    /// A body on a multiplexed connection: nothing to give back.
+    pub fn shared(body: Incoming) -> Self {
+        UpstreamBody {
+            body,
+            checkin: None,
+        }
+    }
+
+    fn pooled(body: Incoming, checkin: Checkin) -> Self {
+        let mut this = UpstreamBody {
+            body,
+            checkin: Some(checkin),
+        };
+        // A response without a body may never be polled: release now.
+        if this.body.is_end_stream() {
+            this.release();
+        }
+        this
+    }
+
+    fn release(&mut self) {
+        if let Some(checkin) = self.checkin.take() {
+            checkin.release();
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One multiplexed HTTP/2 connection to a peer, opened on first use and
+/// replaced when it closes or has been idle longer than `idle_timeout`.
+pub struct Http2Conn<D> {
+    dial: D,
+    current: Mutex<Option<(http2::SendRequest<Incoming>, Instant)>>,
+    /// Held while a connection is being opened, so that a burst of
+    /// requests opens one connection, not one each.
+    opening: tokio::sync::Mutex<()>,
+    idle_timeout: Duration,
+}
+
+impl<D: Dial> Http2Conn<D> {
+    pub fn new(dial: D, idle_timeout: Duration) -> Self {
+        Http2Conn {
+            dial,
+            current: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            idle_timeout,
+        }
+    }
+
+    /// Sends `req` (absolute URI: it becomes `:scheme` and `:authority`).
+    /// A request the connection never took (it was closing) is retried
+    /// once on a new connection.
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError<D::Error>> {
+        let mut sender = match self.open_sender() {
+            Some(sender) => sender,
+            None => Box::pin(self.connect()).await?,
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::shared)),
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => {
+                    // This connection is closing: forget it and open another.
+                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    let mut sender = Box::pin(self.connect()).await?;
+                    let resp = sender.send_request(unsent).await;
+                    resp.map(|r| r.map(UpstreamBody::shared))
+                        .map_err(UpstreamError::Http)
+                }
+                None => Err(UpstreamError::Http(e.into_error())),
+            },
+        }
+    }
+
+    /// The current connection if it is open and was used recently.
+    fn open_sender(&self) -> Option<http2::SendRequest<Incoming>> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        match current.as_mut() {
+            Some((sender, last_used))
+                if !sender.is_closed() && last_used.elapsed() < self.idle_timeout =>
+            {
+                *last_used = Instant::now();
+                Some(sender.clone())
+            }
+            _ => None,
+        }
+    }
+
+    async fn connect(&self) -> Result<http2::SendRequest<Incoming>, UpstreamError<D::Error>> {
+        let _opening = self.opening.lock().await;
+        // Another request may have opened one while this one waited.
+        if let Some(sender) = self.open_sender() {
+            return Ok(sender);
+        }
+        let io = self.dial.dial().await.map_err(UpstreamError::Connect)?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((sender.clone(), Instant::now()));
+        Ok(sender)
+    }
+}

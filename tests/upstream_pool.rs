@@ -1,0 +1,299 @@
+//! The upstream connections of both sidecars (src/proxy/pool.rs), over real
+//! sockets: reuse, apps that close idle connections, responses cut short,
+//! and one multiplexed HTTP/2 connection between the sidecars.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use meshguard::tls::UpstreamProtocol;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+
+const HOST: &str = "server.default.svc.cluster.local";
+
+/// How the test app treats its connections.
+#[derive(Clone, Copy)]
+enum AppMode {
+    /// Keep-alive, closing a connection idle for longer than this.
+    KeepAlive { idle_close: Duration },
+    /// `Connection: close` on every response.
+    CloseEach,
+    /// Keep-alive; `/big` streams 4 MiB slowly, anything else is short.
+    BigBody,
+}
+
+/// An HTTP/1.1 app that counts the connections it accepts.
+struct CountingApp {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl CountingApp {
+    async fn start(mode: AppMode) -> CountingApp {
+        let listener = TcpListener::bind(any_port()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(tcp, mode));
+            }
+        });
+        CountingApp { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+type AppBody = http_body_util::Either<Full<Bytes>, Chunks>;
+
+async fn serve(tcp: TcpStream, mode: AppMode) {
+    let svc = service_fn(move |req: Request<Incoming>| async move {
+        let mut resp = if matches!(mode, AppMode::BigBody) && req.uri().path() == "/big" {
+            Response::new(AppBody::Right(Chunks::new(64, 64 * 1024)))
+        } else {
+            let text = format!("ok {}", req.uri().path());
+            Response::new(AppBody::Left(Full::new(Bytes::from(text))))
+        };
+        if matches!(mode, AppMode::CloseEach) {
+            resp.headers_mut()
+                .insert("connection", "close".parse().unwrap());
+        }
+        Ok::<_, Infallible>(resp)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    if let AppMode::KeepAlive { idle_close } = mode {
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(idle_close);
+    }
+    let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+}
+
+/// A slow body: `left` chunks of `size` bytes, 1 ms apart.
+struct Chunks {
+    left: usize,
+    size: usize,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Chunks {
+    fn new(count: usize, size: usize) -> Chunks {
+        Chunks {
+            left: count,
+            size,
+            sleep: Box::pin(tokio::time::sleep(Duration::from_millis(1))),
+        }
+    }
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.left -= 1;
+        let next = tokio::time::Instant::now() + Duration::from_millis(1);
+        self.sleep.as_mut().reset(next);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; self.size])))))
+    }
+}
+
+/// An inbound sidecar in front of `app` and an outbound one routing HOST to it.
+async fn pair(
+    app: SocketAddr,
+    protocol: UpstreamProtocol,
+) -> (meshguard::app::Running, meshguard::app::Running) {
+    let pki = Pki::new();
+    let server = meshguard::app::start(&inbound_config(
+        pki.identity("server", &id("default", "server")),
+        app,
+    ))
+    .await
+    .unwrap();
+    let mut cfg = outbound_config(
+        pki.identity("client", &id("default", "client")),
+        HOST,
+        server.inbound.unwrap(),
+        id("default", "server"),
+    );
+    cfg.outbound.as_mut().unwrap().protocol = protocol;
+    let client = meshguard::app::start(&cfg).await.unwrap();
+    (server, client)
+}
+
+async fn outbound_handshakes(client: &meshguard::app::Running) -> f64 {
+    let text = scrape(client.admin).await;
+    series(
+        &text,
+        "meshguard_tls_handshakes_total",
+        &[("direction", "outbound"), ("result", "accepted")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn http1_hop_reuses_one_peer_connection_and_one_app_connection() {
+    let app = CountingApp::start(AppMode::KeepAlive {
+        idle_close: Duration::from_secs(30),
+    })
+    .await;
+    let (_server, client) = pair(app.addr, UpstreamProtocol::Http1).await;
+    for i in 0..20 {
+        let (status, body) =
+            http_get(client.outbound.unwrap(), HOST, &format!("/s/{i}"), &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("ok /s/{i}"));
+    }
+    assert_eq!(
+        app.accepted(),
+        1,
+        "sequential requests share one app connection"
+    );
+    assert_eq!(
+        outbound_handshakes(&client).await,
+        1.0,
+        "and one mTLS connection"
+    );
+}
+
+#[tokio::test]
+async fn app_closing_its_connections_loses_no_request() {
+    // An app that closes idle keep-alive connections quickly (like Node's
+    // 5 s keep-alive timeout, shortened) and one that closes after every
+    // response: every request still gets its answer.
+    for mode in [
+        AppMode::KeepAlive {
+            idle_close: Duration::from_millis(40),
+        },
+        AppMode::CloseEach,
+    ] {
+        let app = CountingApp::start(mode).await;
+        let (_server, client) = pair(app.addr, UpstreamProtocol::Http1).await;
+        for i in 0..8 {
+            let (status, body) =
+                http_get(client.outbound.unwrap(), HOST, &format!("/c/{i}"), &[]).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body, format!("ok /c/{i}"));
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        assert!(
+            app.accepted() >= 8,
+            "the app closed every connection: {}",
+            app.accepted()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_response_cut_short_does_not_leave_its_connection_in_the_pool() {
+    let app = CountingApp::start(AppMode::BigBody).await;
+    let (_server, client) = pair(app.addr, UpstreamProtocol::Http1).await;
+    // Read the head and first bytes of a 4 MiB response, then hang up.
+    let tcp = TcpStream::connect(client.outbound.unwrap()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("/big")
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.body_mut().frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    drop((resp, sender));
+    conn.abort();
+    // The next requests must not land on the half-read connections.
+    for i in 0..5 {
+        let (status, body) =
+            http_get(client.outbound.unwrap(), HOST, &format!("/n/{i}"), &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("ok /n/{i}"));
+    }
+    assert!(app.accepted() >= 2, "a fresh app connection after the cut");
+}
+
+#[tokio::test]
+async fn http2_hop_multiplexes_concurrent_requests_on_one_connection() {
+    let app = CountingApp::start(AppMode::KeepAlive {
+        idle_close: Duration::from_secs(30),
+    })
+    .await;
+    let (_server, client) = pair(app.addr, UpstreamProtocol::Http2).await;
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        let addr = client.outbound.unwrap();
+        handles.push(tokio::spawn(async move {
+            http_get(addr, HOST, &format!("/m/{i}"), &[]).await
+        }));
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("ok /m/{i}"));
+    }
+    assert_eq!(
+        outbound_handshakes(&client).await,
+        1.0,
+        "one multiplexed mTLS connection"
+    );
+}
+
+#[tokio::test]
+async fn http2_hop_reconnects_after_the_peer_closes_the_connection() {
+    let app = CountingApp::start(AppMode::KeepAlive {
+        idle_close: Duration::from_secs(30),
+    })
+    .await;
+    let pki = Pki::new();
+    let mut server_cfg = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
+    // The inbound sidecar closes connections quiet for 200 ms (GOAWAY).
+    server_cfg.limits.idle_timeout_ms = 200;
+    let server = meshguard::app::start(&server_cfg).await.unwrap();
+    let mut cfg = outbound_config(
+        pki.identity("client", &id("default", "client")),
+        HOST,
+        server.inbound.unwrap(),
+        id("default", "server"),
+    );
+    cfg.outbound.as_mut().unwrap().protocol = UpstreamProtocol::Http2;
+    let client = meshguard::app::start(&cfg).await.unwrap();
+    for i in 0..3 {
+        let (status, body) =
+            http_get(client.outbound.unwrap(), HOST, &format!("/r/{i}"), &[]).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(
+        outbound_handshakes(&client).await,
+        3.0,
+        "each request after an idle close opened a new connection"
+    );
+}

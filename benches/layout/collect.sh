@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Regenerates hot-symbols.txt: the functions a sidecar runs (start-up, HTTP/1.1
+# and HTTP/2 hops under load, new connections, metrics, refusals), hottest
+# first. build.rs hands the list to the linker (lld --symbol-ordering-file) for
+# release builds, so that this code sits together in the binary and the pages
+# a running proxy maps stay few (the kernel maps file pages in 64 KiB windows
+# around each one touched). Run it after a toolchain or dependency update:
+# symbol names carry hashes that change then, and stale names are ignored.
+#
+#   benches/layout/collect.sh        # needs valgrind, wrk, curl (apt-get installs them)
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+command -v valgrind >/dev/null && command -v wrk >/dev/null && command -v curl >/dev/null ||
+  { apt-get update -qq && apt-get install -y -qq valgrind wrk curl >/dev/null; }
+cargo build --release --manifest-path "$REPO/Cargo.toml" >&2
+BIN=$REPO/target/release/meshguard
+TMP=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+"$BIN" certs dev --out "$TMP/certs" --workload default/client --workload default/server >/dev/null
+C=$TMP/certs; P=${BASE_PORT:-18700}
+"$BIN" echo --listen 127.0.0.1:$P >/dev/null 2>&1 &
+VG=(valgrind --tool=callgrind --demangle=no --dump-instr=no)
+for proto in http1 http2; do
+  cat >"$TMP/out.yaml" <<YAML
+identity: {cert: $C/default/client/tls.crt, key: $C/default/client/tls.key, bundle: $C/ca.crt}
+outbound:
+  protocol: $proto
+  routes: [{listen: "127.0.0.1:$((P + 1))", peer: "127.0.0.1:$((P + 2))", identity: "spiffe://cluster.local/ns/default/sa/server"}]
+admin: {listen: "127.0.0.1:$((P + 3))"}
+YAML
+  "${VG[@]}" --callgrind-out-file="$TMP/in-$proto.cg" "$BIN" run --cert "$C/default/server/tls.crt" \
+    --key "$C/default/server/tls.key" --bundle "$C/ca.crt" --inbound 127.0.0.1:$((P + 2)) \
+    --app 127.0.0.1:$P --admin 127.0.0.1:$((P + 4)) --workers 1 >/dev/null 2>&1 & IN=$!
+  "${VG[@]}" --callgrind-out-file="$TMP/out-$proto.cg" "$BIN" run --config "$TMP/out.yaml" >/dev/null 2>&1 & OUT=$!
+  for _ in $(seq 200); do
+    curl -sf http://127.0.0.1:$((P + 3))/ready >/dev/null && curl -sf http://127.0.0.1:$((P + 4))/ready >/dev/null && break
+    sleep 0.3
+  done
+  wrk -t1 -c20 -d6s "http://127.0.0.1:$((P + 1))/" >/dev/null
+  wrk -t1 -c4 -d2s -H 'Connection: close' "http://127.0.0.1:$((P + 1))/" >/dev/null
+  curl -s http://127.0.0.1:$((P + 3))/metrics >/dev/null; curl -s http://127.0.0.1:$((P + 4))/metrics >/dev/null
+  curl -s -H 'Host: undeclared' http://127.0.0.1:$((P + 1))/ >/dev/null || true
+  kill "$IN" "$OUT"; wait "$IN" "$OUT" 2>/dev/null || true
+done
+python3 "$HERE/hot_symbols.py" "$BIN" "$TMP"/*.cg >"$HERE/hot-symbols.txt"
+echo "wrote $HERE/hot-symbols.txt ($(wc -l <"$HERE/hot-symbols.txt") symbols)" >&2

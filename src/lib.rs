@@ -11,6 +11,7 @@ pub mod headers;
 pub mod identity;
 pub mod inject;
 pub mod iptables;
+pub mod logbuf;
 pub mod metrics;
 pub mod pathnorm;
 pub mod policy;

@@ -10,6 +10,8 @@ use meshguard::config::{
 use meshguard::identity::SpiffeId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser)]
 #[command(
@@ -175,7 +177,10 @@ fn parse_duration(s: &str) -> Result<time::Duration, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if let Err(e) = init_logging(cli.log_format) {
+        eprintln!("meshguard: error: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
     if let Command::Policy(cmd) = cli.command {
         return policy_command(cmd);
     }
@@ -188,19 +193,32 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logging to stderr, filtered by `MESHGUARD_LOG` (`info` if unset): a
+/// level, or `target=level` pairs such as `info,meshguard::audit=warn`.
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let filter: tracing_subscriber::filter::Targets = match std::env::var("MESHGUARD_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec
+            .parse()
+            .with_context(|| format!("MESHGUARD_LOG={spec:?}: expected a level (error, warn, info, debug, trace) or target=level pairs"))?,
+        _ => "info".parse().expect("a valid filter"),
+    };
+    // The filter decides; the builder's own level cap is lifted.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_writer(meshguard::logbuf::BatchedStderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .init(),
+        LogFormat::Text => builder.finish().with(filter).init(),
     }
+    Ok(())
 }
 
-fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
     let mut builder = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -208,8 +226,12 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
         b
     };
+    builder.enable_all();
     builder
-        .enable_all()
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_builder(workers)
         .build()
         .context("starting the async runtime")
 }
@@ -237,7 +259,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             // values refuse to start.
             let probes = meshguard::probe::probes_from_env()?;
             let shutdown_listen = meshguard::probe::shutdown_listen_from_env()?;
-            runtime(config.runtime.workers)?.block_on(run_sidecar(config, probes, shutdown_listen))
+            // Log lines are written in batches, each time the event loop
+            // runs out of work (see logbuf).
+            let runtime = runtime_builder(config.runtime.workers)
+                .on_thread_park(meshguard::logbuf::flush)
+                .build()
+                .context("starting the async runtime")?;
+            meshguard::logbuf::start();
+            let result = runtime.block_on(run_sidecar(config, probes, shutdown_listen));
+            meshguard::logbuf::stop();
+            result
         }
         Command::Certs(CertsCommand::Dev {
             out,

@@ -190,6 +190,21 @@ fn bad_config_refuses_to_start_naming_file_and_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.crt"));
 }
 
+#[test]
+fn a_bad_log_filter_refuses_to_start_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = meshguard()
+        .env("MESHGUARD_LOG", "info,meshguard=loud")
+        .args(["certs", "dev", "--workload", "default/a", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MESHGUARD_LOG=\"info,meshguard=loud\""), "{err}");
+    assert!(!dir.path().join("ca.crt").exists(), "nothing was done");
+}
+
 /// `meshguard run` with the dev SVID of `default/<workload>` made by `certs_dev`.
 fn run_as(d: &Path, workload: &str) -> Command {
     let dir = d.join("default").join(workload);

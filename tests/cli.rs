@@ -201,7 +201,10 @@ fn a_bad_log_filter_refuses_to_start_and_says_why() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("MESHGUARD_LOG=\"info,meshguard=loud\""), "{err}");
+    assert!(
+        err.contains("MESHGUARD_LOG=\"info,meshguard=loud\""),
+        "{err}"
+    );
     assert!(!dir.path().join("ca.crt").exists(), "nothing was done");
 }
 

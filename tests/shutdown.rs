@@ -4,6 +4,7 @@
 
 mod support;
 
+use meshguard::tls::UpstreamProtocol;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,18 @@ use support::*;
 const HOST: &str = "server.default.svc.cluster.local";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_under_steady_traffic_loses_no_accepted_request() {
+async fn drain_under_steady_traffic_loses_no_accepted_request_over_http2() {
+    drain_under_steady_traffic(UpstreamProtocol::Http2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_under_steady_traffic_loses_no_accepted_request_over_http1() {
+    drain_under_steady_traffic(UpstreamProtocol::Http1).await;
+}
+
+/// Four clients call through a pair while the server side drains: HTTP/1.1
+/// hops get `Connection: close` then close when quiet, HTTP/2 hops GOAWAY.
+async fn drain_under_steady_traffic(protocol: UpstreamProtocol) {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
     let mut cfg = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
@@ -20,14 +32,14 @@ async fn drain_under_steady_traffic_loses_no_accepted_request() {
     cfg.shutdown.deadline_ms = 5_000;
     let server = meshguard::app::start(&cfg).await.unwrap();
     let (server_admin, server_in) = (server.admin, server.inbound.unwrap());
-    let client = meshguard::app::start(&outbound_config(
+    let mut client_cfg = outbound_config(
         pki.identity("client", &id("default", "client")),
         HOST,
         server_in,
         id("default", "server"),
-    ))
-    .await
-    .unwrap();
+    );
+    client_cfg.outbound.as_mut().unwrap().protocol = protocol;
+    let client = meshguard::app::start(&client_cfg).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, refused, lost) = (

@@ -13,7 +13,7 @@
 # Options (environment variable in brackets):
 #   --rounds N [ROUNDS=3]  --duration S [DURATION=10]  --warmup S [WARMUP=3]
 #   --connections N [CONNS=50]    connections of the keep-alive and new-connection tests
-#   --pairs LIST [PAIRS=direct,nginx,haproxy,stunnel,meshguard]; also meshguard-h2
+#   --pairs LIST [PAIRS=direct,nginx,haproxy,stunnel,meshguard]; also meshguard-h1
 #               (HTTP/2 multiplexed on the mTLS hop, outbound from a config file)
 #   --base-port P [BASE_PORT=18400]  uses P .. P+53 on 127.0.0.1
 #   --max-foreign C [MAX_FOREIGN=0.10]  foreign CPU (cores) that marks a measurement disturbed
@@ -80,7 +80,7 @@ if [ "$SOAK" != 0 ]; then PAIRS=meshguard; fi
 IFS=, read -r -a PAIR_LIST <<<"$PAIRS"
 has_pair() { local p; for p in "${PAIR_LIST[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 for p in "${PAIR_LIST[@]}"; do
-  case "$p" in direct|nginx|haproxy|stunnel|meshguard|meshguard-h2) ;; *) die "unknown pair $p" ;; esac
+  case "$p" in direct|nginx|haproxy|stunnel|meshguard|meshguard-h1) ;; *) die "unknown pair $p" ;; esac
 done
 
 # ------------------------------------------------------------------ tools
@@ -434,16 +434,17 @@ if has_pair meshguard; then
   mg_ready "$P_MG_ADMIN_IN" meshguard-in
   mg_ready "$P_MG_ADMIN_OUT" meshguard-out
 fi
-if has_pair meshguard-h2; then
+if has_pair meshguard-h1; then
   # Not in the default list: the same inbound, an outbound from a config file
-  # with `protocol: http2` (one multiplexed connection on the mTLS hop).
-  cat >"$TMP/meshguard-h2-out.yaml" <<EOF
+  # with `protocol: http1` (a pool of HTTP/1.1 connections on the mTLS hop;
+  # the default pair `meshguard` multiplexes HTTP/2).
+  cat >"$TMP/meshguard-h1-out.yaml" <<EOF
 identity:
   cert: $CC
   key: $CK
   bundle: $CA
 outbound:
-  protocol: http2
+  protocol: http1
   routes:
     - listen: 127.0.0.1:$P_MG2_OUT
       peer: 127.0.0.1:$P_MG2_IN
@@ -453,12 +454,12 @@ admin:
 runtime:
   workers: 1
 EOF
-  say "meshguard-h2 pair: 127.0.0.1:$P_MG2_OUT → mTLS (HTTP/2) 127.0.0.1:$P_MG2_IN"
-  start meshguard-h2-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
+  say "meshguard-h1 pair: 127.0.0.1:$P_MG2_OUT → mTLS (HTTP/1.1) 127.0.0.1:$P_MG2_IN"
+  start meshguard-h1-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
     --inbound "127.0.0.1:$P_MG2_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG2_ADMIN_IN" --workers 1
-  start meshguard-h2-out "$MESHGUARD_BIN" --log-format json run --config "$TMP/meshguard-h2-out.yaml"
-  mg_ready "$P_MG2_ADMIN_IN" meshguard-h2-in
-  mg_ready "$P_MG2_ADMIN_OUT" meshguard-h2-out
+  start meshguard-h1-out "$MESHGUARD_BIN" --log-format json run --config "$TMP/meshguard-h1-out.yaml"
+  mg_ready "$P_MG2_ADMIN_IN" meshguard-h1-in
+  mg_ready "$P_MG2_ADMIN_OUT" meshguard-h1-out
 fi
 
 # ------------------------------------------------------------------ checks
@@ -486,7 +487,7 @@ for pair in "${PAIR_LIST[@]}"; do
     haproxy) in=$P_HAP_IN out=$P_HAP_OUT ;;
     stunnel) in=$P_ST_IN out=$P_ST_OUT ;;
     meshguard) in=$P_MG_IN out=$P_MG_OUT ;;
-    meshguard-h2) in=$P_MG2_IN out=$P_MG2_OUT ;;
+    meshguard-h1) in=$P_MG2_IN out=$P_MG2_OUT ;;
   esac
   r=$(s_client_get "$in" -cert "$CC" -key "$CK")
   check "$pair inbound: TLS 1.3 with the client SVID returns the backend body" \
@@ -518,7 +519,7 @@ pids_json() { # pids_json out-name in-name
       haproxy) url=http://127.0.0.1:$P_HAP_OUT/ procs=$(pids_json haproxy-out haproxy-in) ;;
       stunnel) url=http://127.0.0.1:$P_ST_OUT/ procs=$(pids_json stunnel-out stunnel-in) ;;
       meshguard) url=http://127.0.0.1:$P_MG_OUT/ procs=$(pids_json meshguard-out meshguard-in) ;;
-      meshguard-h2) url=http://127.0.0.1:$P_MG2_OUT/ procs=$(pids_json meshguard-h2-out meshguard-h2-in) ;;
+      meshguard-h1) url=http://127.0.0.1:$P_MG2_OUT/ procs=$(pids_json meshguard-h1-out meshguard-h1-in) ;;
     esac
     printf '%s{"name": "%s", "url": "%s", "proxies": %s}\n' "$sep" "$pair" "$url" "$procs"
     sep=","

@@ -50,7 +50,7 @@ fn parses_a_full_config_with_defaults() {
     assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_ADDR);
     assert_eq!(c.runtime.workers, 1);
     let out = c.outbound.unwrap();
-    assert_eq!(out.protocol, UpstreamProtocol::Http1);
+    assert_eq!(out.protocol, UpstreamProtocol::Http2, "the default");
     assert_eq!(out.routes.len(), 2);
     assert_eq!(
         out.routes[1].identity.as_str(),

@@ -217,6 +217,7 @@ impl Inbound {
             idle_timeout: self.limits.idle_timeout(),
             activity: activity.clone(),
             revoked: Some(live),
+            multiplexed: h2,
         };
         let this = self.clone();
         let closing = tracked.closing_flag();

@@ -105,7 +105,9 @@ impl Route {
             UpstreamProtocol::Http1 => {
                 Upstream::Http1(Http1Pool::new(connector, max_idle, PEER_POOL_IDLE))
             }
-            UpstreamProtocol::Http2 => Upstream::Http2(Http2Conn::new(connector, PEER_POOL_IDLE)),
+            UpstreamProtocol::Http2 => {
+                Upstream::Http2(Http2Conn::new(connector, PEER_POOL_IDLE, max_idle > 0))
+            }
         };
         let counters =
             metrics.request_counters("outbound", metrics.peer_label(cfg.identity.as_str()));
@@ -231,6 +233,7 @@ impl Outbound {
             idle_timeout: self.limits.idle_timeout(),
             activity: activity.clone(),
             revoked: None,
+            multiplexed: false,
         };
         let this = self.clone();
         let closing = tracked.closing_flag();

@@ -234,9 +234,12 @@ impl Body for UpstreamBody {
 
 /// One multiplexed HTTP/2 connection to a peer, opened on first use and
 /// replaced when it closes or has been idle longer than `idle_timeout`.
+/// Without `keep`, (`max_idle_per_peer: 0`) every request gets a
+/// connection of its own, closed when its response ends.
 pub struct Http2Conn<D> {
     dial: D,
-    current: Mutex<Option<(http2::SendRequest<Incoming>, Instant)>>,
+    keep: bool,
+    current: Mutex<Option<(http2::SendRequest<RequestBody>, Instant)>>,
     /// Held while a connection is being opened, so that a burst of
     /// requests opens one connection, not one each.
     opening: tokio::sync::Mutex<()>,
@@ -244,9 +247,10 @@ pub struct Http2Conn<D> {
 }
 
 impl<D: Dial> Http2Conn<D> {
-    pub fn new(dial: D, idle_timeout: Duration) -> Self {
+    pub fn new(dial: D, idle_timeout: Duration, keep: bool) -> Self {
         Http2Conn {
             dial,
+            keep,
             current: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             idle_timeout,
@@ -255,33 +259,43 @@ impl<D: Dial> Http2Conn<D> {
 
     /// Sends `req` (absolute URI: it becomes `:scheme` and `:authority`).
     /// A request the connection never took (it was closing) is retried
-    /// once on a new connection.
+    /// once on a new connection; so is a body-less request the peer
+    /// refused unprocessed: a stream above the last one a GOAWAY accepts
+    /// (RFC 9113 §6.8), which happens when the peer drains while we send.
     pub async fn send(
         &self,
         req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, UpstreamError<D::Error>> {
+        // Keeping a copy costs a header map clone; only a request without
+        // a body can be replayed, and only those are copied.
+        let replay = req.body().is_end_stream().then(|| head_copy(&req));
         let mut sender = match self.open_sender() {
             Some(sender) => sender,
             None => Box::pin(self.connect()).await?,
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp.map(UpstreamBody::shared)),
+        let unsent = match sender.try_send_request(req.map(RequestBody::Stream)).await {
+            Ok(resp) => return Ok(resp.map(UpstreamBody::shared)),
             Err(mut e) => match e.take_message() {
-                Some(unsent) => {
-                    // This connection is closing: forget it and open another.
-                    *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    let mut sender = Box::pin(self.connect()).await?;
-                    let resp = sender.send_request(unsent).await;
-                    resp.map(|r| r.map(UpstreamBody::shared))
-                        .map_err(UpstreamError::Http)
+                Some(unsent) => unsent,
+                None => {
+                    let error = e.into_error();
+                    match replay {
+                        Some(copy) if refused_unprocessed(&error) => copy,
+                        _ => return Err(UpstreamError::Http(error)),
+                    }
                 }
-                None => Err(UpstreamError::Http(e.into_error())),
             },
-        }
+        };
+        // This connection is closing: forget it and open another.
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut sender = Box::pin(self.connect()).await?;
+        let resp = sender.send_request(unsent).await;
+        resp.map(|r| r.map(UpstreamBody::shared))
+            .map_err(UpstreamError::Http)
     }
 
     /// The current connection if it is open and was used recently.
-    fn open_sender(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn open_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         match current.as_mut() {
             Some((sender, last_used))
@@ -294,8 +308,11 @@ impl<D: Dial> Http2Conn<D> {
         }
     }
 
-    async fn connect(&self) -> Result<http2::SendRequest<Incoming>, UpstreamError<D::Error>> {
-        let _opening = self.opening.lock().await;
+    async fn connect(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError<D::Error>> {
+        let _opening = match self.keep {
+            true => Some(self.opening.lock().await),
+            false => None,
+        };
         // Another request may have opened one while this one waited.
         if let Some(sender) = self.open_sender() {
             return Ok(sender);
@@ -311,8 +328,73 @@ impl<D: Dial> Http2Conn<D> {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
         });
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((sender.clone(), Instant::now()));
+        if self.keep {
+            *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((sender.clone(), Instant::now()));
+        }
         Ok(sender)
     }
+}
+
+/// The body of a request on the HTTP/2 hop: the caller's, or none (a
+/// replayed body-less request).
+pub enum RequestBody {
+    Stream(Incoming),
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Method, target, version and headers of a body-less request, to send it again.
+fn head_copy(req: &Request<Incoming>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Whether the peer refused a stream without processing it: a GOAWAY
+/// without error whose last accepted stream is below ours, or
+/// REFUSED_STREAM.
+fn refused_unprocessed(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return (h2.is_go_away()
+                && h2.is_remote()
+                && h2.reason() == Some(h2::Reason::NO_ERROR))
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
 }

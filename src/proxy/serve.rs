@@ -67,19 +67,27 @@ pub struct Control {
     pub idle_timeout: Option<Duration>,
     pub activity: Arc<Activity>,
     pub revoked: Option<Arc<LiveConn>>,
+    /// HTTP/2: a drain sends GOAWAY at once instead of waiting for a quiet
+    /// moment, which a multiplexed connection under load never has.
+    pub multiplexed: bool,
 }
 
 impl Control {
     /// Completes when the connection should be closed gracefully.
     pub async fn close_reason(&mut self) -> CloseReason {
         let drain_activity = self.activity.clone();
+        let multiplexed = self.multiplexed;
         let drain = async {
             drained(&mut self.drain).await;
-            // Clients were told `Connection: close` during the drain delay;
-            // a connection still open now may have a request on its way (one
-            // just accepted, or a client that ignored the hint). Close only
-            // once it is quiet, so no request that reached us is dropped.
-            wait_quiet(&drain_activity, DRAIN_QUIET).await;
+            // HTTP/1 clients were told `Connection: close` during the drain
+            // delay; a connection still open now may have a request on its
+            // way (one just accepted, or a client that ignored the hint).
+            // Close only once it is quiet, so no request that reached us is
+            // dropped. HTTP/2's GOAWAY is safe at any time: streams already
+            // sent finish, and the client opens new ones elsewhere.
+            if !multiplexed {
+                wait_quiet(&drain_activity, DRAIN_QUIET).await;
+            }
             CloseReason::Drain
         };
         let revoked = async {

@@ -39,6 +39,8 @@ enum AppMode {
 struct CountingApp {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// Connections open right now.
+    open: Arc<AtomicUsize>,
 }
 
 impl CountingApp {
@@ -46,14 +48,28 @@ impl CountingApp {
         let listener = TcpListener::bind(any_port()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (count, now_open) = (accepted.clone(), open.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(tcp, mode));
+                now_open.fetch_add(1, Ordering::SeqCst);
+                let now_open = now_open.clone();
+                tokio::spawn(async move {
+                    serve(tcp, mode).await;
+                    now_open.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
-        CountingApp { addr, accepted }
+        CountingApp {
+            addr,
+            accepted,
+            open,
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     fn accepted(&self) -> usize {
@@ -65,6 +81,9 @@ type AppBody = http_body_util::Either<Full<Bytes>, Chunks>;
 
 async fn serve(tcp: TcpStream, mode: AppMode) {
     let svc = service_fn(move |req: Request<Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let mut resp = if matches!(mode, AppMode::BigBody) && req.uri().path() == "/big" {
             Response::new(AppBody::Right(Chunks::new(64, 64 * 1024)))
         } else {
@@ -296,4 +315,34 @@ async fn http2_hop_reconnects_after_the_peer_closes_the_connection() {
         3.0,
         "each request after an idle close opened a new connection"
     );
+}
+
+#[tokio::test]
+async fn idle_app_connections_past_the_idle_timeout_are_closed_under_load() {
+    // The app never closes idle connections itself (60 s), so only
+    // meshguard's idle timeout for app connections (4 s) can close them.
+    let app = CountingApp::start(AppMode::KeepAlive {
+        idle_close: Duration::from_secs(60),
+    })
+    .await;
+    let (_server, client) = pair(app.addr, UpstreamProtocol::Http2).await;
+    let out = client.outbound.unwrap();
+    // Three requests at once: three app connections.
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { http_get(out, HOST, "/slow", &[]).await }))
+        .collect();
+    for h in slow {
+        assert_eq!(h.await.unwrap().0, 200);
+    }
+    assert_eq!(app.open(), 3);
+    // Then one at a time for longer than the idle timeout: one connection
+    // is enough, and the two left idle are closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(5_500);
+    while tokio::time::Instant::now() < deadline {
+        assert_eq!(http_get(out, HOST, "/one", &[]).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(app.open(), 1, "idle app connections were closed");
+    assert_eq!(app.accepted(), 3, "and the busy one kept");
 }

@@ -111,6 +111,7 @@ impl<D: Dial> Http1Pool<D> {
                         sender,
                         idle: self.idle.clone(),
                         max_idle: self.max_idle,
+                        idle_timeout: self.idle_timeout,
                     };
                     return Ok(resp.map(|body| UpstreamBody::pooled(body, checkin)));
                 }
@@ -154,6 +155,7 @@ struct Checkin {
     sender: http1::SendRequest<Incoming>,
     idle: Arc<Idle>,
     max_idle: usize,
+    idle_timeout: Duration,
 }
 
 impl Checkin {
@@ -162,6 +164,15 @@ impl Checkin {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Checkouts take the newest, so the oldest wait at the front: close
+        // those past the idle timeout (or already closed) here, under load,
+        // rather than keep their sockets open until the other side gives up.
+        while idle
+            .front()
+            .is_some_and(|(s, since)| s.is_closed() || since.elapsed() >= self.idle_timeout)
+        {
+            idle.pop_front();
+        }
         if idle.len() >= self.max_idle {
             idle.pop_front();
         }

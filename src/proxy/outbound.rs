@@ -55,28 +55,32 @@ enum Upstream {
 }
 
 impl Upstream {
-    /// Sends a request whose URI is absolute (`http://authority/target`).
+    /// The request target on this hop: origin-form for HTTP/1.1 (the
+    /// authority travels in Host), absolute for HTTP/2, where it becomes
+    /// `:scheme` and `:authority`.
+    fn uri(&self, authority: Authority, target: PathAndQuery) -> Result<Uri, http::Error> {
+        match self {
+            Upstream::Http1(_) => Ok(Uri::from(target)),
+            Upstream::Http2(_) => Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(target)
+                .build(),
+        }
+    }
+
     async fn send(
         &self,
         mut req: Request<Incoming>,
+        authority: Authority,
     ) -> Result<Response<UpstreamBody>, UpstreamError<ConnectError>> {
         match self {
             Upstream::Http1(pool) => {
-                // HTTP/1.1 puts the authority in Host and sends origin-form.
-                let authority = req.uri().authority().cloned();
                 if !req.headers().contains_key(header::HOST) {
-                    if let Some(value) =
-                        authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    {
-                        req.headers_mut().insert(header::HOST, value);
+                    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                        req.headers_mut().insert(header::HOST, host);
                     }
                 }
-                let target = req
-                    .uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                *req.uri_mut() = Uri::from(target);
                 *req.version_mut() = http::Version::HTTP_11;
                 pool.send(req).await
             }
@@ -284,16 +288,8 @@ impl Outbound {
         let (mut parts, body) = req.into_parts();
         if let Err(reason) = canonical_host(&mut parts) {
             let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
-            let resp = refusal(StatusCode::BAD_REQUEST, reason);
-            return self.record(
-                None,
-                &method,
-                &path,
-                Decision::Deny,
-                "ambiguous host",
-                resp,
-                start,
-            );
+            let refused = (StatusCode::BAD_REQUEST, "ambiguous host");
+            return self.refuse(None, &method, &path, refused, reason, start);
         }
         // The URI leaves `parts` (a new one is built below) and the Host
         // value is shared, not copied, so that routing and the audit line
@@ -306,6 +302,7 @@ impl Outbound {
             .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()));
         let method = parts.method.clone();
         let path = uri.path();
+        const UNDECLARED: (StatusCode, &str) = (StatusCode::FORBIDDEN, "undeclared destination");
         let route = match (target, authority) {
             (Target::Route(route), _) => route.as_ref(),
             // Captured to an address no destination rule declares: a
@@ -315,99 +312,56 @@ impl Outbound {
                 match authority.and_then(|a| self.route_for(a)) {
                     Some(route) => route.as_ref(),
                     None => {
-                        let resp = refusal(
-                            StatusCode::FORBIDDEN,
-                            format_args!("destination {dst} is not declared in outbound destinations or routes"),
+                        let message = format_args!(
+                            "destination {dst} is not declared in outbound destinations or routes"
                         );
-                        return self.record(
-                            None,
-                            &method,
-                            path,
-                            Decision::Deny,
-                            "undeclared destination",
-                            resp,
-                            start,
-                        );
+                        return self.refuse(None, &method, path, UNDECLARED, message, start);
                     }
                 }
             }
             (Target::ByHost, Some(authority)) => match self.route_for(authority) {
                 Some(route) => route.as_ref(),
                 None => {
-                    let resp = refusal(
-                        StatusCode::FORBIDDEN,
-                        format_args!(
-                            "destination {authority:?} is not declared in outbound routes"
-                        ),
+                    let message = format_args!(
+                        "destination {authority:?} is not declared in outbound routes"
                     );
-                    return self.record(
-                        None,
-                        &method,
-                        path,
-                        Decision::Deny,
-                        "undeclared destination",
-                        resp,
-                        start,
-                    );
+                    return self.refuse(None, &method, path, UNDECLARED, message, start);
                 }
             },
             (Target::ByHost, None) => {
-                let resp = refusal(
-                    StatusCode::BAD_REQUEST,
-                    "request has no Host; cannot choose a destination",
-                );
-                return self.record(None, &method, path, Decision::Deny, "no host", resp, start);
+                let refused = (StatusCode::BAD_REQUEST, "no host");
+                let message = "request has no Host; cannot choose a destination";
+                return self.refuse(None, &method, path, refused, message, start);
             }
         };
         if !self.store.svid_is_valid_now() {
-            let resp = refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "own SVID has expired and no valid replacement is loaded",
-            );
-            return self.record(
-                Some(route),
-                &method,
-                path,
-                Decision::Deny,
-                "own SVID expired",
-                resp,
-                start,
-            );
+            let refused = (StatusCode::SERVICE_UNAVAILABLE, "own SVID expired");
+            let message = "own SVID has expired and no valid replacement is loaded";
+            return self.refuse(Some(route), &method, path, refused, message, start);
         }
         headers::strip_outbound(&mut parts.headers);
         let target = uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // The URI authority keys the pool and becomes :authority over HTTP/2;
-        // where the request goes is fixed by the route's connector.
+        // What the peer sees as the authority (Host, or :authority over
+        // HTTP/2); where the request goes is fixed by the route's connector.
         let uri_authority = match uri.authority() {
             Some(a) => a.clone(),
             None => authority
                 .and_then(|a| Authority::try_from(a).ok())
                 .unwrap_or_else(|| Authority::from_static("peer")),
         };
-        parts.uri = match Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(uri_authority)
-            .path_and_query(target)
-            .build()
-        {
+        parts.uri = match route.upstream.uri(uri_authority.clone(), target) {
             Ok(uri) => uri,
             Err(_) => {
-                let resp = refusal(StatusCode::BAD_REQUEST, "invalid request target");
-                return self.record(
-                    Some(route),
-                    &method,
-                    path,
-                    Decision::Deny,
-                    "invalid request target",
-                    resp,
-                    start,
-                );
+                let refused = (StatusCode::BAD_REQUEST, "invalid request target");
+                let message = "invalid request target";
+                return self.refuse(Some(route), &method, path, refused, message, start);
             }
         };
-        let (resp, reason) = match route.upstream.send(Request::from_parts(parts, body)).await {
+        let request = Request::from_parts(parts, body);
+        let (resp, reason) = match route.upstream.send(request, uri_authority).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
@@ -440,6 +394,21 @@ impl Outbound {
             resp,
             start,
         )
+    }
+
+    /// A request meshguard refuses itself: the plain-text refusal with
+    /// `message`, counted and audited as denied with the short `reason`.
+    fn refuse(
+        &self,
+        route: Option<&Route>,
+        method: &http::Method,
+        path: &str,
+        (status, reason): (StatusCode, &str),
+        message: impl std::fmt::Display,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let resp = refusal(status, message);
+        self.record(route, method, path, Decision::Deny, reason, resp, start)
     }
 
     /// Counts the request and writes its audit line.

@@ -141,13 +141,18 @@ impl<D: Dial> Http1Pool<D> {
             .handshake(io)
             .await
             .map_err(UpstreamError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
+        drive(conn);
         Ok(sender)
     }
+}
+
+/// Runs a client connection's I/O on a task of its own until it closes.
+fn drive(conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
 }
 
 /// Gives an HTTP/1.1 connection back to its pool once its response is read.
@@ -334,11 +339,7 @@ impl<D: Dial> Http2Conn<D> {
             .handshake(io)
             .await
             .map_err(UpstreamError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-            }
-        });
+        drive(conn);
         if self.keep {
             *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((sender.clone(), Instant::now()));

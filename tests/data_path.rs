@@ -19,12 +19,7 @@ struct Pair {
 async fn pair(protocol: UpstreamProtocol) -> Pair {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
-    let server = meshguard::app::start(&inbound_config(
-        pki.identity("server", &id("default", "server")),
-        app.addr,
-    ))
-    .await
-    .unwrap();
+    let server = start_inbound(&pki, "server", app.addr).await;
     let mut cfg = outbound_config(
         pki.identity("client", &id("default", "client")),
         SERVER_HOST,
@@ -128,6 +123,21 @@ async fn undeclared_destination_is_refused_and_nothing_leaves() {
     .await;
     assert_eq!(status, 403);
     assert!(body.contains("not declared"), "{body}");
+    assert_eq!(p.app.count(), 0);
+}
+
+#[tokio::test]
+async fn request_without_host_is_refused_and_nothing_leaves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pair(UpstreamProtocol::Http2).await;
+    let mut tcp = tokio::net::TcpStream::connect(p.client.outbound.unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /x HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    assert_eq!(status_of(&raw), 400, "{raw}");
+    assert!(raw.contains("no Host"), "{raw}");
     assert_eq!(p.app.count(), 0);
 }
 

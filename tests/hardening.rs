@@ -25,12 +25,7 @@ struct Inbound {
 
 async fn inbound_for(app: SocketAddr) -> Inbound {
     let pki = Pki::new();
-    let sidecar = meshguard::app::start(&inbound_config(
-        pki.identity("server", &id("default", "server")),
-        app,
-    ))
-    .await
-    .unwrap();
+    let sidecar = start_inbound(&pki, "server", app).await;
     let cert = pki.svid(&id("default", "client"));
     let client = tls_client(Some((&cert.cert_pem, &cert.key_pem)), &[b"http/1.1"]);
     Inbound {
@@ -85,20 +80,8 @@ struct Pair {
 async fn pair() -> Pair {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
-    let server = meshguard::app::start(&inbound_config(
-        pki.identity("server", &id("default", "server")),
-        app.addr,
-    ))
-    .await
-    .unwrap();
-    let client = meshguard::app::start(&outbound_config(
-        pki.identity("client", &id("default", "client")),
-        SERVER_HOST,
-        server.inbound.unwrap(),
-        id("default", "server"),
-    ))
-    .await
-    .unwrap();
+    let server = start_inbound(&pki, "server", app.addr).await;
+    let client = start_outbound(&pki, SERVER_HOST, &server).await;
     Pair {
         _pki: pki,
         app,

@@ -18,12 +18,7 @@ struct Server {
 async fn server() -> Server {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
-    let sidecar = meshguard::app::start(&inbound_config(
-        pki.identity("server", &id("default", "server")),
-        app.addr,
-    ))
-    .await
-    .unwrap();
+    let sidecar = start_inbound(&pki, "server", app.addr).await;
     Server { pki, app, sidecar }
 }
 

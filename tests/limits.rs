@@ -281,20 +281,8 @@ async fn connections_over_the_cap_are_closed() {
 async fn large_bodies_stream_through_both_sidecars() {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
-    let server = meshguard::app::start(&inbound_config(
-        pki.identity("server", &id("default", "server")),
-        app.addr,
-    ))
-    .await
-    .unwrap();
-    let client = meshguard::app::start(&outbound_config(
-        pki.identity("client", &id("default", "client")),
-        "server",
-        server.inbound.unwrap(),
-        id("default", "server"),
-    ))
-    .await
-    .unwrap();
+    let server = start_inbound(&pki, "server", app.addr).await;
+    let client = start_outbound(&pki, "server", &server).await;
     let tcp = tokio::net::TcpStream::connect(client.outbound.unwrap())
         .await
         .unwrap();

@@ -303,12 +303,7 @@ fn sanitised_requests_over_mtls_carry_no_caller_identity_header() {
     let (pki, app, sidecar) = rt.block_on(async {
         let pki = Pki::new();
         let app = RecordingApp::start().await;
-        let sidecar = meshguard::app::start(&inbound_config(
-            pki.identity("server", &id("default", "server")),
-            app.addr,
-        ))
-        .await
-        .unwrap();
+        let sidecar = start_inbound(&pki, "server", app.addr).await;
         (pki, app, sidecar)
     });
     let cert = pki.svid(&id("default", "client"));

@@ -149,12 +149,7 @@ async fn pair(
     protocol: UpstreamProtocol,
 ) -> (meshguard::app::Running, meshguard::app::Running) {
     let pki = Pki::new();
-    let server = meshguard::app::start(&inbound_config(
-        pki.identity("server", &id("default", "server")),
-        app,
-    ))
-    .await
-    .unwrap();
+    let server = start_inbound(&pki, "server", app).await;
     let mut cfg = outbound_config(
         pki.identity("client", &id("default", "client")),
         HOST,

@@ -227,6 +227,33 @@ pub fn outbound_config(
     }
 }
 
+/// A running inbound sidecar with the SVID of `default/<workload>`, in front of `app`.
+pub async fn start_inbound(pki: &Pki, workload: &str, app: SocketAddr) -> meshguard::app::Running {
+    let identity = pki.identity(workload, &id("default", workload));
+    meshguard::app::start(&inbound_config(identity, app))
+        .await
+        .unwrap()
+}
+
+/// A running outbound sidecar of `default/client` routing `host` to the
+/// inbound of `server`, which must prove `default/server`.
+pub async fn start_outbound(
+    pki: &Pki,
+    host: &str,
+    server: &meshguard::app::Running,
+) -> meshguard::app::Running {
+    let identity = pki.identity("client", &id("default", "client"));
+    let peer = server.inbound.expect("the server has an inbound listener");
+    meshguard::app::start(&outbound_config(
+        identity,
+        host,
+        peer,
+        id("default", "server"),
+    ))
+    .await
+    .unwrap()
+}
+
 /// Plain HTTP/1.1 request to `addr` with the given Host and extra headers.
 pub async fn http_get(
     addr: SocketAddr,

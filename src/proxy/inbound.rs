@@ -263,20 +263,9 @@ impl Inbound {
         // One Host, the one authorized; HTTP/2's :authority becomes the
         // Host the HTTP/1.1 app reads.
         if let Err(reason) = canonical_host(&mut parts) {
-            let resp = refusal(StatusCode::BAD_REQUEST, reason);
-            let outcome = Outcome {
-                decision: Decision::Deny,
-                rule: None,
-                reason: "ambiguous host",
-            };
-            return self.record(
-                peer,
-                parts.method.as_str(),
-                parts.uri.path(),
-                &outcome,
-                resp,
-                start,
-            );
+            let (method, path) = (parts.method.as_str(), parts.uri.path());
+            let refused = (StatusCode::BAD_REQUEST, "ambiguous host");
+            return self.refuse(peer, method, path, refused, reason, start);
         }
         // The URI leaves `parts` (`forward` builds the app's), so the
         // normalised path can borrow it while `parts` goes on to the app:
@@ -289,23 +278,10 @@ impl Inbound {
         let target = match normalize_path(raw_target) {
             Ok(target) => target,
             Err(e) => {
-                let resp = refusal(
-                    StatusCode::BAD_REQUEST,
-                    format_args!("invalid request path: {e}"),
-                );
-                let outcome = Outcome {
-                    decision: Decision::Deny,
-                    rule: None,
-                    reason: "invalid path",
-                };
-                return self.record(
-                    peer,
-                    parts.method.as_str(),
-                    raw_target.split('?').next().unwrap_or(""),
-                    &outcome,
-                    resp,
-                    start,
-                );
+                let path = raw_target.split('?').next().unwrap_or("");
+                let refused = (StatusCode::BAD_REQUEST, "invalid path");
+                let message = format_args!("invalid request path: {e}");
+                return self.refuse(peer, parts.method.as_str(), path, refused, message, start);
             }
         };
         let path = target.as_path();
@@ -375,31 +351,20 @@ impl Inbound {
         let forwarded_target = match reparsed {
             Ok(pq) => pq,
             Err(_) => {
-                let resp = refusal(StatusCode::BAD_REQUEST, "invalid request target");
-                let outcome = Outcome {
-                    decision: Decision::Deny,
-                    rule: None,
-                    reason: "invalid path",
-                };
-                return self.record(peer, parts.method.as_str(), path, &outcome, resp, start);
+                let refused = (StatusCode::BAD_REQUEST, "invalid path");
+                let message = "invalid request target";
+                return self.refuse(peer, parts.method.as_str(), path, refused, message, start);
             }
         };
         headers::strip_inbound(&mut parts.headers, &[]);
         peer.headers.apply(&mut parts.headers);
         let method = parts.method.clone();
-        let resp = self
+        let (resp, failed) = self
             .forward(parts, peer, forwarded_target, body, permit)
             .await;
-        let outcome = match resp.status() {
-            StatusCode::SERVICE_UNAVAILABLE if matches!(resp.body(), Either::Right(_)) => Outcome {
-                reason: "local app unavailable",
-                ..outcome
-            },
-            StatusCode::BAD_GATEWAY if matches!(resp.body(), Either::Right(_)) => Outcome {
-                reason: "local app failed",
-                ..outcome
-            },
-            _ => outcome,
+        let outcome = match failed {
+            Some(reason) => Outcome { reason, ..outcome },
+            None => outcome,
         };
         self.record(peer, method.as_str(), path, &outcome, resp, start)
     }
@@ -419,7 +384,9 @@ impl Inbound {
             .clone()
     }
 
-    /// Sends an authorized request to the local app.
+    /// Sends an authorized request to the local app. The second value is
+    /// the reason when the app could not answer (the response is then
+    /// meshguard's own 503 or 502).
     async fn forward(
         &self,
         mut parts: http::request::Parts,
@@ -427,7 +394,7 @@ impl Inbound {
         target: PathAndQuery,
         body: Incoming,
         _permit: Permit,
-    ) -> Response<ProxyBody> {
+    ) -> (Response<ProxyBody>, Option<&'static str>) {
         parts.uri = Uri::from(target);
         parts.version = Version::HTTP_11;
         if !parts.headers.contains_key(http::header::HOST) {
@@ -439,20 +406,48 @@ impl Inbound {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Either::Left(body))
+                (Response::from_parts(parts, Either::Left(body)), None)
             }
             Err(UpstreamError::Connect(e)) => {
                 tracing::warn!(direction = "inbound", error = %e, "local app unavailable");
-                refusal(StatusCode::SERVICE_UNAVAILABLE, "local app unavailable")
+                let resp = refusal(StatusCode::SERVICE_UNAVAILABLE, "local app unavailable");
+                (resp, Some("local app unavailable"))
             }
             Err(UpstreamError::Http(e)) => {
                 tracing::warn!(direction = "inbound", error = %e, "local app failed");
-                refusal(
-                    StatusCode::BAD_GATEWAY,
-                    "local app closed the connection without a response",
+                let message = "local app closed the connection without a response";
+                (
+                    refusal(StatusCode::BAD_GATEWAY, message),
+                    Some("local app failed"),
                 )
             }
         }
+    }
+
+    /// A request meshguard refuses itself before the policy decides:
+    /// the plain-text refusal with `message`, audited as denied with `reason`.
+    fn refuse(
+        &self,
+        peer: &Peer,
+        method: &str,
+        path: &str,
+        (status, reason): (StatusCode, &'static str),
+        message: impl std::fmt::Display,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let outcome = Outcome {
+            decision: Decision::Deny,
+            rule: None,
+            reason,
+        };
+        self.record(
+            peer,
+            method,
+            path,
+            &outcome,
+            refusal(status, message),
+            start,
+        )
     }
 
     /// Counts the request and writes its audit line.

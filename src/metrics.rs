@@ -3,12 +3,13 @@
 //! bounded: peer identities outside the known set fold into `other`, and
 //! no path or raw address is ever a label.
 
+use crate::policy::{self, Policy};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Label value for peers outside the bounded set.
 pub const OTHER_PEER: &str = "other";
@@ -242,8 +243,22 @@ impl Metrics {
             .inc();
     }
 
-    pub fn authz_decision(&self, decision: &str, rule: &str) {
-        self.authz.with_label_values(&[decision, rule]).inc();
+    /// Counts one authorization decision of `counters`' policy.
+    pub fn authz_decision(&self, counters: &PolicyCounters, decision: &policy::Decision<'_>) {
+        let column = match decision {
+            policy::Decision::Allow { .. } => 0,
+            policy::Decision::Deny { .. } => 1,
+            policy::Decision::AuditWouldDeny { .. } => 2,
+        };
+        let cell = match decision.rule() {
+            Some(rule) => &counters.rules[rule.position()][column],
+            None => &counters.default_deny[column],
+        };
+        cell.get_or_init(|| {
+            let rule = decision.rule_name().unwrap_or("default-deny");
+            self.authz.with_label_values(&[decision.label(), rule])
+        })
+        .inc();
     }
 
     /// Counts a connection as open until the guard is dropped.
@@ -325,5 +340,33 @@ pub struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.gauge.dec();
+    }
+}
+
+/// The authorization counters of one policy, looked up in the metric
+/// family the first time a rule decides and then held, so that counting a
+/// decision is one atomic add (no label hashing or lock per request). A
+/// rule that never decides gets no series. Built again when the policy is
+/// replaced.
+pub struct PolicyCounters {
+    policy: Arc<Policy>,
+    /// Per rule, in file order: allow, deny, audit-mode would-deny.
+    rules: Box<[[OnceLock<IntCounter>; 3]]>,
+    default_deny: [OnceLock<IntCounter>; 3],
+}
+
+impl PolicyCounters {
+    pub fn new(policy: Arc<Policy>) -> PolicyCounters {
+        let rules = policy.rules().iter().map(|_| Default::default()).collect();
+        PolicyCounters {
+            policy,
+            rules,
+            default_deny: Default::default(),
+        }
+    }
+
+    /// Whether these are the counters of `policy` (the one in force).
+    pub fn belong_to(&self, policy: &Arc<Policy>) -> bool {
+        Arc::ptr_eq(&self.policy, policy)
     }
 }

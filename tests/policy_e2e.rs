@@ -369,6 +369,56 @@ async fn hot_reload_applies_good_policies_and_refuses_bad_ones() {
 }
 
 #[tokio::test]
+async fn decisions_are_counted_under_the_rule_of_the_policy_in_force_across_reloads() {
+    let rule = |name: &str, path: &str| {
+        format!("  - name: {name}\n    action: allow\n    from: [\"*\"]\n    paths: [{path}]\n")
+    };
+    let first = format!("rules:\n{}{}", rule("r-a", "/a"), rule("r-b", "/b"));
+    let g = guarded(&first).await;
+    let orders = client_of(&g.pki, "shop", "orders", &[b"http/1.1"]);
+    assert_eq!(status(&g, &orders, "GET", "/a").await, 200);
+    assert_eq!(status(&g, &orders, "GET", "/b").await, 200);
+    // The same paths, other names, in the other order: a rule's place in
+    // the file changes, and its count must follow its name.
+    replace_file(
+        &g.policy_file,
+        &format!(
+            "rules:\n{}{}",
+            rule("b-first", "/b"),
+            rule("a-second", "/a")
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while series(
+        &scrape(g.sidecar.admin).await,
+        "meshguard_reloads_total",
+        &[("kind", "policy"), ("result", "success")],
+    )
+    .is_none()
+    {
+        assert!(Instant::now() < deadline, "the new policy never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&g, &orders, "GET", "/a").await, 200);
+    let text = scrape(g.sidecar.admin).await;
+    let count = |rule: &str| {
+        series(
+            &text,
+            "meshguard_authz_decisions_total",
+            &[("decision", "allow"), ("rule", rule)],
+        )
+    };
+    assert_eq!(count("a-second"), Some(1.0), "{text}");
+    assert_eq!(count("r-a"), Some(1.0), "the old rule's count stays");
+    assert_eq!(
+        count("r-b"),
+        Some(1.0),
+        "nor is r-b's taken by the rule now in its place"
+    );
+    assert_eq!(count("b-first"), None, "never decided");
+}
+
+#[tokio::test]
 async fn sighup_forces_a_reload() {
     let g = guarded(POLICY).await;
     let orders = client_of(&g.pki, "shop", "orders", &[b"http/1.1"]);

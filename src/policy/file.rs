@@ -167,12 +167,13 @@ pub(super) fn parse(text: &str, file: &str) -> Result<(Mode, Vec<Rule>), PolicyE
         .rules
         .into_iter()
         .zip(lines)
-        .map(|(raw, line)| build_rule(raw, line))
+        .enumerate()
+        .map(|(position, (raw, line))| build_rule(raw, position, line))
         .collect();
     Ok((raw.mode, rules))
 }
 
-fn build_rule(raw: RawRule, line: Option<usize>) -> Rule {
+fn build_rule(raw: RawRule, position: usize, line: Option<usize>) -> Rule {
     let ports = raw.ports.map(|NonEmpty(ports)| {
         let mut ports: Vec<u16> = ports.into_iter().map(|Port(p)| p).collect();
         ports.sort_unstable();
@@ -181,6 +182,7 @@ fn build_rule(raw: RawRule, line: Option<usize>) -> Rule {
     });
     Rule {
         name: raw.name.0,
+        position,
         action: raw.action,
         line,
         sources: raw.from.0.into_boxed_slice(),

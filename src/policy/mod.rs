@@ -76,6 +76,8 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     name: Box<str>,
+    /// Place in the file's rule list (0-based).
+    position: usize,
     action: Action,
     /// Line of the rule's `name` in the policy file, when it could be found.
     line: Option<usize>,
@@ -88,6 +90,11 @@ pub struct Rule {
 impl Rule {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// 0-based place in the policy's rules, for per-rule tables.
+    pub fn position(&self) -> usize {
+        self.position
     }
 
     pub fn action(&self) -> Action {

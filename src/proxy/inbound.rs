@@ -17,7 +17,7 @@ use crate::audit::{self, RequestRecord};
 use crate::config::LimitsConfig;
 use crate::headers::{self, PeerHeaders};
 use crate::identity::{Role, SpiffeId};
-use crate::metrics::{Decision, Metrics, RequestCounters};
+use crate::metrics::{Decision, Metrics, PolicyCounters, RequestCounters};
 use crate::pathnorm::normalize_path;
 use crate::policy::{self, Permit, Policy};
 use crate::tls::{handshake_failure, peer_identity, CredentialStore};
@@ -83,6 +83,8 @@ pub struct Inbound {
     /// where the caller's dialled port is kept).
     app_pools: Mutex<HashMap<u16, Arc<AppPool>>>,
     policy: PolicySlot,
+    /// The authorization counters of the policy in force (see `PolicyCounters`).
+    authz_counters: ArcSwapOption<PolicyCounters>,
     metrics: Arc<Metrics>,
     limits: LimitsConfig,
 }
@@ -113,6 +115,7 @@ impl Inbound {
             app_addr,
             app_pools: Mutex::default(),
             policy,
+            authz_counters: ArcSwapOption::empty(),
             metrics,
             limits,
         })
@@ -289,7 +292,7 @@ impl Inbound {
         // Authorize. The policy is held (one reference count) until the end
         // of the request so the deciding rule's name can be logged as is.
         let policy = self.policy.load_full();
-        let (permit, outcome) = match policy.as_deref() {
+        let (permit, outcome) = match &policy {
             None => (
                 Permit::without_policy(),
                 Outcome {
@@ -298,7 +301,8 @@ impl Inbound {
                     reason: "allowed (no policy)",
                 },
             ),
-            Some(policy) => {
+            Some(policy_in_force) => {
+                let policy = policy_in_force.as_ref();
                 let req = policy::Request {
                     peer: &peer.id,
                     port: peer.port,
@@ -306,10 +310,7 @@ impl Inbound {
                     path,
                 };
                 let decision = policy.evaluate(&req);
-                self.metrics.authz_decision(
-                    decision.label(),
-                    decision.rule_name().unwrap_or("default-deny"),
-                );
+                self.count_decision(policy_in_force, &decision);
                 let Some(permit) = decision.permit() else {
                     let resp = refusal(StatusCode::FORBIDDEN, "access denied by policy");
                     let outcome = Outcome {
@@ -420,6 +421,22 @@ impl Inbound {
                     refusal(StatusCode::BAD_GATEWAY, message),
                     Some("local app failed"),
                 )
+            }
+        }
+    }
+
+    /// Counts a decision of the policy in force, on the counters cached
+    /// for it (made anew, once, after a reload).
+    fn count_decision(&self, policy: &Arc<Policy>, decision: &policy::Decision<'_>) {
+        let cached = self.authz_counters.load();
+        match cached.as_deref() {
+            Some(counters) if counters.belong_to(policy) => {
+                self.metrics.authz_decision(counters, decision)
+            }
+            _ => {
+                let counters = Arc::new(PolicyCounters::new(policy.clone()));
+                self.metrics.authz_decision(&counters, decision);
+                self.authz_counters.store(Some(counters));
             }
         }
     }

@@ -23,10 +23,10 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use meshguard::headers::{strip_inbound, PeerHeaders};
-use meshguard::identity::SpiffeId;
-use meshguard::pathnorm::normalize_path;
-use meshguard::policy::{Policy, Request, Verdict};
+use meshguard::sidecar::headers::{strip_inbound, PeerHeaders};
+use meshguard::sidecar::identity::SpiffeId;
+use meshguard::sidecar::pathnorm::normalize_path;
+use meshguard::sidecar::policy::{Policy, Request, Verdict};
 
 /// CPU time consumed by the calling thread, reported like wall time.
 struct ThreadCpuTime(WallTime);

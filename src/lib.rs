@@ -1,21 +1,17 @@
 //! meshguard: a service-mesh sidecar that makes the trust boundary explicit.
+//!
+//! Three parts, each in its own folder; the arrows are the only allowed
+//! dependencies (see ARCHITECTURE.md):
+//!
+//! - [`sidecar`]: the runtime that sits beside a workload (identity, mTLS,
+//!   policy, the two proxy directions, metrics, audit, reload, admin).
+//! - [`kube`] → `sidecar`: Kubernetes tooling (the injector and its admission
+//!   webhook, the iptables capture, and the probe contract the injector
+//!   writes and the sidecar's probe forwarder reads).
+//! - [`dev`] → `sidecar`: developer tools (dev certificates, the demo, the
+//!   echo app).
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod app;
-pub mod audit;
-pub mod certs;
-pub mod config;
-pub mod demo;
-pub mod headers;
-pub mod identity;
-pub mod inject;
-pub mod iptables;
-pub mod logbuf;
-pub mod metrics;
-pub mod pathnorm;
-pub mod policy;
-pub mod probe;
-pub mod proxy;
-pub mod reload;
-pub mod tls;
+pub mod dev;
+pub mod kube;
+pub mod sidecar;

@@ -3,11 +3,11 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use meshguard::config::{
+use meshguard::sidecar::config::{
     AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig,
     DEFAULT_ADMIN_ADDR,
 };
-use meshguard::identity::SpiffeId;
+use meshguard::sidecar::identity::SpiffeId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tracing_subscriber::layer::SubscriberExt;
@@ -60,11 +60,11 @@ enum Command {
         name: String,
     },
     /// Add the sidecar to Kubernetes manifests (files or stdin) and print them.
-    Inject(meshguard::inject::InjectArgs),
+    Inject(meshguard::kube::inject::InjectArgs),
     /// Set up traffic capture with iptables/ip6tables (the pod's init container).
-    InitIptables(meshguard::iptables::InitIptablesArgs),
+    InitIptables(meshguard::kube::iptables::InitIptablesArgs),
     /// Inject the sidecar at admission: an HTTPS mutating admission webhook.
-    Webhook(meshguard::inject::webhook::WebhookArgs),
+    Webhook(meshguard::kube::inject::webhook::WebhookArgs),
 }
 
 #[derive(Subcommand)]
@@ -205,7 +205,7 @@ fn init_logging(format: LogFormat) -> anyhow::Result<()> {
     // The filter decides; the builder's own level cap is lifted.
     let builder = tracing_subscriber::fmt()
         .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
-        .with_writer(meshguard::logbuf::BatchedStderr);
+        .with_writer(meshguard::sidecar::logbuf::BatchedStderr);
     match format {
         LogFormat::Json => builder
             .json()
@@ -257,17 +257,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             // Injected pods hand over the app's kubelet probes and, in
             // classic-container mode, a loopback shutdown endpoint. Bad
             // values refuse to start.
-            let probes = meshguard::probe::probes_from_env()?;
-            let shutdown_listen = meshguard::probe::shutdown_listen_from_env()?;
+            let probes = meshguard::kube::probe::probes_from_env()?;
+            let shutdown_listen = meshguard::kube::probe::shutdown_listen_from_env()?;
             // Log lines are written in batches, each time the event loop
             // runs out of work (see logbuf).
             let runtime = runtime_builder(config.runtime.workers)
-                .on_thread_park(meshguard::logbuf::flush)
+                .on_thread_park(meshguard::sidecar::logbuf::flush)
                 .build()
                 .context("starting the async runtime")?;
-            meshguard::logbuf::start();
+            meshguard::sidecar::logbuf::start();
             let result = runtime.block_on(run_sidecar(config, probes, shutdown_listen));
-            meshguard::logbuf::stop();
+            meshguard::sidecar::logbuf::stop();
             result
         }
         Command::Certs(CertsCommand::Dev {
@@ -277,14 +277,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             ttl,
             force,
         }) => {
-            let made = meshguard::certs::write_dev_certs(&meshguard::certs::DevCertsOptions {
-                out_dir: &out,
-                trust_domain: &trust_domain,
-                workloads: &workloads,
-                ttl,
-                ca_ttl: time::Duration::days(365),
-                force,
-            })?;
+            let made =
+                meshguard::dev::certs::write_dev_certs(&meshguard::dev::certs::DevCertsOptions {
+                    out_dir: &out,
+                    trust_domain: &trust_domain,
+                    workloads: &workloads,
+                    ttl,
+                    ca_ttl: time::Duration::days(365),
+                    force,
+                })?;
             println!(
                 "{} {}",
                 if made.ca_reused {
@@ -309,16 +310,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             if base_port > u16::MAX - 110 {
                 bail!("--base-port must leave room for 110 ports above it");
             }
-            runtime(1)?.block_on(meshguard::demo::run_demo(
+            runtime(1)?.block_on(meshguard::dev::demo::run_demo(
                 &certs,
-                meshguard::demo::DemoPorts { base: base_port },
+                meshguard::dev::demo::DemoPorts { base: base_port },
             ))
         }
         Command::Policy(_) => unreachable!("handled in main"),
-        Command::Inject(args) => Ok(meshguard::inject::run(&args)?),
-        Command::InitIptables(args) => Ok(meshguard::iptables::run(&args)?),
+        Command::Inject(args) => Ok(meshguard::kube::inject::run(&args)?),
+        Command::InitIptables(args) => Ok(meshguard::kube::iptables::run(&args)?),
         Command::Webhook(args) => runtime(2)?.block_on(async {
-            let webhook = meshguard::inject::webhook::Webhook::bind(&args).await?;
+            let webhook = meshguard::kube::inject::webhook::Webhook::bind(&args).await?;
             // Tests and scripts read the address (useful with port 0).
             println!(
                 "meshguard webhook: listening on https://{}",
@@ -336,7 +337,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             println!("echo app {name} on {listen}");
-            meshguard::demo::echo_app(listener, name).await;
+            meshguard::dev::demo::echo_app(listener, name).await;
             Ok(())
         }),
     }
@@ -344,7 +345,7 @@ fn run(command: Command) -> anyhow::Result<()> {
 
 /// `meshguard policy ...`: prints the answer; the exit status carries it.
 fn policy_command(cmd: PolicyCommand) -> std::process::ExitCode {
-    use meshguard::policy::{lint, Policy, Request};
+    use meshguard::sidecar::policy::{lint, Policy, Request};
     use std::process::ExitCode;
     let bad_input = |msg: String| {
         eprintln!("meshguard: error: {msg}");
@@ -370,7 +371,7 @@ fn policy_command(cmd: PolicyCommand) -> std::process::ExitCode {
                 Ok(m) => m,
                 Err(_) => return bad_input(format!("--method {method:?} is not an HTTP method")),
             };
-            let target = match meshguard::pathnorm::normalize_path(&path) {
+            let target = match meshguard::sidecar::pathnorm::normalize_path(&path) {
                 Ok(t) => t,
                 Err(e) => {
                     return bad_input(format!("--path {path:?}: {e} (the sidecar answers 400)"))
@@ -391,9 +392,9 @@ fn policy_command(cmd: PolicyCommand) -> std::process::ExitCode {
                 None => "no rule matched: default deny".to_owned(),
             };
             let verdict = match decision {
-                meshguard::policy::Decision::Allow { .. } => "allow",
-                meshguard::policy::Decision::Deny { .. } => "deny",
-                meshguard::policy::Decision::AuditWouldDeny { .. } => {
+                meshguard::sidecar::policy::Decision::Allow { .. } => "allow",
+                meshguard::sidecar::policy::Decision::Deny { .. } => "deny",
+                meshguard::sidecar::policy::Decision::AuditWouldDeny { .. } => {
                     "deny (audit mode: the request would pass, logged as would-deny)"
                 }
             };
@@ -401,7 +402,7 @@ fn policy_command(cmd: PolicyCommand) -> std::process::ExitCode {
                 "{verdict}: {method} {} from {peer} on port {port}; {rule}",
                 target.as_path()
             );
-            if matches!(decision, meshguard::policy::Decision::Allow { .. }) {
+            if matches!(decision, meshguard::sidecar::policy::Decision::Allow { .. }) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -438,15 +439,15 @@ fn policy_command(cmd: PolicyCommand) -> std::process::ExitCode {
 /// the shutdown endpoint (drain).
 async fn run_sidecar(
     config: Config,
-    probes: Option<(SocketAddr, meshguard::inject::probes::AppProbes)>,
+    probes: Option<(SocketAddr, meshguard::kube::inject::probes::AppProbes)>,
     shutdown_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut extra = tokio::task::JoinSet::new();
     // Bound before the data path: the app's probes hit it as soon as the app starts.
     if let Some((addr, probes)) = probes {
-        let listener = meshguard::probe::bind_probe_listener(addr).await?;
-        extra.spawn(meshguard::probe::serve_probes(
+        let listener = meshguard::kube::probe::bind_probe_listener(addr).await?;
+        extra.spawn(meshguard::kube::probe::serve_probes(
             listener,
             std::sync::Arc::new(probes),
             stop_rx.clone(),
@@ -454,8 +455,8 @@ async fn run_sidecar(
     }
     let (trigger, mut requested) = tokio::sync::mpsc::channel(1);
     if let Some(addr) = shutdown_listen {
-        let listener = meshguard::proxy::bind(addr).await?;
-        extra.spawn(meshguard::probe::serve_shutdown(
+        let listener = meshguard::sidecar::proxy::bind(addr).await?;
+        extra.spawn(meshguard::kube::probe::serve_shutdown(
             listener,
             trigger,
             stop_rx.clone(),
@@ -463,7 +464,7 @@ async fn run_sidecar(
     } else {
         drop(trigger);
     }
-    let running = meshguard::app::start(&config).await?;
+    let running = meshguard::sidecar::app::start(&config).await?;
     let shutdown_requested = async move {
         match requested.recv().await {
             Some(()) => (),

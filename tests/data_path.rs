@@ -3,8 +3,8 @@
 
 mod support;
 
-use meshguard::config::{OutboundConfig, RouteConfig};
-use meshguard::tls::UpstreamProtocol;
+use meshguard::sidecar::config::{OutboundConfig, RouteConfig};
+use meshguard::sidecar::tls::UpstreamProtocol;
 use support::*;
 
 const SERVER_HOST: &str = "server.default.svc.cluster.local";
@@ -12,8 +12,8 @@ const SERVER_HOST: &str = "server.default.svc.cluster.local";
 struct Pair {
     pki: Pki,
     app: RecordingApp,
-    server: meshguard::app::Running,
-    client: meshguard::app::Running,
+    server: meshguard::sidecar::app::Running,
+    client: meshguard::sidecar::app::Running,
 }
 
 async fn pair(protocol: UpstreamProtocol) -> Pair {
@@ -27,7 +27,7 @@ async fn pair(protocol: UpstreamProtocol) -> Pair {
         id("default", "server"),
     );
     cfg.outbound.as_mut().unwrap().protocol = protocol;
-    let client = meshguard::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     Pair {
         pki,
         app,
@@ -151,7 +151,7 @@ async fn peer_with_wrong_identity_is_refused_with_502() {
         p.server.inbound.unwrap(),
         id("default", "payments"),
     );
-    let client = meshguard::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let (status, body) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &[]).await;
     assert_eq!(status, 502);
     assert!(body.contains("wrong identity"), "{body}");
@@ -168,7 +168,7 @@ async fn peer_from_a_foreign_ca_is_refused_with_502() {
     // A server with the right name but a CA we do not trust.
     let rogue_pki = Pki::new();
     let rogue_app = RecordingApp::start().await;
-    let rogue = meshguard::app::start(&inbound_config(
+    let rogue = meshguard::sidecar::app::start(&inbound_config(
         rogue_pki.identity("server", &id("default", "server")),
         rogue_app.addr,
     ))
@@ -180,7 +180,7 @@ async fn peer_from_a_foreign_ca_is_refused_with_502() {
         rogue.inbound.unwrap(),
         id("default", "server"),
     );
-    let client = meshguard::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let (status, body) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &[]).await;
     assert_eq!(status, 502);
     assert!(body.contains("unknown CA"), "{body}");
@@ -201,13 +201,13 @@ async fn unreachable_peer_is_502_and_local_app_down_is_503() {
         closed,
         id("default", "server"),
     );
-    let client = meshguard::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let (status, body) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &[]).await;
     assert_eq!(status, 502);
     assert!(body.contains("unreachable"), "{body}");
 
     // Local app: the server sidecar forwards to a closed port.
-    let server = meshguard::app::start(&inbound_config(
+    let server = meshguard::sidecar::app::start(&inbound_config(
         p.pki.identity("server2", &id("default", "server")),
         closed,
     ))
@@ -219,7 +219,7 @@ async fn unreachable_peer_is_502_and_local_app_down_is_503() {
         server.inbound.unwrap(),
         id("default", "server"),
     );
-    let client = meshguard::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let (status, body) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &[]).await;
     assert_eq!(status, 503);
     assert!(body.contains("local app unavailable"), "{body}");
@@ -247,7 +247,7 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
             identity: id("default", "server"),
         }],
     });
-    let client = meshguard::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let (status, _) = http_get(
         client.route_listeners[0],
         "anything.example",

@@ -40,11 +40,11 @@ fn configmaps_in_deploy_hold_valid_configs_and_policies() {
                 };
                 let name = format!("{}#{key}", file.display());
                 if key == "meshguard.yaml" {
-                    meshguard::config::Config::from_yaml(body, &name, Path::new("/"))
+                    meshguard::sidecar::config::Config::from_yaml(body, &name, Path::new("/"))
                         .unwrap_or_else(|e| panic!("{e}"));
                     configs += 1;
                 } else if key == "policy.yaml" {
-                    meshguard::policy::Policy::from_yaml(body, &name)
+                    meshguard::sidecar::policy::Policy::from_yaml(body, &name)
                         .unwrap_or_else(|e| panic!("{e}"));
                     policies += 1;
                 }

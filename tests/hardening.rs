@@ -19,7 +19,7 @@ const SERVER_HOST: &str = "server.default.svc.cluster.local";
 /// An inbound sidecar in front of `app`, and a client with a good SVID.
 struct Inbound {
     pki: Pki,
-    sidecar: meshguard::app::Running,
+    sidecar: meshguard::sidecar::app::Running,
     client: Arc<rustls::ClientConfig>,
 }
 
@@ -73,8 +73,8 @@ impl Inbound {
 struct Pair {
     _pki: Pki,
     app: RecordingApp,
-    _server: meshguard::app::Running,
-    client: meshguard::app::Running,
+    _server: meshguard::sidecar::app::Running,
+    client: meshguard::sidecar::app::Running,
 }
 
 async fn pair() -> Pair {

@@ -4,7 +4,7 @@
 
 mod support;
 
-use meshguard::certs::{DevCa, LeafSpec};
+use meshguard::dev::certs::{DevCa, LeafSpec};
 use rcgen::KeyUsagePurpose;
 use support::*;
 use time::{Duration, OffsetDateTime};
@@ -12,7 +12,7 @@ use time::{Duration, OffsetDateTime};
 struct Server {
     pki: Pki,
     app: RecordingApp,
-    sidecar: meshguard::app::Running,
+    sidecar: meshguard::sidecar::app::Running,
 }
 
 async fn server() -> Server {
@@ -61,7 +61,7 @@ async fn good_client_reaches_app_with_authenticated_identity_only() {
     );
     let xfcc = seen.header("x-forwarded-client-cert");
     assert_eq!(xfcc.len(), 1);
-    let hash: String = meshguard::tls::sha256(&cert.der)
+    let hash: String = meshguard::sidecar::tls::sha256(&cert.der)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

@@ -13,13 +13,13 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn server(
-    limits: impl FnOnce(&mut meshguard::config::LimitsConfig),
-) -> (Pki, RecordingApp, meshguard::app::Running) {
+    limits: impl FnOnce(&mut meshguard::sidecar::config::LimitsConfig),
+) -> (Pki, RecordingApp, meshguard::sidecar::app::Running) {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
     let mut cfg = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
     limits(&mut cfg.limits);
-    let running = meshguard::app::start(&cfg).await.unwrap();
+    let running = meshguard::sidecar::app::start(&cfg).await.unwrap();
     (pki, app, running)
 }
 
@@ -176,7 +176,7 @@ async fn idle_connections_close_but_moving_streams_do_not() {
     let mut cfg = inbound_config(pki.identity("server", &id("default", "server")), app_addr);
     cfg.limits.idle_timeout_ms = 300;
     cfg.limits.header_read_timeout_ms = 0;
-    let s = meshguard::app::start(&cfg).await.unwrap();
+    let s = meshguard::sidecar::app::start(&cfg).await.unwrap();
 
     // The stream takes 1.2 s, four idle timeouts, and arrives whole.
     let start = Instant::now();

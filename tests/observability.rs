@@ -15,8 +15,8 @@ const POLICY: &str = "rules:\n  - name: public\n    action: allow\n    from: [\"
 struct Mesh {
     pki: Pki,
     _app: RecordingApp,
-    server: meshguard::app::Running,
-    client: meshguard::app::Running,
+    server: meshguard::sidecar::app::Running,
+    client: meshguard::sidecar::app::Running,
 }
 
 async fn mesh() -> Mesh {
@@ -26,8 +26,8 @@ async fn mesh() -> Mesh {
     std::fs::write(&policy, POLICY).unwrap();
     let mut cfg = inbound_config(pki.identity("server", &id("shop", "server")), app.addr);
     cfg.inbound.as_mut().unwrap().policy = Some(policy);
-    let server = meshguard::app::start(&cfg).await.unwrap();
-    let client = meshguard::app::start(&outbound_config(
+    let server = meshguard::sidecar::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&outbound_config(
         pki.identity("client", &id("shop", "client")),
         SERVER_HOST,
         server.inbound.unwrap(),
@@ -57,9 +57,9 @@ async fn known_traffic(m: &Mesh) {
     assert_eq!(http_get(out, SERVER_HOST, "/private", &[]).await.0, 403);
     assert_eq!(http_get(out, "elsewhere.example", "/", &[]).await.0, 403);
     let stranger =
-        meshguard::certs::DevCa::generate("cluster.local", time::Duration::days(1)).unwrap();
+        meshguard::dev::certs::DevCa::generate("cluster.local", time::Duration::days(1)).unwrap();
     let cert = stranger
-        .issue(&meshguard::certs::LeafSpec::svid(
+        .issue(&meshguard::dev::certs::LeafSpec::svid(
             "spiffe://cluster.local/ns/shop/sa/client",
             time::Duration::hours(1),
         ))
@@ -255,13 +255,13 @@ async fn counters_after_known_traffic_are_exact() {
 async fn peer_labels_stay_bounded() {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
-    let server = meshguard::app::start(&inbound_config(
+    let server = meshguard::sidecar::app::start(&inbound_config(
         pki.identity("server", &id("shop", "server")),
         app.addr,
     ))
     .await
     .unwrap();
-    for i in 0..(meshguard::metrics::MAX_DYNAMIC_PEERS + 5) {
+    for i in 0..(meshguard::sidecar::metrics::MAX_DYNAMIC_PEERS + 5) {
         let cert = pki.svid(&id("load", &format!("caller{i}")));
         let client = tls_client(Some((&cert.cert_pem, &cert.key_pem)), &[b"http/1.1"]);
         assert_eq!(
@@ -280,7 +280,7 @@ async fn peer_labels_stay_bounded() {
         .collect();
     assert_eq!(
         peers.len(),
-        meshguard::metrics::MAX_DYNAMIC_PEERS + 1,
+        meshguard::sidecar::metrics::MAX_DYNAMIC_PEERS + 1,
         "{peers:?}"
     );
     assert_eq!(
@@ -504,9 +504,9 @@ async fn audit_log_has_one_json_line_per_decision() {
     assert_eq!(http_get(out, SERVER_HOST, "/public/./a", &[]).await.0, 200);
     assert_eq!(http_get(out, SERVER_HOST, "/private", &[]).await.0, 403);
     let stranger =
-        meshguard::certs::DevCa::generate("cluster.local", time::Duration::days(1)).unwrap();
+        meshguard::dev::certs::DevCa::generate("cluster.local", time::Duration::days(1)).unwrap();
     let cert = stranger
-        .issue(&meshguard::certs::LeafSpec::svid(
+        .issue(&meshguard::dev::certs::LeafSpec::svid(
             CLIENT_ID,
             time::Duration::hours(1),
         ))

@@ -347,7 +347,7 @@ async fn scrape_after_traffic() -> Exposition {
     let mut cfg = inbound_config(pki.identity("server", &id("shop", "server")), app_down);
     cfg.inbound.as_mut().unwrap().policy = Some(policy.clone());
     cfg.runtime.poll_interval_ms = 20;
-    let server = meshguard::app::start(&cfg).await.unwrap();
+    let server = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let inbound = server.inbound.unwrap();
 
     let cert = pki.svid(&id("shop", "client"));

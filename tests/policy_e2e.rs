@@ -35,7 +35,7 @@ rules:
 struct Guarded {
     pki: Pki,
     app: RecordingApp,
-    sidecar: meshguard::app::Running,
+    sidecar: meshguard::sidecar::app::Running,
     policy_file: std::path::PathBuf,
 }
 
@@ -46,7 +46,7 @@ async fn guarded(policy: &str) -> Guarded {
     std::fs::write(&policy_file, policy).unwrap();
     let mut cfg = inbound_config(pki.identity("server", &id("shop", "api")), app.addr);
     cfg.inbound.as_mut().unwrap().policy = Some(policy_file.clone());
-    let sidecar = meshguard::app::start(&cfg).await.unwrap();
+    let sidecar = meshguard::sidecar::app::start(&cfg).await.unwrap();
     Guarded {
         pki,
         app,
@@ -465,7 +465,7 @@ async fn invalid_policy_refuses_to_start_with_file_and_line() {
     .unwrap();
     let mut cfg = inbound_config(pki.identity("server", &id("shop", "api")), any_port());
     cfg.inbound.as_mut().unwrap().policy = Some(file.clone());
-    let err = meshguard::app::start(&cfg)
+    let err = meshguard::sidecar::app::start(&cfg)
         .await
         .err()
         .expect("must refuse");

@@ -9,7 +9,7 @@ mod harness;
 
 use apps::{grpc_app, http_app, tls_server, App};
 use harness::{call, closed_port, forwarder, grpc_probe, http_probe, local, probe, tcp_probe};
-use meshguard::probe::{
+use meshguard::kube::probe::{
     probes_from_env, serve_shutdown, shutdown_listen_from_env, KUBE_PROBE_USER_AGENT,
 };
 use serde_json::{json, Value};

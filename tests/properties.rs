@@ -10,10 +10,10 @@
 mod support;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use meshguard::headers::{strip_inbound, strip_outbound, PeerHeaders};
-use meshguard::identity::SpiffeId;
-use meshguard::pathnorm::normalize_path;
-use meshguard::policy::{Policy, Request};
+use meshguard::sidecar::headers::{strip_inbound, strip_outbound, PeerHeaders};
+use meshguard::sidecar::identity::SpiffeId;
+use meshguard::sidecar::pathnorm::normalize_path;
+use meshguard::sidecar::policy::{Policy, Request};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use support::*;
@@ -343,7 +343,7 @@ fn sanitised_requests_over_mtls_carry_no_caller_identity_header() {
                         "x-meshguard-client-id" => PEER.to_string(),
                         "x-forwarded-client-cert" => format!(
                             "By={OWN};Hash={};URI={PEER}",
-                            meshguard::tls::sha256(&cert.der)
+                            meshguard::sidecar::tls::sha256(&cert.der)
                                 .iter()
                                 .map(|b| format!("{b:02x}"))
                                 .collect::<String>()

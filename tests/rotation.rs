@@ -5,8 +5,8 @@
 
 mod support;
 
-use meshguard::certs::{DevCa, Issued, LeafSpec};
-use meshguard::config::{Config, IdentityConfig};
+use meshguard::dev::certs::{DevCa, Issued, LeafSpec};
+use meshguard::sidecar::config::{Config, IdentityConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) 
     }
 }
 
-fn presents(running: &meshguard::app::Running, der: &[u8]) -> bool {
+fn presents(running: &meshguard::sidecar::app::Running, der: &[u8]) -> bool {
     running.store.svid().key.cert[0].as_ref() == der
 }
 
@@ -129,15 +129,16 @@ async fn a_hundred_rotations_under_load_lose_no_request() {
             ("ca.crt", &ca_pem),
         ],
     );
-    let server = meshguard::app::start(&fast(inbound_config(server_dir.identity(), app.addr)))
-        .await
-        .unwrap();
+    let server =
+        meshguard::sidecar::app::start(&fast(inbound_config(server_dir.identity(), app.addr)))
+            .await
+            .unwrap();
 
     // The client's files are rewritten in place, one after the other, as
     // spiffe-helper does. Two client sidecars watch them: one pooled (the
     // load), one that opens a new connection per request (the witness).
     let client_files = pki.identity("client", &id("default", "client"));
-    let pooled = meshguard::app::start(&fast(outbound_config(
+    let pooled = meshguard::sidecar::app::start(&fast(outbound_config(
         client_files.clone(),
         SERVER_HOST,
         server.inbound.unwrap(),
@@ -152,7 +153,7 @@ async fn a_hundred_rotations_under_load_lose_no_request() {
         id("default", "server"),
     ));
     witness_cfg.outbound.as_mut().unwrap().max_idle_per_peer = Some(0);
-    let witness = meshguard::app::start(&witness_cfg).await.unwrap();
+    let witness = meshguard::sidecar::app::start(&witness_cfg).await.unwrap();
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -230,7 +231,7 @@ async fn a_hundred_rotations_under_load_lose_no_request() {
             .find(|s| s.target == format!("/witness/{round}"))
             .cloned()
             .unwrap();
-        let hash = hex(&meshguard::tls::sha256(&client_der));
+        let hash = hex(&meshguard::sidecar::tls::sha256(&client_der));
         assert!(
             last.header("x-forwarded-client-cert")[0].contains(&format!("Hash={hash}")),
             "round {round}: client"
@@ -276,7 +277,7 @@ async fn a_hundred_rotations_under_load_lose_no_request() {
 struct Single {
     pki: Pki,
     files: IdentityConfig,
-    running: meshguard::app::Running,
+    running: meshguard::sidecar::app::Running,
     first_der: Vec<u8>,
 }
 
@@ -284,7 +285,7 @@ async fn single() -> Single {
     let pki = Pki::new();
     let files = pki.identity("server", &id("default", "server"));
     let first_der = der_of(&read(&files.cert));
-    let running = meshguard::app::start(&fast(inbound_config(files.clone(), any_port())))
+    let running = meshguard::sidecar::app::start(&fast(inbound_config(files.clone(), any_port())))
         .await
         .unwrap();
     Single {
@@ -421,7 +422,7 @@ async fn a_removed_root_closes_its_connections_and_refuses_new_ones() {
         format!("{}{}", pki.ca.cert_pem(), old_ca.cert_pem()),
     )
     .unwrap();
-    let server = meshguard::app::start(&fast(inbound_config(files.clone(), app.addr)))
+    let server = meshguard::sidecar::app::start(&fast(inbound_config(files.clone(), app.addr)))
         .await
         .unwrap();
 
@@ -498,7 +499,7 @@ async fn a_removed_root_closes_its_connections_and_refuses_new_ones() {
 async fn an_inbound_connection_outliving_its_peer_cert_is_closed() {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
-    let server = meshguard::app::start(&fast(inbound_config(
+    let server = meshguard::sidecar::app::start(&fast(inbound_config(
         pki.identity("server", &id("default", "server")),
         app.addr,
     )))
@@ -565,10 +566,10 @@ async fn a_pooled_outbound_connection_outliving_the_server_cert_is_replaced() {
         bundle: pki.bundle_path(),
         federated_bundles: Default::default(),
     };
-    let server = meshguard::app::start(&fast(inbound_config(files.clone(), app.addr)))
+    let server = meshguard::sidecar::app::start(&fast(inbound_config(files.clone(), app.addr)))
         .await
         .unwrap();
-    let client = meshguard::app::start(&fast(outbound_config(
+    let client = meshguard::sidecar::app::start(&fast(outbound_config(
         pki.identity("client", &id("default", "client")),
         SERVER_HOST,
         server.inbound.unwrap(),
@@ -631,7 +632,7 @@ async fn an_expired_own_svid_without_replacement_fails_closed() {
         pki.ca.issue(&spec).unwrap()
     };
     let (scert, skey) = pki.write("server", &short("server"));
-    let server = meshguard::app::start(&fast(inbound_config(
+    let server = meshguard::sidecar::app::start(&fast(inbound_config(
         IdentityConfig {
             cert: scert,
             key: skey,
@@ -643,7 +644,7 @@ async fn an_expired_own_svid_without_replacement_fails_closed() {
     .await
     .unwrap();
     let (ccert, ckey) = pki.write("client", &short("client"));
-    let client = meshguard::app::start(&fast(outbound_config(
+    let client = meshguard::sidecar::app::start(&fast(outbound_config(
         IdentityConfig {
             cert: ccert,
             key: ckey,

@@ -4,7 +4,7 @@
 
 mod support;
 
-use meshguard::tls::UpstreamProtocol;
+use meshguard::sidecar::tls::UpstreamProtocol;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ async fn drain_under_steady_traffic(protocol: UpstreamProtocol) {
     let mut cfg = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
     cfg.shutdown.drain_delay_ms = 600;
     cfg.shutdown.deadline_ms = 5_000;
-    let server = meshguard::app::start(&cfg).await.unwrap();
+    let server = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let (server_admin, server_in) = (server.admin, server.inbound.unwrap());
     let mut client_cfg = outbound_config(
         pki.identity("client", &id("default", "client")),
@@ -39,7 +39,7 @@ async fn drain_under_steady_traffic(protocol: UpstreamProtocol) {
         id("default", "server"),
     );
     client_cfg.outbound.as_mut().unwrap().protocol = protocol;
-    let client = meshguard::app::start(&client_cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&client_cfg).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, refused, lost) = (

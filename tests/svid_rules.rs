@@ -4,8 +4,8 @@
 
 mod support;
 
-use meshguard::certs::{DevCa, Issued, LeafSpec};
-use meshguard::tls::{
+use meshguard::dev::certs::{DevCa, Issued, LeafSpec};
+use meshguard::sidecar::tls::{
     crypto_provider, CredentialStore, InboundVerifier, OutboundVerifier, Svid, TrustBundles,
     VerifyError,
 };

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshguard::tls::UpstreamProtocol;
+use meshguard::sidecar::tls::UpstreamProtocol;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -147,7 +147,10 @@ impl hyper::body::Body for Chunks {
 async fn pair(
     app: SocketAddr,
     protocol: UpstreamProtocol,
-) -> (meshguard::app::Running, meshguard::app::Running) {
+) -> (
+    meshguard::sidecar::app::Running,
+    meshguard::sidecar::app::Running,
+) {
     let pki = Pki::new();
     let server = start_inbound(&pki, "server", app).await;
     let mut cfg = outbound_config(
@@ -157,11 +160,11 @@ async fn pair(
         id("default", "server"),
     );
     cfg.outbound.as_mut().unwrap().protocol = protocol;
-    let client = meshguard::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     (server, client)
 }
 
-async fn outbound_handshakes(client: &meshguard::app::Running) -> f64 {
+async fn outbound_handshakes(client: &meshguard::sidecar::app::Running) -> f64 {
     let text = scrape(client.admin).await;
     series(
         &text,
@@ -290,7 +293,7 @@ async fn http2_hop_reconnects_after_the_peer_closes_the_connection() {
     let mut server_cfg = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
     // The inbound sidecar closes connections quiet for 200 ms (GOAWAY).
     server_cfg.limits.idle_timeout_ms = 200;
-    let server = meshguard::app::start(&server_cfg).await.unwrap();
+    let server = meshguard::sidecar::app::start(&server_cfg).await.unwrap();
     let mut cfg = outbound_config(
         pki.identity("client", &id("default", "client")),
         HOST,
@@ -298,7 +301,7 @@ async fn http2_hop_reconnects_after_the_peer_closes_the_connection() {
         id("default", "server"),
     );
     cfg.outbound.as_mut().unwrap().protocol = UpstreamProtocol::Http2;
-    let client = meshguard::app::start(&cfg).await.unwrap();
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     for i in 0..3 {
         let (status, body) =
             http_get(client.outbound.unwrap(), HOST, &format!("/r/{i}"), &[]).await;

@@ -9,7 +9,7 @@ mod webhook_support;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use meshguard::certs::DevCa;
+use meshguard::dev::certs::DevCa;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};

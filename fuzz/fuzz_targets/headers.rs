@@ -10,10 +10,10 @@ use std::sync::OnceLock;
 use http::header::{CONNECTION, TE};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use meshguard::headers::{
+use meshguard::sidecar::headers::{
     strip_hop_by_hop, strip_inbound, strip_outbound, PeerHeaders, CLIENT_ID_HEADER, XFCC_HEADER,
 };
-use meshguard::identity::SpiffeId;
+use meshguard::sidecar::identity::SpiffeId;
 use meshguard_fuzz::{connection_tokens, header_map, is_hop_by_hop, is_identity_header};
 
 const PEER: &str = "spiffe://cluster.local/ns/default/sa/client";

@@ -6,7 +6,7 @@
 
 use http::uri::PathAndQuery;
 use libfuzzer_sys::fuzz_target;
-use meshguard::pathnorm::normalize_path;
+use meshguard::sidecar::pathnorm::normalize_path;
 
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshguard::policy::{lint, PathPattern, Policy, Request, Source};
+use meshguard::sidecar::policy::{lint, PathPattern, Policy, Request, Source};
 use meshguard_fuzz::{check_against_naive, probe_methods, probe_paths, probe_peers, probe_ports};
 
 fuzz_target!(|data: &[u8]| {

@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshguard::identity::{
+use meshguard::sidecar::identity::{
     validate_trust_domain, SpiffeId, MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN,
 };
-use meshguard::policy::Source;
+use meshguard::sidecar::policy::Source;
 
 fn path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshguard::identity::{check_svid_leaf, svid_validity, Role, SvidError};
+use meshguard::sidecar::identity::{check_svid_leaf, svid_validity, Role, SvidError};
 use meshguard_fuzz::FIXED_NOW;
 
 fuzz_target!(|der: &[u8]| {

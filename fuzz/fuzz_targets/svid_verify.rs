@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use meshguard::identity::{check_svid_leaf, Role, SpiffeId};
-use meshguard::tls::{InboundVerifier, OutboundVerifier};
+use meshguard::sidecar::identity::{check_svid_leaf, Role, SpiffeId};
+use meshguard::sidecar::tls::{InboundVerifier, OutboundVerifier};
 use meshguard_fuzz::{fixed_store, CHAIN_SEPARATOR, FIXED_NOW};
 use rustls::client::danger::ServerCertVerifier;
 use rustls::server::danger::ClientCertVerifier;
@@ -28,7 +28,7 @@ fn verifiers() -> &'static Verifiers {
     static V: OnceLock<Verifiers> = OnceLock::new();
     V.get_or_init(|| {
         let store = fixed_store();
-        let provider = meshguard::tls::crypto_provider();
+        let provider = meshguard::sidecar::tls::crypto_provider();
         Verifiers {
             inbound: InboundVerifier::new(store.clone(), &provider),
             outbound: OutboundVerifier::new(

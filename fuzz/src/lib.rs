@@ -8,9 +8,9 @@
 use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, Method};
-use meshguard::identity::SpiffeId;
-use meshguard::policy::{Decision, Policy, Request, Rule, Source};
-use meshguard::tls::{CredentialStore, Svid, TrustBundles};
+use meshguard::sidecar::identity::SpiffeId;
+use meshguard::sidecar::policy::{Decision, Policy, Request, Rule, Source};
+use meshguard::sidecar::tls::{CredentialStore, Svid, TrustBundles};
 
 /// The instant the X509-SVID targets verify at: 2026-06-01T00:00:00Z, inside
 /// the validity of the seed leaves (2026) and of the fixture roots
@@ -42,9 +42,9 @@ pub fn fixed_store() -> Arc<CredentialStore> {
                 bundles.load_domain(td, &path).expect("fixture bundle");
             }
             let ca =
-                meshguard::certs::DevCa::generate("cluster.local", time_days(1)).expect("own CA");
+                meshguard::dev::certs::DevCa::generate("cluster.local", time_days(1)).expect("own CA");
             let own = ca
-                .issue(&meshguard::certs::LeafSpec::svid(
+                .issue(&meshguard::dev::certs::LeafSpec::svid(
                     "spiffe://cluster.local/ns/fuzz/sa/server",
                     time_days(1),
                 ))
@@ -54,7 +54,7 @@ pub fn fixed_store() -> Arc<CredentialStore> {
                 own.key_pem.as_bytes(),
                 "own.crt".as_ref(),
                 "own.key".as_ref(),
-                &meshguard::tls::crypto_provider(),
+                &meshguard::sidecar::tls::crypto_provider(),
             )
             .expect("own SVID loads");
             let _ = std::fs::remove_dir_all(&dir);
@@ -85,8 +85,8 @@ pub fn naive_decision<'p>(
                 .is_none_or(|ps| ps.iter().any(|p| p.matches(req.path)))
     };
     let refused = match policy.mode() {
-        meshguard::policy::Mode::Enforce => "deny",
-        meshguard::policy::Mode::Audit => "audit_would_deny",
+        meshguard::sidecar::policy::Mode::Enforce => "deny",
+        meshguard::sidecar::policy::Mode::Audit => "audit_would_deny",
     };
     let rules = policy.rules();
     if let Some(rule) = rules.iter().find(|r| r.action().is_deny() && matches(r)) {

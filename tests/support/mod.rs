@@ -9,11 +9,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshguard::certs::{DevCa, Issued, LeafSpec};
-use meshguard::config::{
+use meshguard::dev::certs::{DevCa, Issued, LeafSpec};
+use meshguard::sidecar::config::{
     AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig,
 };
-use meshguard::identity::SpiffeId;
+use meshguard::sidecar::identity::SpiffeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
@@ -228,9 +228,13 @@ pub fn outbound_config(
 }
 
 /// A running inbound sidecar with the SVID of `default/<workload>`, in front of `app`.
-pub async fn start_inbound(pki: &Pki, workload: &str, app: SocketAddr) -> meshguard::app::Running {
+pub async fn start_inbound(
+    pki: &Pki,
+    workload: &str,
+    app: SocketAddr,
+) -> meshguard::sidecar::app::Running {
     let identity = pki.identity(workload, &id("default", workload));
-    meshguard::app::start(&inbound_config(identity, app))
+    meshguard::sidecar::app::start(&inbound_config(identity, app))
         .await
         .unwrap()
 }
@@ -240,11 +244,11 @@ pub async fn start_inbound(pki: &Pki, workload: &str, app: SocketAddr) -> meshgu
 pub async fn start_outbound(
     pki: &Pki,
     host: &str,
-    server: &meshguard::app::Running,
-) -> meshguard::app::Running {
+    server: &meshguard::sidecar::app::Running,
+) -> meshguard::sidecar::app::Running {
     let identity = pki.identity("client", &id("default", "client"));
     let peer = server.inbound.expect("the server has an inbound listener");
-    meshguard::app::start(&outbound_config(
+    meshguard::sidecar::app::start(&outbound_config(
         identity,
         host,
         peer,
@@ -319,7 +323,7 @@ impl ServerCertVerifier for AcceptAnyServer {
 /// A TLS client presenting `chain_pem` (leaf first) with `key_pem`, or no
 /// certificate at all.
 pub fn tls_client(cert: Option<(&str, &str)>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let provider = meshguard::tls::crypto_provider();
+    let provider = meshguard::sidecar::tls::crypto_provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()

@@ -1,0 +1,4 @@
+//! Developer tools: dev certificates, the two-workload demo and the echo app.
+
+pub mod certs;
+pub mod demo;

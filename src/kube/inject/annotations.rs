@@ -1,0 +1,321 @@
+//! The `meshguard.io/` pod annotations: their names, and turning them (with
+//! the command-line defaults) into validated settings for one pod.
+
+use super::{InjectOptions, ProxyResources, SidecarMode};
+use crate::kube::iptables::{CaptureConfig, Cidr, PortRange};
+use serde_norway::{Mapping, Value};
+
+pub const PREFIX: &str = "meshguard.io/";
+
+/// `enabled` (default) or `disabled`: opt a pod out of injection.
+pub const INJECT: &str = "meshguard.io/inject";
+/// `native` (init container with `restartPolicy: Always`, Kubernetes
+/// 1.29+) or `container` (a classic container, for older clusters).
+pub const SIDECAR_MODE: &str = "meshguard.io/sidecar-mode";
+/// `enabled` or `disabled`: in container mode, a loopback-only endpoint
+/// the app calls to stop the sidecar (so Jobs can finish).
+pub const SHUTDOWN_ENDPOINT: &str = "meshguard.io/shutdown-endpoint";
+/// A ConfigMap whose key `meshguard.yaml` is the sidecar's config file.
+pub const CONFIG_MAP: &str = "meshguard.io/config-map";
+/// A ConfigMap whose key `policy.yaml` is the workload's allow matrix,
+/// mounted at /etc/meshguard/policy (a config file must name it as
+/// `inbound.policy`; without a config, the sidecar gets `--policy`).
+pub const POLICY_CONFIG_MAP: &str = "meshguard.io/policy-config-map";
+/// A `kubernetes.io/tls` Secret (tls.crt, tls.key, ca.crt) used as the
+/// SVID instead of the csi-driver-spiffe volume.
+pub const IDENTITY_SECRET: &str = "meshguard.io/identity-secret";
+/// Without a config map: the app port inbound traffic is forwarded to.
+pub const APP_PORT: &str = "meshguard.io/app-port";
+pub const EXCLUDE_INBOUND_PORTS: &str = "meshguard.io/exclude-inbound-ports";
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "meshguard.io/exclude-outbound-ports";
+pub const EXCLUDE_OUTBOUND_CIDRS: &str = "meshguard.io/exclude-outbound-cidrs";
+pub const PROXY_CPU_REQUEST: &str = "meshguard.io/proxy-cpu-request";
+pub const PROXY_MEMORY_REQUEST: &str = "meshguard.io/proxy-memory-request";
+pub const PROXY_CPU_LIMIT: &str = "meshguard.io/proxy-cpu-limit";
+pub const PROXY_MEMORY_LIMIT: &str = "meshguard.io/proxy-memory-limit";
+
+/// Written by `inject`: the pod carries a meshguard sidecar (value: the
+/// sidecar mode). Its presence is what lets injection be undone/repeated.
+pub const INJECTED: &str = "meshguard.io/injected";
+/// Written by `inject`: the app's original probes and where the sidecar
+/// forwards each rewritten one (JSON; see `probes::ProbeRecord`).
+pub const APP_PROBES: &str = "meshguard.io/app-probes";
+
+/// Every annotation a user may set, in documentation order.
+pub const USER_ANNOTATIONS: &[&str] = &[
+    INJECT,
+    SIDECAR_MODE,
+    SHUTDOWN_ENDPOINT,
+    CONFIG_MAP,
+    POLICY_CONFIG_MAP,
+    IDENTITY_SECRET,
+    APP_PORT,
+    EXCLUDE_INBOUND_PORTS,
+    EXCLUDE_OUTBOUND_PORTS,
+    EXCLUDE_OUTBOUND_CIDRS,
+    PROXY_CPU_REQUEST,
+    PROXY_MEMORY_REQUEST,
+    PROXY_CPU_LIMIT,
+    PROXY_MEMORY_LIMIT,
+];
+
+/// An annotation that cannot be used: its name, value and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BadAnnotation {
+    pub name: String,
+    pub value: String,
+    pub message: String,
+}
+
+/// Everything injection needs to know about one pod.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub opted_out: bool,
+    pub mode: SidecarMode,
+    pub shutdown_endpoint: bool,
+    pub config_map: Option<String>,
+    pub policy_config_map: Option<String>,
+    pub identity_secret: Option<String>,
+    pub app_port: Option<u16>,
+    pub capture: CaptureConfig,
+    pub resources: ProxyResources,
+}
+
+/// Reads the pod's annotations. Unknown `meshguard.io/` names are refused:
+/// a misspelt exclusion silently ignored is exactly the kind of capture
+/// surprise users report.
+pub(super) fn settings(
+    annotations: Option<&Mapping>,
+    opts: &InjectOptions,
+) -> Result<Settings, BadAnnotation> {
+    let empty = Mapping::new();
+    let annotations = annotations.unwrap_or(&empty);
+    let mut values: Vec<(&str, &str)> = Vec::new();
+    for (k, v) in annotations {
+        let Some(name) = k.as_str().filter(|n| n.starts_with(PREFIX)) else {
+            continue;
+        };
+        if name == INJECTED || name == APP_PROBES {
+            continue;
+        }
+        let bad = |message: &str| BadAnnotation {
+            name: name.to_owned(),
+            value: value_text(v),
+            message: message.to_owned(),
+        };
+        if !USER_ANNOTATIONS.contains(&name) {
+            let hint = USER_ANNOTATIONS
+                .iter()
+                .map(|known| (edit_distance(known, name), known))
+                .min()
+                .filter(|(d, _)| *d <= 3)
+                .map(|(_, known)| format!(" (did you mean {known}?)"))
+                .unwrap_or_default();
+            return Err(bad(&format!("unknown meshguard annotation{hint}")));
+        }
+        let Some(value) = v.as_str() else {
+            return Err(bad("annotation values must be strings (quote it)"));
+        };
+        values.push((name, value));
+    }
+    let get = |name: &str| values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let bad = |name: &str, message: String| BadAnnotation {
+        name: name.to_owned(),
+        value: get(name).unwrap_or_default().to_owned(),
+        message,
+    };
+
+    let opted_out = match get(INJECT) {
+        None | Some("enabled") => false,
+        Some("disabled") => true,
+        Some(_) => return Err(bad(INJECT, "must be `enabled` or `disabled`".into())),
+    };
+    let mode = match get(SIDECAR_MODE) {
+        None => opts.mode,
+        Some("native") => SidecarMode::Native,
+        Some("container") => SidecarMode::Container,
+        Some(_) => return Err(bad(SIDECAR_MODE, "must be `native` or `container`".into())),
+    };
+    let shutdown_endpoint = match get(SHUTDOWN_ENDPOINT) {
+        None => opts.shutdown_endpoint && mode == SidecarMode::Container,
+        Some("enabled") if mode == SidecarMode::Container => true,
+        Some("enabled") => {
+            return Err(bad(
+                SHUTDOWN_ENDPOINT,
+                "only for sidecar-mode `container`: a native sidecar stops by itself \
+                 when the app's containers exit"
+                    .into(),
+            ))
+        }
+        Some("disabled") => false,
+        Some(_) => {
+            return Err(bad(
+                SHUTDOWN_ENDPOINT,
+                "must be `enabled` or `disabled`".into(),
+            ))
+        }
+    };
+    let object_name = |name: &str| -> Result<Option<String>, BadAnnotation> {
+        match get(name) {
+            None => Ok(None),
+            Some(v) if is_dns_subdomain(v) => Ok(Some(v.to_owned())),
+            Some(_) => Err(bad(
+                name,
+                "must be a Kubernetes object name (lowercase DNS subdomain)".into(),
+            )),
+        }
+    };
+    let config_map = object_name(CONFIG_MAP)?;
+    let policy_config_map = object_name(POLICY_CONFIG_MAP)?;
+    let identity_secret = object_name(IDENTITY_SECRET)?;
+    let app_port = match get(APP_PORT) {
+        None => None,
+        Some(v) => match v.parse::<u16>() {
+            Ok(p) if p != 0 && v.bytes().all(|b| b.is_ascii_digit()) => Some(p),
+            _ => return Err(bad(APP_PORT, "must be a port number 1-65535".into())),
+        },
+    };
+    if app_port.is_some() && config_map.is_some() {
+        return Err(bad(
+            APP_PORT,
+            format!("the app address comes from the config in {CONFIG_MAP}; set one of them"),
+        ));
+    }
+
+    let ports = |name: &str| {
+        PortRange::parse_list(get(name).unwrap_or_default()).map_err(|e| bad(name, e.to_string()))
+    };
+    let mut capture = CaptureConfig {
+        proxy_uid: opts.proxy_uid,
+        exclude_inbound_ports: ports(EXCLUDE_INBOUND_PORTS)?,
+        exclude_outbound_ports: ports(EXCLUDE_OUTBOUND_PORTS)?,
+        exclude_outbound_cidrs: Cidr::parse_list(get(EXCLUDE_OUTBOUND_CIDRS).unwrap_or_default())
+            .map_err(|e| bad(EXCLUDE_OUTBOUND_CIDRS, e.to_string()))?,
+        ..CaptureConfig::default()
+    };
+    // Admin and probe ports are excluded anyway; listing them again is
+    // harmless, so drop them rather than print them twice.
+    capture.exclude_inbound_ports.retain(|r| {
+        *r != PortRange::single(capture.admin_port) && *r != PortRange::single(capture.probe_port)
+    });
+    // Validate each list on its own, so the error names the annotation
+    // that caused it.
+    for (name, partial) in [
+        (
+            EXCLUDE_INBOUND_PORTS,
+            CaptureConfig {
+                exclude_inbound_ports: capture.exclude_inbound_ports.clone(),
+                ..CaptureConfig::default()
+            },
+        ),
+        (
+            EXCLUDE_OUTBOUND_PORTS,
+            CaptureConfig {
+                exclude_outbound_ports: capture.exclude_outbound_ports.clone(),
+                ..CaptureConfig::default()
+            },
+        ),
+        (
+            EXCLUDE_OUTBOUND_CIDRS,
+            CaptureConfig {
+                exclude_outbound_cidrs: capture.exclude_outbound_cidrs.clone(),
+                ..CaptureConfig::default()
+            },
+        ),
+    ] {
+        partial.validate().map_err(|e| bad(name, e.to_string()))?;
+    }
+
+    let quantity = |name: &str, default: &Option<String>| match get(name) {
+        None => Ok(default.clone()),
+        Some(v) if is_quantity(v) => Ok(Some(v.to_owned())),
+        Some(_) => Err(bad(
+            name,
+            "must be a Kubernetes quantity, e.g. 100m, 64Mi".into(),
+        )),
+    };
+    let resources = ProxyResources {
+        cpu_request: quantity(PROXY_CPU_REQUEST, &opts.resources.cpu_request)?,
+        memory_request: quantity(PROXY_MEMORY_REQUEST, &opts.resources.memory_request)?,
+        cpu_limit: quantity(PROXY_CPU_LIMIT, &opts.resources.cpu_limit)?,
+        memory_limit: quantity(PROXY_MEMORY_LIMIT, &opts.resources.memory_limit)?,
+    };
+
+    Ok(Settings {
+        opted_out,
+        mode,
+        shutdown_endpoint,
+        config_map,
+        policy_config_map,
+        identity_secret,
+        app_port,
+        capture,
+        resources,
+    })
+}
+
+/// An annotation value as text, for error messages.
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => serde_norway::to_string(other)
+            .map(|s| s.trim_end().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires of ConfigMap/Secret names.
+pub(super) fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A Kubernetes resource quantity without a sign: `100m`, `0.5`, `64Mi`,
+/// `1e3`. Kubernetes checks ranges itself; this catches typos like `64MB`.
+pub(crate) fn is_quantity(s: &str) -> bool {
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let digits = number.replace('.', "");
+    if digits.is_empty() || number.matches('.').count() > 1 {
+        return false;
+    }
+    const SUFFIXES: &[&str] = &[
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    if SUFFIXES.contains(&suffix) {
+        return true;
+    }
+    // Decimal exponent: e3, E-2, e+6.
+    match suffix.strip_prefix(['e', 'E']) {
+        Some(exp) => {
+            let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// Levenshtein distance, for suggesting the annotation a typo meant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}

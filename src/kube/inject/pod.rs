@@ -1,0 +1,306 @@
+//! Injection into one pod template (a Pod, or the template of a workload):
+//! undo any earlier injection, decide whether to inject, then add the
+//! containers, volumes, probe rewrites and status annotations.
+
+use super::annotations::{self, BadAnnotation, Settings, APP_PROBES, INJECTED};
+use super::probes::{self, AppProbes};
+use super::sidecar::{self, ADMIN_PORT_NAME, INIT_NAME, SIDECAR_NAME, VOLUMES};
+use super::yaml::{child_map, child_seq, drop_if_empty, get_str, s, seq_maps};
+use super::{InjectOptions, SidecarMode, SkipReason};
+use crate::kube::iptables::SHUTDOWN_PORT;
+use serde_norway::{Mapping, Value};
+
+/// Why a pod template cannot be handled: a malformed object (message with
+/// its path) or an unusable annotation.
+#[derive(Debug)]
+pub(super) enum PodError {
+    Malformed(String),
+    Annotation(BadAnnotation),
+}
+
+impl From<String> for PodError {
+    fn from(m: String) -> Self {
+        PodError::Malformed(m)
+    }
+}
+
+/// What happened to a template.
+#[derive(Debug)]
+pub(super) struct PodOutcome {
+    pub was_injected: bool,
+    /// None: injected. Some: left without a sidecar, for this reason.
+    pub skipped: Option<SkipReason>,
+    pub warnings: Vec<String>,
+}
+
+/// Containers of other meshes: two proxies fighting over iptables and
+/// ports is worse than no injection.
+const OTHER_MESH_CONTAINERS: &[&str] = &[
+    "istio-proxy",
+    "istio-init",
+    "istio-validation",
+    "linkerd-proxy",
+    "linkerd-init",
+    "linkerd-network-validator",
+];
+
+fn meta_annotations(template: &Mapping) -> Option<&Mapping> {
+    template
+        .get("metadata")?
+        .as_mapping()?
+        .get("annotations")?
+        .as_mapping()
+}
+
+fn spec_of(template: &mut Mapping) -> Result<&mut Mapping, String> {
+    template
+        .get_mut("spec")
+        .and_then(Value::as_mapping_mut)
+        .ok_or_else(|| "spec: expected a mapping".to_owned())
+}
+
+/// Removes what an earlier injection added. Returns whether there was one
+/// (the `meshguard.io/injected` annotation), plus warnings.
+pub(super) fn uninject(template: &mut Mapping) -> Result<(bool, Vec<String>), PodError> {
+    let Some(ann) = meta_annotations(template) else {
+        return Ok((false, Vec::new()));
+    };
+    if !ann.contains_key(INJECTED) {
+        return Ok((false, Vec::new()));
+    }
+    let records: AppProbes = match ann.get(APP_PROBES) {
+        None => AppProbes::new(),
+        Some(v) => {
+            let text = v.as_str().unwrap_or_default();
+            probes::parse_app_probes(text).map_err(|e| {
+                PodError::Annotation(BadAnnotation {
+                    name: APP_PROBES.into(),
+                    value: text.into(),
+                    message: format!("cannot be read back ({e}); was it edited by hand?"),
+                })
+            })?
+        }
+    };
+    let spec = spec_of(template)?;
+    for list in ["initContainers", "containers"] {
+        if let Some(Value::Sequence(items)) = spec.get_mut(list) {
+            items.retain(|c| {
+                !matches!(
+                    c.get("name").and_then(Value::as_str),
+                    Some(SIDECAR_NAME | INIT_NAME)
+                )
+            });
+        }
+    }
+    if let Some(Value::Sequence(items)) = spec.get_mut("volumes") {
+        items.retain(|v| {
+            !v.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| VOLUMES.contains(&n))
+        });
+    }
+    drop_if_empty(spec, "initContainers");
+    drop_if_empty(spec, "volumes");
+    let warnings = probes::restore(spec, &records);
+    let meta = child_map(template, "metadata")?;
+    let ann = child_map(meta, "annotations")?;
+    ann.shift_remove(INJECTED);
+    ann.shift_remove(APP_PROBES);
+    drop_if_empty(meta, "annotations");
+    drop_if_empty(template, "metadata");
+    Ok((true, warnings))
+}
+
+/// Brings one template to its injected state (or, when skipped, to its
+/// un-injected state). `kind` is the workload kind, for warnings.
+pub(super) fn inject(
+    template: &mut Mapping,
+    kind: &str,
+    opts: &InjectOptions,
+) -> Result<PodOutcome, PodError> {
+    let (was_injected, mut warnings) = uninject(template)?;
+    let settings =
+        annotations::settings(meta_annotations(template), opts).map_err(PodError::Annotation)?;
+    let skip = |reason| {
+        Ok(PodOutcome {
+            was_injected,
+            skipped: Some(reason),
+            warnings: warnings.clone(),
+        })
+    };
+    if settings.opted_out {
+        return skip(SkipReason::OptedOut);
+    }
+    let spec = spec_of(template)?;
+    if let Some(reason) = skip_reason(spec, &settings)? {
+        return skip(reason);
+    }
+    let app_port = if settings.config_map.is_some() {
+        None
+    } else {
+        match settings.app_port.or(first_tcp_port(spec)?) {
+            Some(p) => Some(p),
+            None => return skip(SkipReason::NoConfig),
+        }
+    };
+    if let Some(p) = app_port {
+        if settings
+            .capture
+            .inbound_exclusions()
+            .iter()
+            .any(|r| r.contains(p))
+        {
+            warnings.push(format!(
+                "app port {p} is excluded from inbound capture: peers reach the app \
+                 directly, without mTLS or policy"
+            ));
+        }
+    }
+    if matches!(kind, "Job" | "CronJob")
+        && settings.mode == SidecarMode::Container
+        && !settings.shutdown_endpoint
+    {
+        warnings.push(format!(
+            "{kind} with sidecar-mode container: the sidecar keeps running after the app \
+             exits, so the Job never completes; use native mode or enable {} and have the \
+             app POST to http://127.0.0.1:{SHUTDOWN_PORT}/shutdown",
+            annotations::SHUTDOWN_ENDPOINT
+        ));
+    }
+
+    // Probes of app containers and of app native sidecars (init containers
+    // with restartPolicy Always, the only init containers with probes).
+    let mut records = AppProbes::new();
+    for list in ["initContainers", "containers"] {
+        if let Some(Value::Sequence(items)) = spec.get_mut(list) {
+            for (i, c) in items.iter_mut().enumerate() {
+                let c = c
+                    .as_mapping_mut()
+                    .ok_or_else(|| format!("spec.{list}[{i}]: expected a mapping"))?;
+                probes::rewrite(
+                    c,
+                    &settings.capture.inbound_exclusions(),
+                    settings.capture.probe_port,
+                    &mut records,
+                )
+                .map_err(|m| format!("spec.{list}[{i}]: {m}"))?;
+            }
+        }
+    }
+
+    let init = sidecar::init_container(&settings, opts);
+    let proxy = sidecar::sidecar_container(&settings, opts, app_port, !records.is_empty());
+    let inits = child_seq(spec, "initContainers").map_err(|m| format!("spec.{m}"))?;
+    // Capture first, so that no other init container opens a connection
+    // around the proxy; in native mode the sidecar right after it, so the
+    // app's own init containers already run inside the mesh.
+    inits.insert(0, init);
+    match settings.mode {
+        SidecarMode::Native => inits.insert(1, proxy),
+        SidecarMode::Container => child_seq(spec, "containers")
+            .map_err(|m| format!("spec.{m}"))?
+            .push(proxy),
+    }
+    child_seq(spec, "volumes")
+        .map_err(|m| format!("spec.{m}"))?
+        .extend(sidecar::volumes(&settings));
+
+    let meta = child_map(template, "metadata").map_err(|m| format!("template {m}"))?;
+    let ann = child_map(meta, "annotations").map_err(|m| format!("metadata.{m}"))?;
+    let mode = match settings.mode {
+        SidecarMode::Native => "native",
+        SidecarMode::Container => "container",
+    };
+    ann.insert(s(INJECTED), s(mode));
+    if !records.is_empty() {
+        ann.insert(s(APP_PROBES), s(&probes::to_json(&records)?));
+    }
+    Ok(PodOutcome {
+        was_injected,
+        skipped: None,
+        warnings,
+    })
+}
+
+/// The checks that leave a pod without a sidecar, first match wins.
+fn skip_reason(spec: &Mapping, settings: &Settings) -> Result<Option<SkipReason>, String> {
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        // Capture rules would be written into the node's own namespace.
+        return Ok(Some(SkipReason::HostNetwork));
+    }
+    let mut containers = seq_maps(spec, "containers").map_err(|m| format!("spec.{m}"))?;
+    if containers.is_empty() {
+        return Err("spec.containers: a pod needs at least one container".into());
+    }
+    containers.extend(seq_maps(spec, "initContainers").map_err(|m| format!("spec.{m}"))?);
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| get_str(c, "name"))
+        .collect();
+    if names.iter().any(|n| OTHER_MESH_CONTAINERS.contains(n)) {
+        return Ok(Some(SkipReason::OtherMesh));
+    }
+    // Still present after undoing our own injection: someone else's.
+    let volumes = seq_maps(spec, "volumes").map_err(|m| format!("spec.{m}"))?;
+    if names.iter().any(|n| *n == SIDECAR_NAME || *n == INIT_NAME)
+        || volumes
+            .iter()
+            .any(|v| get_str(v, "name").is_some_and(|n| VOLUMES.contains(&n)))
+    {
+        return Ok(Some(SkipReason::NameConflict));
+    }
+    // An app running as the proxy UID would have its traffic skip capture.
+    let uid = u64::from(settings.capture.proxy_uid);
+    let runs_as_proxy = |m: &Mapping| {
+        m.get("securityContext")
+            .and_then(|sc| sc.get("runAsUser"))
+            .and_then(Value::as_u64)
+            == Some(uid)
+    };
+    if runs_as_proxy(spec) || containers.iter().any(|c| runs_as_proxy(c)) {
+        return Ok(Some(SkipReason::UidConflict));
+    }
+    let c = &settings.capture;
+    let reserved = [
+        c.inbound_port,
+        c.outbound_port,
+        c.admin_port,
+        c.probe_port,
+        SHUTDOWN_PORT,
+    ];
+    for container in &containers {
+        for p in seq_maps(container, "ports").map_err(|m| format!("ports: {m}"))? {
+            let number = p.get("containerPort").and_then(Value::as_u64);
+            if number.is_some_and(|n| reserved.iter().any(|r| u64::from(*r) == n))
+                || get_str(p, "name") == Some(ADMIN_PORT_NAME)
+            {
+                return Ok(Some(SkipReason::PortConflict));
+            }
+        }
+    }
+    if let Some(p) = settings.app_port {
+        if reserved.contains(&p) {
+            return Ok(Some(SkipReason::PortConflict));
+        }
+    }
+    Ok(None)
+}
+
+/// The first TCP containerPort of the app containers, in order: where an
+/// inbound-only sidecar without a config forwards to.
+fn first_tcp_port(spec: &Mapping) -> Result<Option<u16>, String> {
+    for c in seq_maps(spec, "containers").map_err(|m| format!("spec.{m}"))? {
+        for p in seq_maps(c, "ports").map_err(|m| format!("ports: {m}"))? {
+            let tcp = matches!(get_str(p, "protocol"), None | Some("TCP"));
+            let port = p
+                .get("containerPort")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0);
+            if let (true, Some(port)) = (tcp, port) {
+                return Ok(Some(port));
+            }
+        }
+    }
+    Ok(None)
+}

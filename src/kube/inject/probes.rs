@@ -1,0 +1,325 @@
+//! Kubelet probes under capture.
+//!
+//! Kubelet probes the pod IP from the node, in the clear. With inbound
+//! capture that connection lands on the mTLS listener and fails (or, for a
+//! tcpSocket probe, succeeds whatever the app's state). So each app probe
+//! that targets the pod is rewritten to an HTTP GET on the sidecar's probe
+//! port, `/app-probe/<container>/<kind>`, and the sidecar runs the original
+//! probe against the app over loopback.
+//!
+//! The original probe and the forwarding target are recorded, as JSON, in
+//! the pod annotation `meshguard.io/app-probes`: a map from
+//! `<container>/<kind>` to a [`ProbeRecord`]. Injection reads it back to
+//! restore the probes, and the sidecar receives it through the downward
+//! API (env `MESHGUARD_APP_PROBES`). These types are that contract.
+//!
+//! # What the sidecar's probe forwarder must do
+//!
+//! - Listen on `MESHGUARD_PROBE_LISTEN` (`[::]:15020`) when it and
+//!   `MESHGUARD_APP_PROBES` are set; refuse to start if the JSON does not
+//!   parse ([`parse_app_probes`]). The port is outside capture and policy.
+//! - Answer only `GET`/`HEAD` on exactly `/app-probe/<key>` for a key in
+//!   the map (any query string ignored); everything else is 404. Never
+//!   forward a path or header taken from the request: the port is open to
+//!   the network, so it must run only the recorded probes.
+//! - Dial the app on loopback only (`127.0.0.1:port`, then `[::1]:port` if
+//!   refused). The capture rules send the proxy's own connections to its
+//!   pod IP into the inbound listener, so never dial the pod IP.
+//! - `http`: GET `path` (query included) over HTTP/1.1, or TLS without
+//!   certificate verification and without SNI for `HTTPS` (kubelet does
+//!   not verify either); send the recorded `headers` (they replace
+//!   defaults, `Host` included), else `Host: 127.0.0.1:<port>`, the
+//!   kubelet's `User-Agent` and `Accept: */*`. Follow redirects to the same
+//!   host up to 10 times; a redirect elsewhere counts as success, as in
+//!   kubelet. Success is a final status 200-399.
+//! - `tcp`: success when a connection opens; close it at once.
+//! - `grpc`: `grpc.health.v1.Health/Check` over h2c with `service` (empty
+//!   when absent); success is `SERVING`.
+//! - Give up after `timeoutSeconds` (less a small margin, so the answer
+//!   reaches kubelet within its own timeout of the same length).
+//! - Answer 200 on success and 503 on failure, with a one-line plain-text
+//!   reason (status received, connection refused, timeout); never pass the
+//!   app's status through, since kubelet would follow a 3xx to the sidecar.
+
+use super::yaml::{get_str, map, n, replace_entry, s};
+use crate::kube::iptables::PortRange;
+use serde::{Deserialize, Serialize};
+use serde_norway::{Mapping, Value};
+use std::collections::BTreeMap;
+
+/// URL path prefix of rewritten probes on the probe port.
+pub const PROBE_PATH_PREFIX: &str = "/app-probe/";
+
+/// The probe fields of a container and the `<kind>` used in URLs and keys.
+pub const PROBE_KINDS: [(&str, &str); 3] = [
+    ("startupProbe", "startup"),
+    ("livenessProbe", "liveness"),
+    ("readinessProbe", "readiness"),
+];
+
+/// One rewritten probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeRecord {
+    /// The whole probe as written; put back by uninject.
+    pub original: Value,
+    /// What the sidecar does when kubelet calls the rewritten probe.
+    pub forward: Forward,
+}
+
+/// What the sidecar's probe port runs against the app, over loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "lowercase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum Forward {
+    /// GET `scheme://127.0.0.1:port{path}` (path includes any query).
+    Http {
+        port: u16,
+        scheme: Scheme,
+        path: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<HttpHeader>,
+        timeout_seconds: u32,
+    },
+    /// A TCP connect to `127.0.0.1:port`.
+    Tcp { port: u16, timeout_seconds: u32 },
+    /// `grpc.health.v1.Health/Check` over h2c on `127.0.0.1:port`.
+    Grpc {
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<String>,
+        timeout_seconds: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scheme {
+    #[serde(rename = "HTTP")]
+    Http,
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+/// The annotation's content, keyed by `<container>/<kind>`.
+pub type AppProbes = BTreeMap<String, ProbeRecord>;
+
+/// Parses the `meshguard.io/app-probes` annotation (or the sidecar's
+/// `MESHGUARD_APP_PROBES` environment variable, which carries the same).
+pub fn parse_app_probes(json: &str) -> Result<AppProbes, serde_json::Error> {
+    serde_json::from_str(json)
+}
+
+pub(super) fn to_json(probes: &AppProbes) -> Result<String, String> {
+    serde_json::to_string(probes).map_err(|e| e.to_string())
+}
+
+/// Rewrites the probes of one container that need it, recording each.
+/// Probes left alone: `exec` (runs inside the container), those naming a
+/// `host` (kubelet does not dial the pod then), and those on ports excluded
+/// from inbound capture (kubelet reaches them directly).
+pub(super) fn rewrite(
+    container: &mut Mapping,
+    excluded_inbound: &[PortRange],
+    probe_port: u16,
+    records: &mut AppProbes,
+) -> Result<(), String> {
+    let name = get_str(container, "name")
+        .ok_or("container without a name")?
+        .to_owned();
+    for (field, kind) in PROBE_KINDS {
+        let Some(probe) = container.get(field).and_then(Value::as_mapping) else {
+            continue;
+        };
+        let Some((handler, forward)) = forward_for(container, probe)
+            .map_err(|m| format!("container {name:?} {field}: {m}"))?
+        else {
+            continue;
+        };
+        let port = match &forward {
+            Forward::Http { port, .. } | Forward::Tcp { port, .. } | Forward::Grpc { port, .. } => {
+                *port
+            }
+        };
+        if excluded_inbound.iter().any(|r| r.contains(port)) {
+            continue;
+        }
+        let record = ProbeRecord {
+            original: Value::Mapping(probe.clone()),
+            forward,
+        };
+        let new_handler = map([
+            ("path", s(&format!("{PROBE_PATH_PREFIX}{name}/{kind}"))),
+            ("port", n(probe_port)),
+            ("scheme", s("HTTP")),
+        ]);
+        if let Some(Value::Mapping(p)) = container.get_mut(field) {
+            replace_entry(p, handler, "httpGet", new_handler);
+        }
+        records.insert(format!("{name}/{kind}"), record);
+    }
+    Ok(())
+}
+
+/// The handler field and forwarding target of a probe, or None when the
+/// probe does not go through capture.
+fn forward_for(
+    container: &Mapping,
+    probe: &Mapping,
+) -> Result<Option<(&'static str, Forward)>, String> {
+    let timeout_seconds = match probe.get("timeoutSeconds") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .ok_or("timeoutSeconds must be a positive integer")?,
+    };
+    if let Some(h) = probe.get("httpGet").and_then(Value::as_mapping) {
+        if has_host(h) {
+            return Ok(None);
+        }
+        let port = resolve_port(container, h.get("port"))?;
+        let scheme = match get_str(h, "scheme") {
+            None | Some("HTTP") => Scheme::Http,
+            Some("HTTPS") => Scheme::Https,
+            Some(other) => return Err(format!("httpGet.scheme {other:?} is not HTTP or HTTPS")),
+        };
+        // kubelet asks for "/" when no path is given and adds the slash a
+        // relative path lacks; do the same so the sidecar need not.
+        let path = match get_str(h, "path").unwrap_or("") {
+            "" => "/".to_owned(),
+            p if p.starts_with('/') => p.to_owned(),
+            p => format!("/{p}"),
+        };
+        let headers = super::yaml::seq_maps(h, "httpHeaders")
+            .map_err(|m| format!("httpGet.{m}"))?
+            .into_iter()
+            .map(|hd| match (get_str(hd, "name"), get_str(hd, "value")) {
+                (Some(name), Some(value)) => Ok(HttpHeader {
+                    name: name.to_owned(),
+                    value: value.to_owned(),
+                }),
+                _ => Err("httpGet.httpHeaders entries need a name and a string value"),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Some((
+            "httpGet",
+            Forward::Http {
+                port,
+                scheme,
+                path,
+                headers,
+                timeout_seconds,
+            },
+        )));
+    }
+    if let Some(t) = probe.get("tcpSocket").and_then(Value::as_mapping) {
+        if has_host(t) {
+            return Ok(None);
+        }
+        let port = resolve_port(container, t.get("port"))?;
+        return Ok(Some((
+            "tcpSocket",
+            Forward::Tcp {
+                port,
+                timeout_seconds,
+            },
+        )));
+    }
+    if let Some(g) = probe.get("grpc").and_then(Value::as_mapping) {
+        // gRPC probes take a number only; Kubernetes refuses names here.
+        let port = match g.get("port") {
+            Some(Value::Number(_)) => resolve_port(container, g.get("port"))?,
+            _ => return Err("grpc.port must be a number".into()),
+        };
+        let service = match g.get("service") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(svc)) => Some(svc.clone()),
+            Some(_) => return Err("grpc.service must be a string".into()),
+        };
+        return Ok(Some((
+            "grpc",
+            Forward::Grpc {
+                port,
+                service,
+                timeout_seconds,
+            },
+        )));
+    }
+    Ok(None)
+}
+
+fn has_host(handler: &Mapping) -> bool {
+    get_str(handler, "host").is_some_and(|h| !h.is_empty())
+}
+
+/// A probe port as kubelet resolves it: a number, or the name of one of
+/// the container's ports, or (kubelet's last resort) a number in a string.
+fn resolve_port(container: &Mapping, port: Option<&Value>) -> Result<u16, String> {
+    let valid = |p: u64| u16::try_from(p).ok().filter(|p| *p != 0);
+    match port {
+        Some(Value::Number(num)) => num
+            .as_u64()
+            .and_then(valid)
+            .ok_or_else(|| format!("port {num} is out of range")),
+        Some(Value::String(name)) => {
+            for p in super::yaml::seq_maps(container, "ports")? {
+                if get_str(p, "name") == Some(name.as_str()) {
+                    return p
+                        .get("containerPort")
+                        .and_then(Value::as_u64)
+                        .and_then(valid)
+                        .ok_or_else(|| format!("port {name:?} has no valid containerPort"));
+                }
+            }
+            name.parse::<u64>()
+                .ok()
+                .and_then(valid)
+                .ok_or_else(|| format!("port {name:?} is not a port of this container"))
+        }
+        _ => Err("probe has no port".into()),
+    }
+}
+
+/// Puts recorded probes back. Returns a warning for each record whose
+/// container no longer exists.
+pub(super) fn restore(spec: &mut Mapping, records: &AppProbes) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (key, record) in records {
+        let field = key.split_once('/').and_then(|(cname, kind)| {
+            let field = PROBE_KINDS.iter().find(|(_, k)| *k == kind)?.0;
+            Some((cname, field))
+        });
+        let mut restored = false;
+        if let Some((cname, field)) = field {
+            for list in ["containers", "initContainers"] {
+                let Some(items) = spec.get_mut(list).and_then(Value::as_sequence_mut) else {
+                    continue;
+                };
+                for c in items.iter_mut().filter_map(Value::as_mapping_mut) {
+                    if get_str(c, "name") == Some(cname) && !restored {
+                        c.insert(s(field), record.original.clone());
+                        restored = true;
+                    }
+                }
+            }
+        }
+        if !restored {
+            warnings.push(format!(
+                "recorded probe {key:?} matches no container; it was not restored"
+            ));
+        }
+    }
+    warnings
+}

@@ -1,0 +1,356 @@
+//! What injection adds to a pod: the capture init container, the sidecar,
+//! and their volumes. Every name here is also what uninject removes.
+
+use super::annotations::{Settings, APP_PROBES};
+use super::yaml::{map, n, s, seq_of_str};
+use super::{InjectOptions, ProxyResources, SidecarMode};
+use crate::kube::iptables::{PortRange, SHUTDOWN_PORT};
+use serde_norway::{Mapping, Value};
+
+pub const SIDECAR_NAME: &str = "meshguard";
+pub const INIT_NAME: &str = "meshguard-init";
+/// The sidecar's admin port, named for Prometheus scrape configs.
+pub const ADMIN_PORT_NAME: &str = "mg-admin";
+
+pub const IDENTITY_VOLUME: &str = "meshguard-identity";
+pub const CONFIG_VOLUME: &str = "meshguard-config";
+pub const POLICY_VOLUME: &str = "meshguard-policy";
+/// iptables takes a lock file in /run; with a read-only root filesystem
+/// the init container needs a writable /run of its own.
+pub const XTABLES_VOLUME: &str = "meshguard-xtables-lock";
+pub const VOLUMES: [&str; 4] = [
+    IDENTITY_VOLUME,
+    CONFIG_VOLUME,
+    POLICY_VOLUME,
+    XTABLES_VOLUME,
+];
+
+/// Where the SVID lands: tls.crt, tls.key, ca.crt (the file names both
+/// csi-driver-spiffe and a `kubernetes.io/tls` Secret from cert-manager use).
+pub const IDENTITY_DIR: &str = "/var/run/secrets/meshguard/identity";
+pub const CONFIG_DIR: &str = "/etc/meshguard/config";
+/// The key of the config ConfigMap that holds the sidecar's config file.
+pub const CONFIG_FILE: &str = "meshguard.yaml";
+pub const POLICY_DIR: &str = "/etc/meshguard/policy";
+/// The key of the policy ConfigMap that holds the allow matrix.
+pub const POLICY_FILE: &str = "policy.yaml";
+
+pub const CSI_DRIVER: &str = "spiffe.csi.cert-manager.io";
+/// csi-driver-spiffe writes the key readable by this group only.
+pub const CSI_FS_GROUP_ATTRIBUTE: &str = "spiffe.csi.cert-manager.io/fs-group";
+
+/// Environment of the sidecar (the contract with `meshguard run`).
+pub const ENV_LOG_FORMAT: &str = "MESHGUARD_LOG_FORMAT";
+pub const ENV_APP_PROBES: &str = "MESHGUARD_APP_PROBES";
+/// Where the probe forwarder listens (set together with the probes).
+pub const ENV_PROBE_LISTEN: &str = "MESHGUARD_PROBE_LISTEN";
+pub const ENV_SHUTDOWN_LISTEN: &str = "MESHGUARD_SHUTDOWN_LISTEN";
+
+fn resources(r: &ProxyResources) -> Value {
+    let pairs = |cpu: &Option<String>, memory: &Option<String>| -> Mapping {
+        [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (s(k), s(v))))
+            .collect()
+    };
+    let requests = pairs(&r.cpu_request, &r.memory_request);
+    let limits = pairs(&r.cpu_limit, &r.memory_limit);
+    let mut out = Mapping::new();
+    if !limits.is_empty() {
+        out.insert(s("limits"), Value::Mapping(limits));
+    }
+    if !requests.is_empty() {
+        out.insert(s("requests"), Value::Mapping(requests));
+    }
+    Value::Mapping(out)
+}
+
+fn join(ranges: &[PortRange]) -> String {
+    ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The init container that sets up capture. It must run as root with
+/// NET_ADMIN/NET_RAW (nothing else), and it runs first, before any other
+/// init container can open a connection.
+pub(super) fn init_container(settings: &Settings, opts: &InjectOptions) -> Value {
+    let c = &settings.capture;
+    let mut args = vec![
+        "init-iptables".to_owned(),
+        "--inbound-port".to_owned(),
+        c.inbound_port.to_string(),
+        "--outbound-port".to_owned(),
+        c.outbound_port.to_string(),
+        "--admin-port".to_owned(),
+        c.admin_port.to_string(),
+        "--probe-port".to_owned(),
+        c.probe_port.to_string(),
+        "--proxy-uid".to_owned(),
+        c.proxy_uid.to_string(),
+    ];
+    for (flag, value) in [
+        ("--exclude-inbound-ports", join(&c.exclude_inbound_ports)),
+        ("--exclude-outbound-ports", join(&c.exclude_outbound_ports)),
+        (
+            "--exclude-outbound-cidrs",
+            c.exclude_outbound_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ] {
+        if !value.is_empty() {
+            args.push(flag.to_owned());
+            args.push(value);
+        }
+    }
+    map([
+        ("name", s(INIT_NAME)),
+        ("image", s(&opts.image)),
+        ("args", Value::Sequence(args.iter().map(|a| s(a)).collect())),
+        (
+            "resources",
+            resources(&ProxyResources {
+                cpu_request: Some("10m".into()),
+                memory_request: Some("16Mi".into()),
+                cpu_limit: None,
+                memory_limit: Some("64Mi".into()),
+            }),
+        ),
+        (
+            "securityContext",
+            map([
+                ("allowPrivilegeEscalation", Value::Bool(false)),
+                (
+                    "capabilities",
+                    map([
+                        ("add", seq_of_str(&["NET_ADMIN", "NET_RAW"])),
+                        ("drop", seq_of_str(&["ALL"])),
+                    ]),
+                ),
+                ("privileged", Value::Bool(false)),
+                ("readOnlyRootFilesystem", Value::Bool(true)),
+                // Explicit, so a pod-level runAsNonRoot does not block it.
+                ("runAsNonRoot", Value::Bool(false)),
+                ("runAsUser", n(0u32)),
+                ("seccompProfile", map([("type", s("RuntimeDefault"))])),
+            ]),
+        ),
+        ("terminationMessagePolicy", s("FallbackToLogsOnError")),
+        (
+            "volumeMounts",
+            Value::Sequence(vec![map([
+                ("mountPath", s("/run")),
+                ("name", s(XTABLES_VOLUME)),
+            ])]),
+        ),
+    ])
+}
+
+/// `meshguard run` arguments: the config file from the ConfigMap, or (no
+/// ConfigMap) an inbound-only sidecar described by flags.
+fn run_args(settings: &Settings, app_port: Option<u16>) -> Vec<String> {
+    let c = &settings.capture;
+    if settings.config_map.is_some() {
+        // The admin port is forced onto all addresses whatever the config
+        // says: kubelet probes it on the pod IP, so loopback would leave a
+        // pod that never becomes ready.
+        return vec![
+            "run".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            "--admin".into(),
+            format!("[::]:{}", c.admin_port),
+        ];
+    }
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--cert".into(),
+        format!("{IDENTITY_DIR}/tls.crt"),
+        "--key".into(),
+        format!("{IDENTITY_DIR}/tls.key"),
+        "--bundle".into(),
+        format!("{IDENTITY_DIR}/ca.crt"),
+    ];
+    if let Some(port) = app_port {
+        // `[::]` takes IPv4 too (net.ipv6.bindv6only is 0 in pods), so one
+        // listener serves what both families' REDIRECT rules send.
+        args.extend([
+            "--inbound".into(),
+            format!("[::]:{}", c.inbound_port),
+            "--app".into(),
+            format!("127.0.0.1:{port}"),
+        ]);
+        if settings.policy_config_map.is_some() {
+            args.extend(["--policy".into(), format!("{POLICY_DIR}/{POLICY_FILE}")]);
+        }
+    }
+    // Kubelet probes the admin port on the pod IP, so not loopback here.
+    args.extend(["--admin".into(), format!("[::]:{}", c.admin_port)]);
+    args
+}
+
+fn http_probe(path: &str, port: u16, period: u32, failures: u32) -> Value {
+    map([
+        (
+            "httpGet",
+            map([("path", s(path)), ("port", n(port)), ("scheme", s("HTTP"))]),
+        ),
+        ("periodSeconds", n(period)),
+        ("failureThreshold", n(failures)),
+        ("timeoutSeconds", n(1u32)),
+    ])
+}
+
+/// The sidecar container.
+pub(super) fn sidecar_container(
+    settings: &Settings,
+    opts: &InjectOptions,
+    app_port: Option<u16>,
+    has_app_probes: bool,
+) -> Value {
+    let c = &settings.capture;
+    let mut env = vec![map([("name", s(ENV_LOG_FORMAT)), ("value", s("json"))])];
+    if has_app_probes {
+        // Not loopback: kubelet calls the probe port on the pod IP.
+        env.push(map([
+            ("name", s(ENV_PROBE_LISTEN)),
+            ("value", s(&format!("[::]:{}", c.probe_port))),
+        ]));
+        env.push(map([
+            ("name", s(ENV_APP_PROBES)),
+            (
+                "valueFrom",
+                map([(
+                    "fieldRef",
+                    map([(
+                        "fieldPath",
+                        s(&format!("metadata.annotations['{APP_PROBES}']")),
+                    )]),
+                )]),
+            ),
+        ]));
+    }
+    if settings.shutdown_endpoint {
+        env.push(map([
+            ("name", s(ENV_SHUTDOWN_LISTEN)),
+            ("value", s(&format!("127.0.0.1:{SHUTDOWN_PORT}"))),
+        ]));
+    }
+    let mut mounts = vec![map([
+        ("mountPath", s(IDENTITY_DIR)),
+        ("name", s(IDENTITY_VOLUME)),
+        ("readOnly", Value::Bool(true)),
+    ])];
+    if settings.config_map.is_some() {
+        mounts.push(map([
+            ("mountPath", s(CONFIG_DIR)),
+            ("name", s(CONFIG_VOLUME)),
+            ("readOnly", Value::Bool(true)),
+        ]));
+    }
+    if settings.policy_config_map.is_some() {
+        mounts.push(map([
+            ("mountPath", s(POLICY_DIR)),
+            ("name", s(POLICY_VOLUME)),
+            ("readOnly", Value::Bool(true)),
+        ]));
+    }
+    let uid = n(c.proxy_uid);
+    let mut container = map([
+        ("name", s(SIDECAR_NAME)),
+        ("image", s(&opts.image)),
+        (
+            "args",
+            Value::Sequence(run_args(settings, app_port).iter().map(|a| s(a)).collect()),
+        ),
+        ("env", Value::Sequence(env)),
+        (
+            "ports",
+            Value::Sequence(vec![map([
+                ("containerPort", n(c.admin_port)),
+                ("name", s(ADMIN_PORT_NAME)),
+                ("protocol", s("TCP")),
+            ])]),
+        ),
+        ("resources", resources(&settings.resources)),
+        (
+            "securityContext",
+            map([
+                ("allowPrivilegeEscalation", Value::Bool(false)),
+                ("capabilities", map([("drop", seq_of_str(&["ALL"]))])),
+                ("privileged", Value::Bool(false)),
+                ("readOnlyRootFilesystem", Value::Bool(true)),
+                ("runAsGroup", uid.clone()),
+                ("runAsNonRoot", Value::Bool(true)),
+                ("runAsUser", uid),
+                ("seccompProfile", map([("type", s("RuntimeDefault"))])),
+            ]),
+        ),
+        // Ready means SVID, bundle and every listener are up. The startup
+        // probe holds the app back (native mode) until then: 1 s period,
+        // up to 2 minutes for the CSI driver to issue the first SVID.
+        ("startupProbe", http_probe("/ready", c.admin_port, 1, 120)),
+        ("readinessProbe", http_probe("/ready", c.admin_port, 5, 3)),
+        ("livenessProbe", http_probe("/live", c.admin_port, 10, 3)),
+        ("terminationMessagePolicy", s("FallbackToLogsOnError")),
+        ("volumeMounts", Value::Sequence(mounts)),
+    ]);
+    if settings.mode == SidecarMode::Native {
+        if let Value::Mapping(m) = &mut container {
+            // What makes an init container a native sidecar: started in
+            // order before the app, kept running, stopped after it.
+            m.insert(s("restartPolicy"), s("Always"));
+        }
+    }
+    container
+}
+
+/// The pod volumes the two containers mount.
+pub(super) fn volumes(settings: &Settings) -> Vec<Value> {
+    let identity = match &settings.identity_secret {
+        Some(secret) => map([
+            ("name", s(IDENTITY_VOLUME)),
+            ("secret", map([("secretName", s(secret))])),
+        ]),
+        None => map([
+            ("name", s(IDENTITY_VOLUME)),
+            (
+                "csi",
+                map([
+                    ("driver", s(CSI_DRIVER)),
+                    ("readOnly", Value::Bool(true)),
+                    (
+                        "volumeAttributes",
+                        map([(
+                            CSI_FS_GROUP_ATTRIBUTE,
+                            s(&settings.capture.proxy_uid.to_string()),
+                        )]),
+                    ),
+                ]),
+            ),
+        ]),
+    };
+    let mut out = vec![identity];
+    if let Some(cm) = &settings.config_map {
+        out.push(map([
+            ("name", s(CONFIG_VOLUME)),
+            ("configMap", map([("name", s(cm))])),
+        ]));
+    }
+    if let Some(cm) = &settings.policy_config_map {
+        out.push(map([
+            ("name", s(POLICY_VOLUME)),
+            ("configMap", map([("name", s(cm))])),
+        ]));
+    }
+    out.push(map([
+        ("name", s(XTABLES_VOLUME)),
+        ("emptyDir", Value::Mapping(Mapping::new())),
+    ]));
+    out
+}

@@ -1,0 +1,494 @@
+//! Configuration: one YAML file (or the flags of the single-route quick
+//! start) turned into one typed, validated [`Config`]. Reading the file is
+//! kept apart from building the struct, so the builder is unit-testable.
+
+use crate::sidecar::identity::SpiffeId;
+use crate::sidecar::tls::UpstreamProtocol;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default admin listener (metrics, health, config view).
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
+
+/// A configuration error, always pointing at the file and (where the
+/// parser knows it) the line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    At {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+/// The effective configuration of one sidecar.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    pub identity: IdentityConfig,
+    pub inbound: Option<InboundConfig>,
+    pub outbound: Option<OutboundConfig>,
+    pub admin: AdminConfig,
+    pub runtime: RuntimeConfig,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// PEM file: our X509-SVID, leaf first, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM file: the SVID's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// PEM file: the CA certificates of our own trust domain.
+    pub bundle: PathBuf,
+    /// Extra trust domains (federation): trust domain name -> PEM bundle.
+    #[serde(default)]
+    pub federated_bundles: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Where peers connect with mTLS.
+    pub listen: SocketAddr,
+    /// The local application (plain HTTP/1.1), normally on loopback.
+    pub app: SocketAddr,
+    /// The allow matrix (YAML). Without one, every authenticated peer is
+    /// allowed; with one, anything it does not allow is denied.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Where the local app sends plain HTTP/1.1 requests routed by Host.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// HTTP version spoken on the mTLS hop to peers.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Idle pooled connections kept per peer (default: no limit). 0 makes
+    /// every request a new connection and handshake.
+    #[serde(default)]
+    pub max_idle_per_peer: Option<usize>,
+    /// Declared destinations. Anything else is refused.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Transparent capture (iptables REDIRECT to `listen`): destinations
+    /// by original address, each with the SPIFFE ID expected there. The
+    /// connection goes to the original destination over mTLS.
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+    /// What happens to a captured connection whose original destination
+    /// is not declared: `deny` (default: 403, nothing leaves the pod) or
+    /// `passthrough` (forwarded as plain TCP, unauthenticated).
+    #[serde(default)]
+    pub undeclared: Undeclared,
+}
+
+/// A declared destination for transparently captured traffic.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Addresses: `10.96.0.0/12`, `fd00::/8`, or one address.
+    pub cidr: crate::kube::iptables::Cidr,
+    /// Ports (default: any).
+    #[serde(default)]
+    pub ports: Option<Vec<u16>>,
+    /// The SPIFFE ID the server there must prove.
+    pub identity: SpiffeId,
+}
+
+/// The egress rule for undeclared destinations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Undeclared {
+    #[default]
+    Deny,
+    Passthrough,
+}
+
+/// One declared destination: how requests are matched, where they go, and
+/// who must answer there.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Match requests on the outbound listener whose Host (authority) is
+    /// this name; `name` matches any port, `name:port` only that port.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Or: a listener of its own; everything sent to it takes this route.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The peer sidecar's inbound address, `host:port`.
+    pub peer: String,
+    /// The SPIFFE ID the peer must prove.
+    pub identity: SpiffeId,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: DEFAULT_ADMIN_ADDR.parse().expect("static address"),
+        }
+    }
+}
+
+/// Resource limits of every listener (inbound and outbound alike).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// A peer must finish its TLS handshake within this time.
+    pub handshake_timeout_ms: u64,
+    /// Request headers must arrive within this time (slowloris); for
+    /// HTTP/1 this also bounds the wait for the next request on an idle
+    /// keep-alive connection. 0 disables it.
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no bytes moving for this
+    /// long is closed. Never cuts a stream that is still moving data. 0 disables it.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers accepted (HTTP/1); more gets 431.
+    pub max_headers: usize,
+    /// Most connections open at once per listener; the excess is closed.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 15_000,
+            idle_timeout_ms: 300_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            max_streams_per_connection: 100,
+        }
+    }
+}
+
+fn ms(v: u64) -> Option<std::time::Duration> {
+    (v > 0).then(|| std::time::Duration::from_millis(v))
+}
+
+impl LimitsConfig {
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Option<std::time::Duration> {
+        ms(self.header_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        ms(self.idle_timeout_ms)
+    }
+
+    fn validate(&self) -> Result<(), (String, Option<String>)> {
+        let bad =
+            |key: &str, rule: &str| Err((format!("limits.{key} {rule}"), Some(format!("{key}:"))));
+        if self.handshake_timeout_ms == 0 {
+            return bad("handshake_timeout_ms", "must be at least 1");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_header_bytes) {
+            return bad("max_header_bytes", "must be between 1024 and 16777216");
+        }
+        if !(1..=10_000).contains(&self.max_headers) {
+            return bad("max_headers", "must be between 1 and 10000");
+        }
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return bad("max_connections", "must be between 1 and 1000000");
+        }
+        if self.max_streams_per_connection == 0 {
+            return bad("max_streams_per_connection", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What happens on SIGTERM: keep serving for `drain_delay_ms` (readiness
+/// already false, so endpoints are removed), then stop accepting, close
+/// connections gracefully and exit once drained or at `deadline_ms`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub drain_delay_ms: u64,
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        // Fits Kubernetes' default terminationGracePeriodSeconds of 30.
+        ShutdownConfig {
+            drain_delay_ms: 5_000,
+            deadline_ms: 25_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; 1 runs a single-threaded runtime.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// How often the policy, SVID, key and bundle files are re-read, in
+    /// milliseconds (SIGHUP re-reads at once).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: default_workers(),
+            poll_interval_ms: default_poll_interval_ms(),
+        }
+    }
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+
+fn default_workers() -> usize {
+    1
+}
+
+/// The file as written: the same shape as [`Config`], every key optional
+/// where a default exists, unknown keys refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    identity: IdentityConfig,
+    #[serde(default)]
+    inbound: Option<InboundConfig>,
+    #[serde(default)]
+    outbound: Option<OutboundConfig>,
+    #[serde(default)]
+    admin: AdminConfig,
+    #[serde(default)]
+    runtime: RuntimeConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    shutdown: ShutdownConfig,
+}
+
+impl Config {
+    /// Reads and validates a YAML file. Relative paths inside it are taken
+    /// relative to the file's own directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_yaml(&text, &file, base)
+    }
+
+    /// Parses and validates YAML text. `file` names it in errors; `base` is
+    /// the directory relative paths are resolved against.
+    pub fn from_yaml(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: FileConfig = serde_norway::from_str(text).map_err(|e| match e.location() {
+            Some(loc) => {
+                let message = strip_location(&e.to_string());
+                // For a value refused by its own parser (a SPIFFE ID, say)
+                // the parser reports the enclosing mapping; the line of the
+                // quoted value itself is more useful.
+                let line = quoted_value(&message)
+                    .and_then(|v| line_of_from(text, v, loc.line()))
+                    .unwrap_or(loc.line());
+                ConfigError::At {
+                    file: file.into(),
+                    line,
+                    column: loc.column(),
+                    message,
+                }
+            }
+            None => ConfigError::Invalid {
+                file: file.into(),
+                message: e.to_string(),
+            },
+        })?;
+        let mut config = Config {
+            identity: raw.identity,
+            inbound: raw.inbound,
+            outbound: raw.outbound,
+            admin: raw.admin,
+            runtime: raw.runtime,
+            limits: raw.limits,
+            shutdown: raw.shutdown,
+        };
+        config.resolve_paths(base);
+        config.validate().map_err(|(message, needle)| {
+            match needle.and_then(|n| line_of(text, &n)) {
+                Some(line) => ConfigError::At {
+                    file: file.into(),
+                    line,
+                    column: 1,
+                    message,
+                },
+                None => ConfigError::Invalid {
+                    file: file.into(),
+                    message,
+                },
+            }
+        })?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.identity.cert);
+        resolve(&mut self.identity.key);
+        resolve(&mut self.identity.bundle);
+        self.identity
+            .federated_bundles
+            .values_mut()
+            .for_each(resolve);
+    }
+
+    /// Cross-field rules serde cannot express. On failure returns the
+    /// message and a piece of text to locate the offending line.
+    pub fn validate(&self) -> Result<(), (String, Option<String>)> {
+        if !(10..=3_600_000).contains(&self.runtime.poll_interval_ms) {
+            return Err((
+                "runtime.poll_interval_ms must be between 10 and 3600000".into(),
+                Some("poll_interval_ms".into()),
+            ));
+        }
+        self.limits.validate()?;
+        if self.runtime.workers == 0 {
+            return Err((
+                "runtime.workers must be at least 1".into(),
+                Some("workers".into()),
+            ));
+        }
+        for td in self.identity.federated_bundles.keys() {
+            crate::sidecar::identity::validate_trust_domain(td).map_err(|e| {
+                (
+                    format!("federated_bundles: trust domain {td:?}: {e}"),
+                    Some(td.clone()),
+                )
+            })?;
+        }
+        if self.inbound.is_none() && self.outbound.is_none() {
+            return Err((
+                "nothing to do: configure `inbound`, `outbound`, or both".into(),
+                None,
+            ));
+        }
+        let Some(out) = &self.outbound else {
+            return Ok(());
+        };
+        let mut hosts = std::collections::HashSet::new();
+        for (i, route) in out.routes.iter().enumerate() {
+            let at = |m: String| {
+                (
+                    format!("outbound.routes[{i}]: {m}"),
+                    Some(route.peer.clone()),
+                )
+            };
+            match (&route.host, &route.listen) {
+                (Some(_), Some(_)) => {
+                    return Err(at("give either `host` or `listen`, not both".into()))
+                }
+                (None, None) => return Err(at(
+                    "give `host` (matched on outbound.listen) or `listen` (a listener of its own)"
+                        .into(),
+                )),
+                (Some(host), None) => {
+                    if out.listen.is_none() {
+                        return Err(at(format!("route for host {host:?} needs outbound.listen")));
+                    }
+                    if host.is_empty() || host.contains(['/', ' ', '@']) {
+                        return Err(at(format!("host {host:?} is not a host or host:port")));
+                    }
+                    if !hosts.insert(host.to_ascii_lowercase()) {
+                        return Err((
+                            format!("outbound.routes[{i}]: host {host:?} is declared twice"),
+                            Some(host.clone()),
+                        ));
+                    }
+                }
+                (None, Some(_)) => {}
+            }
+            if route.identity.is_root() {
+                return Err(at(format!(
+                    "identity {} names a trust domain, not a workload",
+                    route.identity
+                )));
+            }
+            match route.peer.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => {}
+                _ => return Err(at(format!("peer {:?} must be host:port", route.peer))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// serde_norway appends " at line L column C"; we print the location first.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// The first double-quoted piece of an error message.
+fn quoted_value(msg: &str) -> Option<&str> {
+    let start = msg.find('"')? + 1;
+    let len = msg[start..].find('"')?;
+    Some(&msg[start..start + len]).filter(|v| !v.is_empty())
+}
+
+/// 1-based line of the first occurrence of `needle` at or after line `from`.
+fn line_of_from(text: &str, needle: &str, from: usize) -> Option<usize> {
+    let skip: usize = text
+        .split_inclusive('\n')
+        .take(from.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let pos = text.get(skip..)?.find(needle)? + skip;
+    Some(text[..pos].matches('\n').count() + 1)
+}
+
+/// 1-based line of the last occurrence of `needle` (the last, because a
+/// duplicate is the later one).
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    let pos = text.rfind(needle)?;
+    Some(text[..pos].matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests;

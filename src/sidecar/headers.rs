@@ -1,0 +1,323 @@
+//! Identity header sanitising: the app learns who called it from meshguard
+//! alone, never from the caller.
+//!
+//! Proxies that pass caller-sent identity headers through let any peer claim
+//! to be any other (linkerd2#4647, envoy#6038; nginx, haproxy and stunnel
+//! all forward them unchanged). So, on every inbound request, meshguard
+//! removes every header that claims an identity, a client certificate or a
+//! client address, then sets exactly one value of its own from the verified
+//! mTLS peer ([`PeerHeaders`], built once per connection). Outbound, the app
+//! cannot make meshguard send such headers to a peer on its behalf.
+//!
+//! # Removed as identity claims (both directions)
+//! - `x-meshguard-*`: meshguard's own; only meshguard sets them.
+//! - `x-forwarded-*`: `-for`, `-proto`, `-host`, `-port`, `-prefix`, XFCC
+//!   (`x-forwarded-client-cert`), Traefik's `-tls-client-cert`, and so on.
+//! - `forwarded` (RFC 7239); `x-real-ip`, `x-client-ip`, `true-client-ip`,
+//!   `x-cluster-client-ip`: client address claims that apps use for IP
+//!   allow lists.
+//! - `l5d-*`: Linkerd's `l5d-client-id` and its routing headers.
+//! - `x-envoy-*`: Envoy trusts them from "internal" callers (`x-envoy-internal`,
+//!   `x-envoy-peer-metadata` carrying Istio's peer identity, retry and
+//!   timeout overrides) and strips them from external ones; to meshguard
+//!   every caller is external.
+//! - Client certificates forwarded by TLS terminators: `client-cert` and
+//!   `client-cert-chain` (RFC 9440), `x-ssl-*`, `ssl-client-*`,
+//!   `x-client-cert*`, `x-client-verify`, `x-client-dn`, `x-amzn-mtls-*`
+//!   (AWS ALB), `x-arr-clientcert` (IIS ARR).
+//!
+//! A deployment behind a trusted ingress that must keep, say,
+//! `x-forwarded-for` needs an explicit trusted-hop setting (as Envoy's
+//! `xff_num_trusted_hops`); there is none yet, and the default is to trust
+//! no one. Vendor headers not listed here can be added with `extra`.
+//!
+//! # Removed as hop-by-hop (RFC 9110 §7.6.1)
+//! `connection`, `proxy-connection`, `keep-alive`, `te`, `upgrade`,
+//! `proxy-authorization`, `proxy-authenticate`, and every header a
+//! `Connection` header names. Three exceptions, each deliberate:
+//! - `te: trailers` survives on requests (rewritten to exactly that): gRPC
+//!   requires it end to end, and it is the one TE value HTTP/2 allows.
+//! - `transfer-encoding` is left to hyper, which frames bodies by it;
+//!   removing it here could corrupt a body. `content-length` and `host`
+//!   likewise stay even when `Connection` names them, since a caller must
+//!   not be able to change framing or routing that way.
+//! - `trailer` is not hop-by-hop in RFC 9110 and hyper's HTTP/1 encoder
+//!   sends only the trailer fields it declares, so removing it would
+//!   silently drop trailers (and with them `grpc-status`).
+//!
+//! `upgrade` is removed, so WebSocket and h2c upgrades do not pass yet;
+//! supporting them means handling the upgrade explicitly after
+//! authorisation, not forwarding the header.
+
+use http::header::{CONNECTION, TE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::sidecar::identity::SpiffeId;
+
+/// The header carrying the authenticated caller's SPIFFE ID to the app.
+pub const CLIENT_ID_HEADER: &str = "x-meshguard-client-id";
+/// Envoy's client-certificate header, set in SANITIZE_SET style: replaced,
+/// never appended to (appending lets a caller forge every element but the
+/// last, envoy#41658).
+pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
+
+const CLIENT_ID: HeaderName = HeaderName::from_static(CLIENT_ID_HEADER);
+const XFCC: HeaderName = HeaderName::from_static(XFCC_HEADER);
+
+const IDENTITY_PREFIXES: &[&str] = &[
+    "x-meshguard-",
+    "x-forwarded-",
+    "l5d-",
+    "x-envoy-",
+    "x-ssl-",
+    "ssl-client-",
+    "x-client-cert",
+    "x-amzn-mtls-",
+];
+
+const IDENTITY_NAMES: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "client-cert",
+    "client-cert-chain",
+    "x-client-verify",
+    "x-client-dn",
+    "x-arr-clientcert",
+];
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Headers a `Connection` header may not remove: framing and routing.
+const PROTECTED: &[&str] = &["host", "content-length", "transfer-encoding"];
+
+/// How many distinct header names a strip removed, so the caller can log a
+/// caller that tried to send identity headers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stripped {
+    /// Identity and client-address headers (and `extra` names).
+    pub identity: usize,
+    /// Hop-by-hop headers, including those named by `Connection`.
+    pub hop_by_hop: usize,
+}
+
+impl Stripped {
+    /// True if the sender tried to claim an identity itself.
+    pub fn sent_identity_headers(&self) -> bool {
+        self.identity > 0
+    }
+}
+
+/// Removes every identity and hop-by-hop header from a request arriving
+/// from a peer, plus the `extra` names, before it goes to the app.
+pub fn strip_inbound(headers: &mut HeaderMap, extra: &[HeaderName]) -> Stripped {
+    strip(headers, Strip::REQUEST, extra)
+}
+
+/// Removes every identity and hop-by-hop header from a request the app
+/// sends, before it goes to a peer.
+pub fn strip_outbound(headers: &mut HeaderMap) -> Stripped {
+    strip(headers, Strip::REQUEST, &[])
+}
+
+/// Removes the hop-by-hop headers of a response (where `te` has no place
+/// and goes entirely). Returns how many names were removed.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> usize {
+    strip(headers, Strip::RESPONSE, &[]).hop_by_hop
+}
+
+/// Sets the identity headers for `peer` (replacing any value), as
+/// `PeerHeaders::new(..).apply(..)`; prefer building `PeerHeaders` once per
+/// connection.
+pub fn inject_inbound(
+    headers: &mut HeaderMap,
+    peer: &SpiffeId,
+    own: &SpiffeId,
+    peer_cert_sha256: &[u8; 32],
+) {
+    PeerHeaders::new(peer, own, peer_cert_sha256).apply(headers);
+}
+
+/// The identity headers of one authenticated peer, built once per
+/// connection; applying them per request clones two `HeaderValue`s, which
+/// share their bytes.
+#[derive(Debug, Clone)]
+pub struct PeerHeaders {
+    client_id: HeaderValue,
+    xfcc: HeaderValue,
+}
+
+impl PeerHeaders {
+    /// `peer_cert_sha256` is the SHA-256 of the peer's leaf certificate DER.
+    pub fn new(peer: &SpiffeId, own: &SpiffeId, peer_cert_sha256: &[u8; 32]) -> Self {
+        let mut xfcc = String::with_capacity(
+            "By=;Hash=;URI=".len() + own.as_str().len() + 64 + peer.as_str().len(),
+        );
+        xfcc.push_str("By=");
+        xfcc.push_str(own.as_str());
+        xfcc.push_str(";Hash=");
+        push_hex(&mut xfcc, peer_cert_sha256);
+        xfcc.push_str(";URI=");
+        xfcc.push_str(peer.as_str());
+        PeerHeaders {
+            client_id: spiffe_value(peer.as_str()),
+            xfcc: spiffe_value(&xfcc),
+        }
+    }
+
+    /// Sets both headers, replacing whatever is there. Run after
+    /// `strip_inbound`, so that a `Connection` header cannot name them away.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(CLIENT_ID, self.client_id.clone());
+        headers.insert(XFCC, self.xfcc.clone());
+    }
+
+    pub fn client_id(&self) -> &HeaderValue {
+        &self.client_id
+    }
+
+    pub fn xfcc(&self) -> &HeaderValue {
+        &self.xfcc
+    }
+}
+
+/// A header value made of SPIFFE IDs, hex and ASCII punctuation.
+fn spiffe_value(s: &str) -> HeaderValue {
+    // SpiffeId admits only visible ASCII (letters, digits, ".-_/:"), all
+    // valid in a header value, so this cannot fail for any caller input.
+    HeaderValue::from_str(s).expect("SPIFFE IDs and hex are valid header values")
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xF)]));
+    }
+}
+
+/// Which sets a strip removes.
+#[derive(Clone, Copy)]
+struct Strip {
+    identity: bool,
+    /// Rewrite TE to exactly `trailers` if the sender asked for trailers.
+    keep_te_trailers: bool,
+}
+
+impl Strip {
+    const REQUEST: Strip = Strip {
+        identity: true,
+        keep_te_trailers: true,
+    };
+    const RESPONSE: Strip = Strip {
+        identity: false,
+        keep_te_trailers: false,
+    };
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Identity,
+    HopByHop,
+}
+
+fn classify(name: &str, rules: Strip, extra: &[HeaderName]) -> Option<Class> {
+    if HOP_BY_HOP.contains(&name) {
+        return Some(Class::HopByHop);
+    }
+    let identity = IDENTITY_NAMES.contains(&name)
+        || IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
+        || extra.iter().any(|e| e.as_str() == name);
+    (rules.identity && identity).then_some(Class::Identity)
+}
+
+/// Removes without allocating in the common case: each pass finds one name
+/// to remove and removes all its values, so the work is (headers × names
+/// removed), bounded by hyper's header count limit.
+fn strip(headers: &mut HeaderMap, rules: Strip, extra: &[HeaderName]) -> Stripped {
+    let mut stripped = Stripped::default();
+    let te_trailers = rules.keep_te_trailers && asks_for_trailers(headers);
+
+    // Names listed in `Connection` first, while it is still there.
+    while let Some(name) = next_nominated(headers, rules, extra) {
+        headers.remove(&name);
+        stripped.hop_by_hop += 1;
+    }
+    loop {
+        let found = headers
+            .keys()
+            .find_map(|name| classify(name.as_str(), rules, extra).map(|c| (name.clone(), c)));
+        let Some((name, class)) = found else { break };
+        headers.remove(&name);
+        match class {
+            Class::Identity => stripped.identity += 1,
+            Class::HopByHop => stripped.hop_by_hop += 1,
+        }
+    }
+    if te_trailers {
+        // TE was removed (and counted) above; what stays is not a removal.
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        stripped.hop_by_hop = stripped.hop_by_hop.saturating_sub(1);
+    }
+    stripped
+}
+
+/// Comma-separated list elements of every value of `name`, trimmed of
+/// optional whitespace, empty elements skipped (RFC 9110 §5.6.1).
+fn list_elements(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(|element| element.trim_ascii())
+        .filter(|element| !element.is_empty())
+}
+
+/// True if a TE header lists `trailers` (possibly among codings).
+fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    list_elements(headers, TE).any(|element| {
+        let coding = element.split(|&b| b == b';').next().unwrap_or_default();
+        coding.trim_ascii().eq_ignore_ascii_case(b"trailers")
+    })
+}
+
+/// A header present in the map that a `Connection` header names and that
+/// the fixed rules would not remove anyway. Allocates a name only for a
+/// custom header that is really there to remove; `Connection: close` or
+/// `keep-alive` costs no allocation.
+fn next_nominated(headers: &HeaderMap, rules: Strip, extra: &[HeaderName]) -> Option<HeaderName> {
+    list_elements(headers, CONNECTION).find_map(|token| {
+        let token = std::str::from_utf8(token).ok()?;
+        // Fixed-rule names are skipped, or `Connection: connection, x-a`
+        // would remove `Connection` before `x-a` is seen.
+        let lowercase = !token.bytes().any(|b| b.is_ascii_uppercase());
+        if lowercase && classify(token, rules, extra).is_some() {
+            return None;
+        }
+        if PROTECTED.iter().any(|p| p.eq_ignore_ascii_case(token)) {
+            return None;
+        }
+        // Looking up by &str lowercases on the stack; invalid names are
+        // simply absent.
+        if !headers.contains_key(token) {
+            return None;
+        }
+        let name = HeaderName::from_bytes(token.as_bytes()).ok()?;
+        classify(name.as_str(), rules, extra)
+            .is_none()
+            .then_some(name)
+    })
+}
+
+#[cfg(test)]
+mod tests;

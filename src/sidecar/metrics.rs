@@ -1,0 +1,372 @@
+//! Prometheus metrics: one struct of families, one registry per sidecar
+//! (so several sidecars in one test process never mix), label values kept
+//! bounded: peer identities outside the known set fold into `other`, and
+//! no path or raw address is ever a label.
+
+use crate::sidecar::policy::{self, Policy};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Label value for peers outside the bounded set.
+pub const OTHER_PEER: &str = "other";
+/// How many distinct peer identities get a label of their own beyond the
+/// ones named in config and policy.
+pub const MAX_DYNAMIC_PEERS: usize = 100;
+
+/// Every metric family of one sidecar.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    handshakes: IntCounterVec,
+    authz: IntCounterVec,
+    open_connections: IntGaugeVec,
+    connections: IntCounterVec,
+    bytes: IntCounterVec,
+    cert_expiry: GaugeVec,
+    reloads: IntCounterVec,
+    peers: Mutex<PeerLabels>,
+}
+
+struct PeerLabels {
+    known: HashSet<String>,
+    dynamic: HashSet<String>,
+}
+
+/// Status class label of an HTTP status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<T>,
+) -> T {
+    // Names and labels are static and unique, so these cannot fail at runtime.
+    let metric = metric.expect("static metric definition is valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    /// `known_peers` are identities named in config or policy: they always
+    /// get their own label value.
+    pub fn new(known_peers: impl IntoIterator<Item = String>) -> Metrics {
+        let r = Registry::new();
+        let requests = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "meshguard_requests_total",
+                    "HTTP requests that crossed (or were refused at) the boundary",
+                ),
+                &["direction", "peer", "decision", "status_class"],
+            ),
+        );
+        let request_duration = registered(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "meshguard_request_duration_seconds",
+                    "Time from request received to response headers sent",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+                &["direction", "decision"],
+            ),
+        );
+        let handshakes = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "meshguard_tls_handshakes_total",
+                    "mTLS handshakes by result and failure reason",
+                ),
+                &["direction", "result", "reason"],
+            ),
+        );
+        let authz = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "meshguard_authz_decisions_total",
+                    "Authorization decisions by deciding policy rule",
+                ),
+                &["decision", "rule"],
+            ),
+        );
+        let open_connections = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("meshguard_open_connections", "Connections currently open"),
+                &["direction"],
+            ),
+        );
+        let connections = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "meshguard_connections_total",
+                    "Connections accepted or opened",
+                ),
+                &["direction"],
+            ),
+        );
+        let bytes = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "meshguard_bytes_total",
+                    "Bytes on the wire, by direction and flow (rx = read, tx = written)",
+                ),
+                &["direction", "flow"],
+            ),
+        );
+        let cert_expiry = registered(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "meshguard_certificate_expiry_timestamp_seconds",
+                    "notAfter of our SVID and of each trust bundle root, Unix seconds",
+                ),
+                &["kind", "trust_domain", "subject"],
+            ),
+        );
+        let reloads = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "meshguard_reloads_total",
+                    "Reloads of configuration, policy and credentials by result",
+                ),
+                &["kind", "result"],
+            ),
+        );
+        let build = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("meshguard_build_info", "Build information (always 1)"),
+                &["version", "crypto"],
+            ),
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "aws-lc-rs"])
+            .set(1);
+        Metrics {
+            registry: r,
+            requests,
+            request_duration,
+            handshakes,
+            authz,
+            open_connections,
+            connections,
+            bytes,
+            cert_expiry,
+            reloads,
+            peers: Mutex::new(PeerLabels {
+                known: known_peers.into_iter().collect(),
+                dynamic: HashSet::new(),
+            }),
+        }
+    }
+
+    /// The bounded label value for a peer identity. Called once per
+    /// connection, not per request.
+    pub fn peer_label(&self, id: &str) -> String {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.known.contains(id) || peers.dynamic.contains(id) {
+            return id.to_owned();
+        }
+        if peers.dynamic.len() < MAX_DYNAMIC_PEERS {
+            peers.dynamic.insert(id.to_owned());
+            return id.to_owned();
+        }
+        OTHER_PEER.to_owned()
+    }
+
+    /// Counters of one connection's requests, resolved lazily and cached so
+    /// the per-request path does no label hashing.
+    pub fn request_counters(&self, direction: &'static str, peer: String) -> RequestCounters {
+        RequestCounters {
+            direction,
+            peer,
+            cells: Default::default(),
+            duration: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    pub fn record_request(
+        &self,
+        counters: &RequestCounters,
+        decision: Decision,
+        status: u16,
+        seconds: f64,
+    ) {
+        let class = status_class(status);
+        let slot = decision as usize * 5 + (status / 100).clamp(1, 5) as usize - 1;
+        counters.cells[slot]
+            .get_or_init(|| {
+                self.requests.with_label_values(&[
+                    counters.direction,
+                    &counters.peer,
+                    decision.as_str(),
+                    class,
+                ])
+            })
+            .inc();
+        counters.duration[decision as usize]
+            .get_or_init(|| {
+                self.request_duration
+                    .with_label_values(&[counters.direction, decision.as_str()])
+            })
+            .observe(seconds);
+    }
+
+    pub fn handshake(&self, direction: &str, ok: bool, reason: &str) {
+        let result = if ok { "accepted" } else { "refused" };
+        self.handshakes
+            .with_label_values(&[direction, result, if ok { "" } else { reason }])
+            .inc();
+    }
+
+    /// Counts one authorization decision of `counters`' policy.
+    pub fn authz_decision(&self, counters: &PolicyCounters, decision: &policy::Decision<'_>) {
+        let column = match decision {
+            policy::Decision::Allow { .. } => 0,
+            policy::Decision::Deny { .. } => 1,
+            policy::Decision::AuditWouldDeny { .. } => 2,
+        };
+        let cell = match decision.rule() {
+            Some(rule) => &counters.rules[rule.position()][column],
+            None => &counters.default_deny[column],
+        };
+        cell.get_or_init(|| {
+            let rule = decision.rule_name().unwrap_or("default-deny");
+            self.authz.with_label_values(&[decision.label(), rule])
+        })
+        .inc();
+    }
+
+    /// Counts a connection as open until the guard is dropped.
+    pub fn connection(&self, direction: &'static str) -> ConnectionGuard {
+        self.connections.with_label_values(&[direction]).inc();
+        let gauge = self.open_connections.with_label_values(&[direction]);
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+
+    /// Byte counters for one direction: (rx, tx).
+    pub fn byte_counters(&self, direction: &str) -> (IntCounter, IntCounter) {
+        (
+            self.bytes.with_label_values(&[direction, "rx"]),
+            self.bytes.with_label_values(&[direction, "tx"]),
+        )
+    }
+
+    pub fn set_cert_expiry(&self, kind: &str, trust_domain: &str, subject: &str, not_after: i64) {
+        self.cert_expiry
+            .with_label_values(&[kind, trust_domain, subject])
+            .set(not_after as f64);
+    }
+
+    /// Forgets every certificate expiry series (before re-publishing after a reload).
+    pub fn clear_cert_expiry(&self) {
+        self.cert_expiry.reset();
+    }
+
+    pub fn reload(&self, kind: &str, ok: bool) {
+        self.reloads
+            .with_label_values(&[kind, if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The decision a request met at the boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow = 0,
+    Deny = 1,
+    /// Would have been denied, passed because the policy is in audit mode.
+    AuditDeny = 2,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::AuditDeny => "audit_would_deny",
+        }
+    }
+}
+
+/// Per-connection cache of labelled request counters.
+pub struct RequestCounters {
+    direction: &'static str,
+    peer: String,
+    cells: [OnceLock<IntCounter>; 15],
+    duration: [OnceLock<prometheus::Histogram>; 3],
+}
+
+/// Decrements the open-connections gauge when the connection ends.
+pub struct ConnectionGuard {
+    gauge: IntGauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The authorization counters of one policy, looked up in the metric
+/// family the first time a rule decides and then held, so that counting a
+/// decision is one atomic add (no label hashing or lock per request). A
+/// rule that never decides gets no series. Built again when the policy is
+/// replaced.
+pub struct PolicyCounters {
+    policy: Arc<Policy>,
+    /// Per rule, in file order: allow, deny, audit-mode would-deny.
+    rules: Box<[[OnceLock<IntCounter>; 3]]>,
+    default_deny: [OnceLock<IntCounter>; 3],
+}
+
+impl PolicyCounters {
+    pub fn new(policy: Arc<Policy>) -> PolicyCounters {
+        let rules = policy.rules().iter().map(|_| Default::default()).collect();
+        PolicyCounters {
+            policy,
+            rules,
+            default_deny: Default::default(),
+        }
+    }
+
+    /// Whether these are the counters of `policy` (the one in force).
+    pub fn belong_to(&self, policy: &Arc<Policy>) -> bool {
+        Arc::ptr_eq(&self.policy, policy)
+    }
+}

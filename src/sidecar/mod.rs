@@ -1,0 +1,16 @@
+//! The sidecar runtime: everything that runs beside a workload. Nothing here
+//! depends on the Kubernetes or developer tooling.
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod config;
+pub mod headers;
+pub mod identity;
+pub mod logbuf;
+pub mod metrics;
+pub mod pathnorm;
+pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod tls;

@@ -1,0 +1,309 @@
+//! What every listener and connection of the data path shares: the accept
+//! loop with its connection limit, the HTTP server settings that carry the
+//! limits (header size and count, header read timeout, streams), and the
+//! reasons meshguard closes a connection itself: drain on shutdown, idle
+//! timeout, or a peer whose proof has lapsed. Closing is always graceful:
+//! requests in flight finish, HTTP/1 gets `Connection: close`, HTTP/2 GOAWAY.
+
+use crate::sidecar::config::LimitsConfig;
+use crate::sidecar::tls::{LiveConn, Revocation};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+/// Connection activity, for the idle timeout: bytes moved and requests in flight.
+#[derive(Default)]
+pub struct Activity {
+    bytes: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub fn moved(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why meshguard itself is closing a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Drain,
+    Idle,
+    Revoked(Revocation),
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Drain => "draining",
+            CloseReason::Idle => "idle_timeout",
+            CloseReason::Revoked(r) => r.as_str(),
+        }
+    }
+}
+
+/// Everything that may end one connection from our side.
+pub struct Control {
+    pub drain: watch::Receiver<bool>,
+    pub idle_timeout: Option<Duration>,
+    pub activity: Arc<Activity>,
+    pub revoked: Option<Arc<LiveConn>>,
+    /// HTTP/2: a drain sends GOAWAY at once instead of waiting for a quiet
+    /// moment, which a multiplexed connection under load never has.
+    pub multiplexed: bool,
+}
+
+impl Control {
+    /// Completes when the connection should be closed gracefully.
+    pub async fn close_reason(&mut self) -> CloseReason {
+        let drain_activity = self.activity.clone();
+        let multiplexed = self.multiplexed;
+        let drain = async {
+            drained(&mut self.drain).await;
+            // HTTP/1 clients were told `Connection: close` during the drain
+            // delay; a connection still open now may have a request on its
+            // way (one just accepted, or a client that ignored the hint).
+            // Close only once it is quiet, so no request that reached us is
+            // dropped. HTTP/2's GOAWAY is safe at any time: streams already
+            // sent finish, and the client opens new ones elsewhere.
+            if !multiplexed {
+                wait_quiet(&drain_activity, DRAIN_QUIET).await;
+            }
+            CloseReason::Drain
+        };
+        let revoked = async {
+            match &self.revoked {
+                Some(live) => CloseReason::Revoked(live.revoked().await),
+                None => std::future::pending().await,
+            }
+        };
+        let activity = self.activity.clone();
+        let idle_timeout = self.idle_timeout;
+        let idle = async move {
+            let Some(timeout) = idle_timeout else {
+                return std::future::pending().await;
+            };
+            wait_quiet(&activity, timeout).await;
+            CloseReason::Idle
+        };
+        tokio::select! {
+            r = drain => r,
+            r = revoked => r,
+            r = idle => r,
+        }
+    }
+}
+
+/// How long a connection must be quiet before a drain closes it.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(300);
+
+/// Completes once no request has been in flight and no byte has moved for `quiet`.
+async fn wait_quiet(activity: &Activity, quiet: Duration) {
+    let step = (quiet / 4).max(Duration::from_millis(10));
+    let (mut last_bytes, mut quiet_for) = (activity.bytes.load(Ordering::Relaxed), Duration::ZERO);
+    loop {
+        tokio::time::sleep(step).await;
+        let bytes = activity.bytes.load(Ordering::Relaxed);
+        if bytes != last_bytes || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            (last_bytes, quiet_for) = (bytes, Duration::ZERO);
+        } else {
+            quiet_for += step;
+            if quiet_for >= quiet {
+                return;
+            }
+        }
+    }
+}
+
+/// Completes once a drain has started (or the app is gone, which means the same).
+pub async fn drained(drain: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it before returning.
+    let started = drain.wait_for(|d| *d).await.is_ok();
+    let _ = started;
+}
+
+/// The reasons to close one connection, watched on a task of their own:
+/// the connection's task is woken for every read and write, and polling the
+/// drain, revocation and idle futures at each of those wakeups cost more
+/// than the request's policy check. The connection polls only this handle.
+/// Dropping it (the connection ended first) stops the watch.
+pub struct CloseWatch(tokio::task::JoinHandle<CloseReason>);
+
+impl CloseWatch {
+    pub fn spawn(mut control: Control) -> CloseWatch {
+        CloseWatch(tokio::spawn(async move { control.close_reason().await }))
+    }
+
+    /// Completes with the reason once the connection should close.
+    pub async fn reason(&mut self) -> CloseReason {
+        match (&mut self.0).await {
+            Ok(reason) => reason,
+            // Only if the runtime is shutting down: nothing left to watch.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for CloseWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves one hyper connection until it ends or `control` asks for it to
+/// close, then closes it gracefully and waits for in-flight work.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! serve_controlled {
+    ($conn:expr, $control:expr, $direction:expr, $peer:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        let mut watch = $crate::sidecar::proxy::serve::CloseWatch::spawn($control);
+        tokio::select! {
+            biased;
+            result = conn.as_mut() => result,
+            reason = watch.reason() => {
+                tracing::info!(target: $crate::sidecar::audit::TARGET, event = "connection_closed", direction = $direction, peer_addr = %$peer, reason = reason.as_str(), "closing connection gracefully");
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
+/// HTTP/1 server settings from the limits.
+pub fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout())
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 64 * 1024);
+    // hyper parses up to 100 headers on the stack; asking for another count
+    // moves the parse to the heap, so only do it when configured.
+    if limits.max_headers != 100 {
+        b.max_headers(limits.max_headers);
+    }
+    b
+}
+
+/// HTTP/2 server settings from the limits.
+pub fn http2_builder(limits: &LimitsConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+    b
+}
+
+/// Counts open connections of a sidecar, to know when a drain is done,
+/// and says when a drain has begun.
+#[derive(Clone, Default)]
+pub struct ConnectionTracker {
+    active: Arc<AtomicUsize>,
+    closing: Arc<AtomicBool>,
+}
+
+impl ConnectionTracker {
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// From now on HTTP/1 responses carry `Connection: close`, so clients
+    /// move off their keep-alive connections while we still serve, instead
+    /// of racing a request against the close at the end of the drain.
+    pub fn start_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    fn track(&self, permit: OwnedSemaphorePermit) -> Tracked {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Tracked {
+            tracker: self.clone(),
+            _permit: permit,
+        }
+    }
+}
+
+/// Held by a connection task for as long as the connection lives.
+pub struct Tracked {
+    tracker: ConnectionTracker,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Tracked {
+    /// The flag [`ConnectionTracker::start_closing`] sets, for request handlers.
+    pub fn closing_flag(&self) -> Arc<AtomicBool> {
+        self.tracker.closing.clone()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.tracker.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Adds `Connection: close` to an HTTP/1 response once a drain has begun.
+pub fn close_if_draining<B>(closing: &AtomicBool, http1: bool, resp: &mut http::Response<B>) {
+    if http1 && closing.load(Ordering::Relaxed) {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+}
+
+/// Accepts connections until a drain starts, at most `max_connections` at
+/// once (the excess is closed at once, with a log line: queueing them would
+/// only hide the overload), and hands each to `handle` on its own task.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    direction: &'static str,
+    max_connections: usize,
+    mut drain: watch::Receiver<bool>,
+    tracker: ConnectionTracker,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Tracked) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max_connections));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, addr)) => match (permits.clone().try_acquire_owned(), super::transparent::canonical(addr)) {
+                    (Ok(permit), addr) => {
+                        tokio::spawn(handle(tcp, addr, tracker.track(permit)));
+                    }
+                    (Err(_), addr) => {
+                        tracing::warn!(target: crate::sidecar::audit::TARGET, event = "connection_refused", direction, peer_addr = %addr, reason = "connection_limit", limit = max_connections, "connection refused: listener at its connection limit");
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(direction, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = drained(&mut drain) => return,
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Transparent outbound: connections the pod's iptables rules redirected
+//! to the outbound listener. The original destination (`SO_ORIGINAL_DST`)
+//! decides: a declared destination is reached over mTLS, requiring the
+//! SPIFFE ID declared for it; an undeclared one is refused (egress
+//! allowlist) unless `passthrough` was chosen explicitly.
+
+use super::outbound::Route;
+use crate::sidecar::config::{DestinationConfig, RouteConfig, Undeclared};
+use crate::sidecar::identity::SpiffeId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
+
+/// Where a captured connection goes.
+#[derive(Clone)]
+pub enum Target {
+    /// Not captured (the app dialled the listener itself): route by Host.
+    ByHost,
+    /// A declared route.
+    Route(Arc<Route>),
+    /// Captured, destination not declared, policy `deny`.
+    Undeclared(SocketAddr),
+    /// Captured, destination not declared, policy `passthrough`.
+    Passthrough(SocketAddr),
+}
+
+/// The destination table and a route (with its pool) per destination met.
+pub struct Destinations {
+    rules: Vec<DestinationConfig>,
+    undeclared: Undeclared,
+    routes: Mutex<HashMap<SocketAddr, Arc<Route>>>,
+}
+
+impl Destinations {
+    pub fn new(rules: Vec<DestinationConfig>, undeclared: Undeclared) -> Destinations {
+        Destinations {
+            rules,
+            undeclared,
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The identity declared for `dst` (first matching rule).
+    pub fn identity_for(&self, dst: SocketAddr) -> Option<&SpiffeId> {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.cidr.contains(dst.ip())
+                    && r.ports.as_ref().is_none_or(|p| p.contains(&dst.port()))
+            })
+            .map(|r| &r.identity)
+    }
+
+    /// What to do with a connection whose original destination is `dst`.
+    /// `make_route` builds the pooled mTLS route the first time a declared
+    /// destination is met.
+    pub fn target(
+        &self,
+        dst: SocketAddr,
+        make_route: impl FnOnce(&RouteConfig) -> Option<Arc<Route>>,
+    ) -> Target {
+        let Some(identity) = self.identity_for(dst) else {
+            return match self.undeclared {
+                Undeclared::Deny => Target::Undeclared(dst),
+                Undeclared::Passthrough => Target::Passthrough(dst),
+            };
+        };
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(route) = routes.get(&dst) {
+            return Target::Route(route.clone());
+        }
+        let cfg = RouteConfig {
+            host: None,
+            listen: None,
+            peer: dst.to_string(),
+            identity: identity.clone(),
+        };
+        match make_route(&cfg) {
+            Some(route) => {
+                routes.insert(dst, route.clone());
+                Target::Route(route)
+            }
+            None => Target::Undeclared(dst),
+        }
+    }
+}
+
+/// The destination the app originally dialled, if iptables redirected this
+/// connection to us; `None` when it dialled the listener itself.
+///
+/// A listener on `[::]` (one socket for both families, as the capture rules
+/// need: IPv4 is redirected to 127.0.0.1, IPv6 to ::1) accepts IPv4 as
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`). Such a connection is tracked by the
+/// IPv4 conntrack, so its original destination is asked with the IPv4
+/// option (the IPv6 one fails for it) and returned as plain IPv4, so the
+/// IPv4 CIDRs of `destinations` match it.
+pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
+    let local = canonical(tcp.local_addr().ok()?);
+    let sock = socket2::SockRef::from(tcp);
+    let original = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    }
+    .ok()?
+    .as_socket()?;
+    let original = canonical(original);
+    // Without a redirect the kernel reports the listener's own address.
+    (original != local).then_some(original)
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is; others unchanged.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Copies bytes both ways to `dst`, unauthenticated (only when the
+/// operator chose `undeclared: passthrough`).
+pub async fn passthrough(mut app: TcpStream, dst: SocketAddr) {
+    match TcpStream::connect(dst).await {
+        Ok(mut upstream) => {
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut app, &mut upstream).await;
+        }
+        Err(e) => {
+            tracing::warn!(direction = "outbound", destination = %dst, error = %e, "passthrough connect failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(cidr: &str, ports: Option<Vec<u16>>, id: &str) -> DestinationConfig {
+        DestinationConfig {
+            cidr: cidr.parse().unwrap(),
+            ports,
+            identity: id.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn destinations_match_by_cidr_and_port_first_rule_wins() {
+        let d = Destinations::new(
+            vec![
+                rule("10.96.0.10/32", Some(vec![80]), "spiffe://td/ns/a/sa/web"),
+                rule("10.96.0.0/12", None, "spiffe://td/ns/a/sa/any"),
+                rule("fd00::/8", Some(vec![443]), "spiffe://td/ns/b/sa/v6"),
+            ],
+            Undeclared::Deny,
+        );
+        let id = |a: &str| d.identity_for(a.parse().unwrap()).map(|i| i.to_string());
+        assert_eq!(
+            id("10.96.0.10:80").as_deref(),
+            Some("spiffe://td/ns/a/sa/web")
+        );
+        assert_eq!(
+            id("10.96.0.10:81").as_deref(),
+            Some("spiffe://td/ns/a/sa/any")
+        );
+        assert_eq!(
+            id("10.111.255.255:1").as_deref(),
+            Some("spiffe://td/ns/a/sa/any")
+        );
+        assert_eq!(id("10.112.0.0:80"), None, "outside the /12");
+        assert_eq!(
+            id("[fd00::1]:443").as_deref(),
+            Some("spiffe://td/ns/b/sa/v6")
+        );
+        assert_eq!(id("[fd00::1]:80"), None);
+        assert_eq!(id("[::ffff:10.96.0.10]:80"), None, "no cross-family match");
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_taken_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.96.0.10]:80".parse().unwrap();
+        let v4: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v4), v4);
+        let v6: SocketAddr = "[fd00::1]:443".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+        // So a connection accepted on `[::]` matches an IPv4 rule.
+        let d = Destinations::new(
+            vec![rule("10.96.0.0/12", None, "spiffe://td/ns/a/sa/any")],
+            Undeclared::Deny,
+        );
+        assert!(d.identity_for(canonical(mapped)).is_some());
+    }
+
+    #[test]
+    fn undeclared_destinations_follow_the_chosen_rule() {
+        let dst: SocketAddr = "192.0.2.1:5432".parse().unwrap();
+        let deny = Destinations::new(Vec::new(), Undeclared::Deny);
+        assert!(matches!(deny.target(dst, |_| None), Target::Undeclared(d) if d == dst));
+        let pass = Destinations::new(Vec::new(), Undeclared::Passthrough);
+        assert!(matches!(pass.target(dst, |_| None), Target::Passthrough(d) if d == dst));
+    }
+}

@@ -1,0 +1,332 @@
+//! rustls verifiers for the mTLS hop. Both run the X509-SVID leaf rules,
+//! then RFC 5280 chain validation with webpki against the bundle of the
+//! peer's *own* trust domain, and delegate handshake signatures to rustls'
+//! real implementation. The outbound verifier also requires the exact
+//! SPIFFE ID expected for the destination.
+
+use super::bundle::TrustBundles;
+use super::creds::CredentialStore;
+use crate::sidecar::identity::{check_svid_leaf, Role, SpiffeId, SvidError};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::sync::Arc;
+
+/// Longest chain of intermediates we follow. SPIRE and cert-manager issue
+/// from at most a couple of intermediates; a longer chain is suspicious.
+pub const MAX_INTERMEDIATES: usize = 4;
+
+/// Why a peer's certificate was refused. Carried inside the rustls error so
+/// that the accept/connect path can log and count the precise reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    NotSvid(SvidError),
+    #[error("invalid certificate: {0}")]
+    InvalidCert(String),
+    #[error("expired: {0}")]
+    Expired(SvidError),
+    #[error("not yet valid: {0}")]
+    NotYetValid(SvidError),
+    #[error("unknown trust domain {0:?} (no bundle)")]
+    UnknownTrustDomain(String),
+    #[error("unknown CA: chain does not lead to a root of trust domain {0:?}")]
+    UnknownCa(String),
+    #[error("chain too long: {0} intermediates (at most {MAX_INTERMEDIATES})")]
+    ChainTooLong(usize),
+    #[error("invalid chain: {0}")]
+    InvalidChain(String),
+    #[error("wrong identity: expected {expected}, peer is {actual}")]
+    WrongIdentity {
+        expected: SpiffeId,
+        actual: SpiffeId,
+    },
+}
+
+impl VerifyError {
+    /// A short, bounded label for metrics.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            VerifyError::NotSvid(_) => "not_svid",
+            VerifyError::InvalidCert(_) => "invalid_cert",
+            VerifyError::Expired(_) => "expired",
+            VerifyError::NotYetValid(_) => "not_yet_valid",
+            VerifyError::UnknownTrustDomain(_) => "unknown_trust_domain",
+            VerifyError::UnknownCa(_) => "unknown_ca",
+            VerifyError::ChainTooLong(_) => "chain_too_long",
+            VerifyError::InvalidChain(_) => "invalid_chain",
+            VerifyError::WrongIdentity { .. } => "wrong_identity",
+        }
+    }
+
+    /// Finds our reason inside an error returned by a TLS accept/connect.
+    pub fn from_io(err: &std::io::Error) -> Option<&VerifyError> {
+        let rustls_err = err.get_ref()?.downcast_ref::<rustls::Error>()?;
+        match rustls_err {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+                inner.downcast_ref::<VerifyError>()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A bounded label and a readable detail for any failed handshake.
+pub fn handshake_failure(err: &std::io::Error) -> (&'static str, String) {
+    if let Some(reason) = VerifyError::from_io(err) {
+        return (reason.reason_label(), reason.to_string());
+    }
+    let label = match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_cert",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(rustls::Error::InvalidMessage(_)) => "not_tls",
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(_) => "tls_error",
+        None if err.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
+        None => "io_error",
+    };
+    (label, err.to_string())
+}
+
+impl From<VerifyError> for rustls::Error {
+    fn from(e: VerifyError) -> Self {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+    }
+}
+
+/// Verifies a peer's chain as an X509-SVID for `role`: the leaf rules, then
+/// RFC 5280 path validation against the bundle of the leaf's own trust
+/// domain. Used inside handshakes and again when bundles change, to
+/// re-check connections that are already open.
+pub fn verify_peer(
+    bundles: &TrustBundles,
+    algorithms: &WebPkiSupportedAlgorithms,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    role: Role,
+) -> Result<SpiffeId, VerifyError> {
+    let now_secs = now.as_secs() as i64;
+    let id = check_svid_leaf(end_entity, role, now_secs).map_err(|e| match e {
+        SvidError::Expired { .. } => VerifyError::Expired(e),
+        SvidError::NotYetValid { .. } => VerifyError::NotYetValid(e),
+        other => VerifyError::NotSvid(other),
+    })?;
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(VerifyError::ChainTooLong(intermediates.len()));
+    }
+    let td = id.trust_domain();
+    let bundle = bundles
+        .get(td)
+        .ok_or_else(|| VerifyError::UnknownTrustDomain(td.to_owned()))?;
+    let cert = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(|e| VerifyError::InvalidCert(format!("{e:?}")))?;
+    let usage = match role {
+        Role::Client => webpki::KeyUsage::client_auth(),
+        Role::Server => webpki::KeyUsage::server_auth(),
+    };
+    cert.verify_for_usage(
+        algorithms.all,
+        &bundle.anchors,
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(|e| match e {
+        // A same-named but different CA shows up as a bad signature.
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            VerifyError::UnknownCa(td.to_owned())
+        }
+        other => VerifyError::InvalidChain(format!("{other:?}")),
+    })?;
+    // webpki does not look at an issuer's keyUsage; RFC 5280 6.1.4 (n) and
+    // the X509-SVID standard require keyCertSign on every signing cert.
+    for (index, intermediate) in intermediates.iter().enumerate() {
+        check_signing_cert(intermediate).map_err(|reason| {
+            VerifyError::InvalidChain(format!("intermediate #{index}: {reason}"))
+        })?;
+    }
+    Ok(id)
+}
+
+/// A certificate that signs others must be a CA and, when it has a
+/// keyUsage extension, allow keyCertSign.
+fn check_signing_cert(der: &[u8]) -> Result<(), &'static str> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|_| "not a valid certificate")?;
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        Ok(_) => return Err("not a CA certificate"),
+        Err(_) => return Err("invalid basicConstraints"),
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => Err("keyUsage lacks keyCertSign"),
+        Ok(_) => Ok(()),
+        Err(_) => Err("invalid keyUsage"),
+    }
+}
+
+/// The checks shared by both directions.
+#[derive(Debug)]
+struct SvidChecker {
+    store: Arc<CredentialStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl SvidChecker {
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: Role,
+    ) -> Result<SpiffeId, VerifyError> {
+        verify_peer(
+            &self.store.bundles(),
+            &self.algorithms,
+            end_entity,
+            intermediates,
+            now,
+            role,
+        )
+    }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
+/// Handshake signatures are checked by rustls' own implementation, with
+/// the algorithms of our one crypto provider; only certificates are ours.
+macro_rules! delegate_handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.checker.tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.checker.tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.checker.algorithms.supported_schemes()
+        }
+    };
+}
+
+/// Verifies callers at the inbound listener.
+#[derive(Debug)]
+pub struct InboundVerifier {
+    checker: SvidChecker,
+}
+
+impl InboundVerifier {
+    pub fn new(store: Arc<CredentialStore>, provider: &CryptoProvider) -> Self {
+        InboundVerifier {
+            checker: SvidChecker {
+                store,
+                algorithms: provider.signature_verification_algorithms,
+            },
+        }
+    }
+}
+
+impl ClientCertVerifier for InboundVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: a sidecar has exactly one SVID to offer anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.checker
+            .verify(end_entity, intermediates, now, Role::Client)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    delegate_handshake_signatures!();
+}
+
+/// Verifies the peer sidecar we connect to for one outbound destination.
+#[derive(Debug)]
+pub struct OutboundVerifier {
+    checker: SvidChecker,
+    expected: SpiffeId,
+}
+
+impl OutboundVerifier {
+    pub fn new(store: Arc<CredentialStore>, expected: SpiffeId, provider: &CryptoProvider) -> Self {
+        OutboundVerifier {
+            checker: SvidChecker {
+                store,
+                algorithms: provider.signature_verification_algorithms,
+            },
+            expected,
+        }
+    }
+}
+
+impl ServerCertVerifier for OutboundVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let actual = self
+            .checker
+            .verify(end_entity, intermediates, now, Role::Server)?;
+        if actual != self.expected {
+            return Err(VerifyError::WrongIdentity {
+                expected: self.expected.clone(),
+                actual,
+            }
+            .into());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    delegate_handshake_signatures!();
+}

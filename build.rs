@@ -1,9 +1,19 @@
-//! Release builds on x86_64 Linux (linked by lld, Rust's default there) place
-//! the functions a running sidecar uses next to each other, from the list
-//! benches/layout/collect.sh makes: the kernel maps a binary's pages in
-//! 64 KiB windows around each page touched, so scattered hot code made most
-//! of the 9 MiB text resident. Measured: 6.7 → 4.0 MiB of binary pages per
-//! proxy under load. Names missing from the binary are skipped silently.
+//! Release builds on x86_64 Linux place the functions a running sidecar uses
+//! next to each other, from the list benches/layout/collect.sh makes: the
+//! kernel maps a binary's pages in 64 KiB windows around each page touched,
+//! so scattered hot code made most of the 9 MiB text resident. Measured:
+//! 6.7 → 4.0 MiB of binary pages per proxy under load. Names missing from
+//! the binary are skipped silently.
+//!
+//! `--symbol-ordering-file` is an lld option: GNU ld refuses it. Rust links
+//! x86_64-unknown-linux-gnu with its bundled lld from 1.90 on; with an older
+//! compiler, or a linker of the user's own choosing, the layout is skipped
+//! (the binary is the same, only less compact in memory).
+
+use std::process::Command;
+
+/// The first Rust release that links x86_64 Linux with lld by default.
+const LLD_DEFAULT_SINCE: (u32, u32) = (1, 90);
 
 fn main() {
     let list = "benches/layout/hot-symbols.txt";
@@ -13,11 +23,51 @@ fn main() {
     let target = std::env::var("TARGET").unwrap_or_default();
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
     let path = std::path::Path::new(&manifest).join(list);
-    if release && target == "x86_64-unknown-linux-gnu" && path.exists() {
-        println!(
-            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            path.display()
-        );
-        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    if !(release && target == "x86_64-unknown-linux-gnu" && path.exists()) {
+        return;
     }
+    if !links_with_lld() {
+        println!("cargo:warning=hot-code layout skipped: the linker is not Rust's lld (Rust < 1.90 or a custom linker)");
+        return;
+    }
+    println!(
+        "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+        path.display()
+    );
+    println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+}
+
+/// Whether the binary will be linked by lld: a compiler that defaults to it
+/// and no linker chosen in the environment.
+fn links_with_lld() -> bool {
+    for var in [
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
+        "RUSTC_LINKER",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+        if std::env::var_os(var).is_some() {
+            return false;
+        }
+    }
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if flags.contains("linker") || flags.contains("fuse-ld") {
+        return flags.contains("fuse-ld=lld") || flags.contains("linker-flavor=gnu-lld");
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default();
+    // "rustc 1.95.0 (59807616e 2026-04-14)"
+    let mut numbers = version
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= LLD_DEFAULT_SINCE
 }

@@ -4,15 +4,11 @@
 # running so you can curl it. Usage: bash deploy/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! dpkg -s gcc >/dev/null 2>&1 || ! dpkg -s curl >/dev/null 2>&1; then
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc curl ca-certificates
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: install the Rust toolchain (rustup) first" >&2
-    exit 1
-fi
+. tests/prereqs.sh
+install_packages gcc curl ca-certificates
+require_cargo
 # A debug build: the release profile uses fat LTO (about ten minutes on two
-# cores), which the demo does not need.
+# cores), which the demo does not need. The first build compiles every
+# dependency: about two minutes on two cores; later runs start at once.
+[ -x target/debug/meshguard ] || echo "building meshguard (first build: about 2 minutes)..." >&2
 exec cargo run --locked -- demo "$@"

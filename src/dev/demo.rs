@@ -1,67 +1,35 @@
-//! The first-run experience: a built-in echo app, and `meshguard demo`,
-//! which runs two workloads, each with its sidecar, talking mTLS on loopback.
+//! `meshguard demo`, the first-run experience: two workloads, each with
+//! its sidecar and an echo app, talking mTLS on loopback.
 
-use crate::dev::certs::{write_dev_certs, DevCertsOptions};
-use crate::sidecar::config::{
-    AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig,
-};
+use crate::dev::certs::{write_dev_certs, CertsError, DevCertsOptions};
+use crate::dev::echo::echo_app;
+use crate::sidecar::app::AppError;
+use crate::sidecar::config::{QuickInbound, QuickOutbound, QuickStart, RouteConfig};
 use crate::sidecar::identity::SpiffeId;
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
-use std::fmt::Write as _;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::path::Path;
 use tokio::net::TcpListener;
 
-/// A tiny HTTP/1.1 app that answers every request with what it received:
-/// method, target and headers (so a user can see exactly which identity
-/// headers reached the app), then the request body.
-pub async fn echo_app(listener: TcpListener, name: String) {
-    let name: std::sync::Arc<str> = name.into();
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let name = name.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let name = name.clone();
-                async move { Ok::<_, Infallible>(echo(req, &name).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
-}
-
-async fn echo(req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
-    let mut out = String::new();
-    let _ = writeln!(out, "app {name} received: {} {}", req.method(), req.uri());
-    for (k, v) in req.headers() {
-        let _ = writeln!(out, "{k}: {}", String::from_utf8_lossy(v.as_bytes()));
-    }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    if !body.is_empty() {
-        let _ = writeln!(out, "\n{}", String::from_utf8_lossy(&body));
-    }
-    let mut resp = Response::new(Full::new(Bytes::from(out)));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+/// Why the demo stopped. Each wraps its cause unchanged: the message is
+/// the cause's own.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Certs(#[from] CertsError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Id(#[from] crate::sidecar::identity::SpiffeIdError),
+    #[error(transparent)]
+    Start(#[from] AppError),
+    #[error(transparent)]
+    Http(#[from] http::Error),
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
 }
 
 /// Loopback ports the demo uses, from `base` upwards.
@@ -76,7 +44,7 @@ impl DemoPorts {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> anyhow::Result<()> {
+pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> Result<(), DemoError> {
     let td = "cluster.local";
     let workloads = ["default/client".to_owned(), "default/server".to_owned()];
     let certs = write_dev_certs(&DevCertsOptions {
@@ -104,38 +72,27 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> anyhow::Result<()> {
         let app_listener = TcpListener::bind(ports.addr(off + 10)).await?;
         tokio::spawn(echo_app(app_listener, name.to_string()));
         let files = &certs.workloads[i];
-        let config = Config {
-            identity: IdentityConfig {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                bundle: files.bundle.clone(),
-                federated_bundles: Default::default(),
-            },
-            inbound: Some(InboundConfig {
+        let config = QuickStart {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            bundle: files.bundle.clone(),
+            inbound: Some(QuickInbound {
                 listen: ports.addr(off + 6),
                 app: ports.addr(off + 10),
                 policy: None,
             }),
-            outbound: Some(OutboundConfig {
+            outbound: Some(QuickOutbound {
                 listen: Some(ports.addr(off + 1)),
-                protocol: Default::default(),
-                max_idle_per_peer: None,
-                destinations: Vec::new(),
-                undeclared: Default::default(),
-                routes: vec![RouteConfig {
+                route: RouteConfig {
                     host: Some(format!("{other}.default.svc.cluster.local")),
                     listen: None,
                     peer: ports.addr(other_off + 6).to_string(),
                     identity: SpiffeId::from_k8s(td, "default", other)?,
-                }],
+                },
             }),
-            admin: AdminConfig {
-                listen: ports.addr(*off),
-            },
-            runtime: RuntimeConfig::default(),
-            limits: Default::default(),
-            shutdown: Default::default(),
-        };
+            admin: Some(ports.addr(*off)),
+        }
+        .into_config();
         running.push(crate::sidecar::app::start(&config).await?);
     }
 
@@ -159,7 +116,7 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo_request(outbound: SocketAddr) -> anyhow::Result<String> {
+async fn demo_request(outbound: SocketAddr) -> Result<String, DemoError> {
     let tcp = tokio::net::TcpStream::connect(outbound).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);

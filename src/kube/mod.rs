@@ -5,3 +5,4 @@
 pub mod inject;
 pub mod iptables;
 pub mod probe;
+pub mod run;

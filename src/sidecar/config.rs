@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod flags;
+pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
+
 /// Default admin listener (metrics, health, config view).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
 

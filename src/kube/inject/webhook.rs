@@ -83,6 +83,26 @@ pub enum WebhookError {
     },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Runtime(#[from] crate::sidecar::runtime::RuntimeError),
+    #[error(transparent)]
+    LocalAddr(std::io::Error),
+}
+
+/// Runs `meshguard webhook`: serves until SIGTERM or Ctrl-C.
+pub fn run(args: &WebhookArgs) -> Result<(), WebhookError> {
+    crate::sidecar::runtime::build(2)?.block_on(async {
+        let webhook = Webhook::bind(args).await?;
+        // Tests and scripts read the address (useful with port 0).
+        let addr = webhook.local_addr().map_err(WebhookError::LocalAddr)?;
+        println!("meshguard webhook: listening on https://{addr}");
+        webhook
+            .serve(async {
+                crate::sidecar::runtime::shutdown_signal().await;
+            })
+            .await;
+        Ok(())
+    })
 }
 
 /// A bound, not yet serving, webhook.

@@ -154,3 +154,60 @@ fn shipped_example_config_is_valid() {
         .ends_with("certs-dev/default/server/tls.crt"));
     assert_eq!(c.outbound.unwrap().routes.len(), 1);
 }
+
+fn quick_start() -> QuickStart {
+    QuickStart {
+        cert: "tls.crt".into(),
+        key: "tls.key".into(),
+        bundle: "ca.crt".into(),
+        inbound: Some(QuickInbound {
+            listen: "127.0.0.1:15006".parse().unwrap(),
+            app: "127.0.0.1:8080".parse().unwrap(),
+            policy: None,
+        }),
+        outbound: Some(QuickOutbound {
+            listen: None,
+            route: RouteConfig {
+                host: None,
+                listen: Some("127.0.0.1:15001".parse().unwrap()),
+                peer: "127.0.0.1:16006".into(),
+                identity: "spiffe://cluster.local/ns/default/sa/server"
+                    .parse()
+                    .unwrap(),
+            },
+        }),
+        admin: None,
+    }
+}
+
+#[test]
+fn quick_start_builds_a_valid_single_route_config() {
+    let c = quick_start().validated().unwrap();
+    assert_eq!(c.identity.cert, PathBuf::from("tls.crt"));
+    assert_eq!(c.inbound.unwrap().app.port(), 8080);
+    let out = c.outbound.unwrap();
+    assert_eq!(out.listen, None);
+    assert_eq!(out.routes.len(), 1);
+    assert_eq!(out.routes[0].listen.unwrap().port(), 15001);
+    assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_ADDR);
+    assert_eq!(c.runtime.workers, RuntimeConfig::default().workers);
+}
+
+#[test]
+fn quick_start_refuses_a_host_route_without_an_outbound_listener() {
+    let mut q = quick_start();
+    let route = &mut q.outbound.as_mut().unwrap().route;
+    route.listen = None;
+    route.host = Some("server.default.svc.cluster.local".into());
+    let err = q.validated().unwrap_err().to_string();
+    assert!(err.contains("needs outbound.listen"), "{err}");
+}
+
+#[test]
+fn quick_start_with_neither_side_is_refused() {
+    let mut q = quick_start();
+    q.inbound = None;
+    q.outbound = None;
+    let err = q.validated().unwrap_err().to_string();
+    assert!(err.starts_with("nothing to do"), "{err}");
+}

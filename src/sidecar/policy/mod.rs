@@ -34,6 +34,7 @@
 //! Whether a workload without a policy file accepts everything is the
 //! caller's choice, made visible by [`Permit::without_policy`].
 
+pub mod cli;
 mod file;
 mod index;
 mod lint;

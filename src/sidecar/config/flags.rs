@@ -1,0 +1,89 @@
+//! A [`Config`] built from a handful of values rather than a file: the
+//! single-route quick start of `meshguard run --cert ...` and the demo's
+//! two sidecars. Everything not given here takes the file's defaults.
+
+use super::{
+    AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig,
+    DEFAULT_ADMIN_ADDR,
+};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The few settings of a sidecar started without a config file.
+#[derive(Debug, Clone)]
+pub struct QuickStart {
+    /// Our SVID (PEM).
+    pub cert: PathBuf,
+    /// Our SVID's private key (PEM).
+    pub key: PathBuf,
+    /// The CA bundle of our trust domain (PEM).
+    pub bundle: PathBuf,
+    pub inbound: Option<QuickInbound>,
+    pub outbound: Option<QuickOutbound>,
+    /// The admin listener ([`DEFAULT_ADMIN_ADDR`] if `None`).
+    pub admin: Option<SocketAddr>,
+}
+
+/// The inbound side: mTLS on `listen`, forwarded to `app`.
+#[derive(Debug, Clone)]
+pub struct QuickInbound {
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+    pub policy: Option<PathBuf>,
+}
+
+/// The outbound side: one declared route, either on a listener of its own
+/// (`route.listen`) or matched by Host on `listen`.
+#[derive(Debug, Clone)]
+pub struct QuickOutbound {
+    pub listen: Option<SocketAddr>,
+    pub route: RouteConfig,
+}
+
+/// The quick start's settings do not make a valid config.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct QuickStartError(String);
+
+impl QuickStart {
+    /// The config, not yet validated (the demo's are valid by
+    /// construction).
+    pub fn into_config(self) -> Config {
+        Config {
+            identity: IdentityConfig {
+                cert: self.cert,
+                key: self.key,
+                bundle: self.bundle,
+                federated_bundles: Default::default(),
+            },
+            inbound: self.inbound.map(|i| InboundConfig {
+                listen: i.listen,
+                app: i.app,
+                policy: i.policy,
+            }),
+            outbound: self.outbound.map(|o| OutboundConfig {
+                listen: o.listen,
+                protocol: Default::default(),
+                max_idle_per_peer: None,
+                destinations: Vec::new(),
+                undeclared: Default::default(),
+                routes: vec![o.route],
+            }),
+            admin: AdminConfig {
+                listen: self
+                    .admin
+                    .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("static address")),
+            },
+            runtime: RuntimeConfig::default(),
+            limits: Default::default(),
+            shutdown: Default::default(),
+        }
+    }
+
+    /// The config, checked by the same rules as a file's.
+    pub fn validated(self) -> Result<Config, QuickStartError> {
+        let config = self.into_config();
+        config.validate().map_err(|(msg, _)| QuickStartError(msg))?;
+        Ok(config)
+    }
+}

@@ -26,11 +26,13 @@
 //! not the drain one: kubelet keeps probing while the pod terminates.
 
 mod check;
+mod conn;
 mod grpc;
 #[cfg(test)]
 mod tests;
 
-pub use check::{run_probe, Failure, KUBE_PROBE_USER_AGENT};
+pub use check::run_probe;
+pub use conn::{Failure, KUBE_PROBE_USER_AGENT};
 
 use crate::kube::inject::probes::{parse_app_probes, AppProbes, Forward, PROBE_PATH_PREFIX};
 use crate::kube::inject::sidecar::{ENV_APP_PROBES, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN};

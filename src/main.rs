@@ -439,7 +439,7 @@ fn policy_command(cmd: PolicyCommand) -> std::process::ExitCode {
 /// the shutdown endpoint (drain).
 async fn run_sidecar(
     config: Config,
-    probes: Option<(SocketAddr, meshguard::kube::inject::probes::AppProbes)>,
+    probes: Option<(SocketAddr, meshguard::kube::contract::AppProbes)>,
     shutdown_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

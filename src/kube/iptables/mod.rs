@@ -17,26 +17,10 @@ pub use cli::{run, InitIptablesArgs};
 pub use exec::{apply, ipv6_enabled, system_runner, RunOutcome};
 pub use rules::{plan, Family, IptablesCommand, NatState};
 
+use crate::kube::contract::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROBE_PORT, PROXY_UID};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-
-/// Where captured inbound TCP is redirected: the sidecar's mTLS listener.
-pub const INBOUND_PORT: u16 = 15006;
-/// Where captured outbound TCP is redirected: the sidecar's outbound listener.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// The admin listener (/live, /ready); kubelet reaches it directly.
-pub const ADMIN_PORT: u16 = 15000;
-/// The probe forwarder for the app's rewritten kubelet probes.
-pub const PROBE_PORT: u16 = 15020;
-/// The opt-in, loopback-only shutdown endpoint (classic-container mode).
-pub const SHUTDOWN_PORT: u16 = 15021;
-/// The UID (and GID) the sidecar runs as. Its traffic is never captured,
-/// so no app container may run as this UID. Chosen outside the ranges
-/// images commonly use (0, 100-999 system users, 1000+, 65532 distroless,
-/// 1337 Istio, 2102 Linkerd) so that a clash is unlikely and a capture
-/// bypass by accident even less so.
-pub const PROXY_UID: u32 = 2110;
 
 /// Names of our own chains in the `nat` table. Own chains make a re-run a
 /// flush of exactly our rules, leaving anything else in the table alone.

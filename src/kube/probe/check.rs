@@ -4,7 +4,7 @@
 
 use super::conn::{dial, one_line, AbortOnDrop, Failure, KUBE_PROBE_USER_AGENT};
 use super::grpc;
-use crate::kube::inject::probes::{Forward, HttpHeader, Scheme};
+use crate::kube::contract::{Forward, HttpHeader, Scheme};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONNECTION, HOST, LOCATION, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};

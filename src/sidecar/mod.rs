@@ -9,6 +9,7 @@ pub mod headers;
 pub mod identity;
 pub mod logbuf;
 pub mod metrics;
+pub mod net;
 pub mod pathnorm;
 pub mod policy;
 pub mod proxy;

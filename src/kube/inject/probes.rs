@@ -13,7 +13,6 @@
 //! restore the probes, and the sidecar receives it through the downward
 //! API (env `MESHGUARD_APP_PROBES`). The record types, and what the
 //! forwarder must do with them, are in [`crate::kube::contract`].
-//!
 
 use super::yaml::{get_str, map, n, replace_entry, s};
 use crate::kube::contract::{AppProbes, Forward, HttpHeader, ProbeRecord, Scheme, PROBE_PATH_PREFIX};

@@ -4,11 +4,11 @@
 
 use super::annotations::{self, BadAnnotation, Settings, APP_PROBES, INJECTED};
 use super::probes;
-use crate::kube::contract::{self, AppProbes};
 use super::sidecar::{self, ADMIN_PORT_NAME, INIT_NAME, SIDECAR_NAME, VOLUMES};
 use super::yaml::{child_map, child_seq, drop_if_empty, get_str, s, seq_maps};
 use super::{InjectOptions, SidecarMode, SkipReason};
 use crate::kube::contract::SHUTDOWN_PORT;
+use crate::kube::contract::{self, AppProbes};
 use serde_norway::{Mapping, Value};
 
 /// Why a pod template cannot be handled: a malformed object (message with

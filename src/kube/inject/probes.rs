@@ -15,7 +15,9 @@
 //! forwarder must do with them, are in [`crate::kube::contract`].
 
 use super::yaml::{get_str, map, n, replace_entry, s};
-use crate::kube::contract::{AppProbes, Forward, HttpHeader, ProbeRecord, Scheme, PROBE_PATH_PREFIX};
+use crate::kube::contract::{
+    AppProbes, Forward, HttpHeader, ProbeRecord, Scheme, PROBE_PATH_PREFIX,
+};
 use crate::kube::iptables::PortRange;
 use serde_norway::{Mapping, Value};
 

@@ -16,10 +16,7 @@ fn cidrs_parse_and_refuse_ambiguous_ones() {
         "::/129",
     ] {
         assert!(
-            matches!(
-                Cidr::parse_list(bad),
-                Err(CidrError { .. })
-            ),
+            matches!(Cidr::parse_list(bad), Err(CidrError { .. })),
             "{bad:?} must be refused"
         );
     }

@@ -14,8 +14,8 @@ mod verify;
 
 pub use bundle::{parse_bundle, DomainBundle, TrustBundles};
 pub use creds::{CertExpiry, CertKind, CredentialStore, Svid};
-pub use live::{LiveConn, LiveConnections, Revocation};
 pub use handshake::{InboundVerifier, OutboundVerifier};
+pub use live::{LiveConn, LiveConnections, Revocation};
 pub use verify::{handshake_failure, verify_peer, VerifyError};
 
 use crate::sidecar::identity::SpiffeId;

@@ -1,7 +1,10 @@
 //! Kubernetes tooling: `meshguard inject` and its admission webhook, the
 //! `init-iptables` capture, and the probe forwarder that serves kubelet's
-//! probes of an injected pod.
+//! probes of an injected pod. What the injector writes into a pod and the
+//! others read there (ports, UID, environment, recorded probes) is owned
+//! by [`contract`], so none of them imports another for it.
 
+pub mod contract;
 pub mod inject;
 pub mod iptables;
 pub mod probe;

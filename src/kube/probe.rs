@@ -2,7 +2,7 @@
 //!
 //! **Probe forwarder.** Injection rewrites the app's kubelet probes to
 //! `GET /app-probe/<container>/<kind>` on the sidecar's probe port and
-//! records the originals (see [`crate::inject::probes`], which holds the
+//! records the originals (see [`crate::kube::contract`], which holds the
 //! contract). [`serve_probes`] answers those requests by running the
 //! recorded probe against the app over loopback and answering `200 ok` or
 //! `503 <reason>`. The port is reachable from the network and is outside
@@ -26,14 +26,18 @@
 //! not the drain one: kubelet keeps probing while the pod terminates.
 
 mod check;
+mod conn;
 mod grpc;
 #[cfg(test)]
 mod tests;
 
-pub use check::{run_probe, Failure, KUBE_PROBE_USER_AGENT};
+pub use check::run_probe;
+pub use conn::{Failure, KUBE_PROBE_USER_AGENT};
 
-use crate::kube::inject::probes::{parse_app_probes, AppProbes, Forward, PROBE_PATH_PREFIX};
-use crate::kube::inject::sidecar::{ENV_APP_PROBES, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN};
+use crate::kube::contract::{
+    parse_app_probes, AppProbes, Forward, ENV_APP_PROBES, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN,
+    PROBE_PATH_PREFIX,
+};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;

@@ -8,7 +8,7 @@
 //! `kube` because `sidecar` must not depend on `kube`; outside an injected
 //! pod those variables are unset and it is the plain sidecar.
 
-use crate::kube::inject::probes::AppProbes;
+use crate::kube::contract::AppProbes;
 use crate::kube::probe::{self, ProbeError};
 use crate::sidecar::app::AppError;
 use crate::sidecar::config::{

@@ -118,7 +118,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         .iter()
         .flat_map(|o| o.routes.iter().map(|r| r.identity.to_string()));
     let metrics = Arc::new(Metrics::new(known_peers));
-    publish_cert_expiry(&metrics, &store);
+    crate::sidecar::reload::publish_cert_expiry(&metrics, &store);
     let config_json =
         serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     let admin_state = AdminState::new(config_json, metrics.clone(), store.clone());
@@ -231,27 +231,4 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         shutdown,
         tasks,
     })
-}
-
-/// Sets the expiry gauges of our SVID and of every bundle root.
-pub fn publish_cert_expiry(metrics: &Metrics, store: &CredentialStore) {
-    metrics.clear_cert_expiry();
-    let svid = store.svid();
-    metrics.set_cert_expiry(
-        "svid",
-        svid.id.trust_domain(),
-        svid.id.as_str(),
-        svid.not_after,
-    );
-    for (td, root) in store.bundles().roots() {
-        if let Ok((_, cert)) = x509_parser::parse_x509_certificate(root) {
-            let subject = cert.subject().to_string();
-            metrics.set_cert_expiry(
-                "bundle_root",
-                td,
-                &subject,
-                cert.validity().not_after.timestamp(),
-            );
-        }
-    }
 }

@@ -107,7 +107,7 @@ pub struct OutboundConfig {
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Addresses: `10.96.0.0/12`, `fd00::/8`, or one address.
-    pub cidr: crate::kube::iptables::Cidr,
+    pub cidr: crate::sidecar::net::Cidr,
     /// Ports (default: any).
     #[serde(default)]
     pub ports: Option<Vec<u16>>,

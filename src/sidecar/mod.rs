@@ -10,6 +10,7 @@ pub mod identity;
 pub mod logbuf;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod pathnorm;
 pub mod policy;
 pub mod proxy;

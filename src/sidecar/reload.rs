@@ -18,9 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Default interval between two reads of the watched files.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
-
 /// What woke a watcher up.
 enum Wake {
     Tick,
@@ -279,7 +276,7 @@ fn reload_bundles(
             let domains = bundles.trust_domains().join(",");
             store.set_bundles(bundles);
             let closed = store.revalidate_live();
-            crate::sidecar::app::publish_cert_expiry(metrics, store);
+            publish_cert_expiry(metrics, store);
             metrics.reload("bundle", true);
             tracing::info!(kind = "bundle", trust_domains = %domains, closed_connections = closed, "trust bundles reloaded");
         }
@@ -321,8 +318,17 @@ fn reload_svid(
     }
     tracing::info!(kind = "svid", id = %svid.id, not_after = svid.not_after, "SVID reloaded; new handshakes present it");
     store.set_svid(svid);
-    crate::sidecar::app::publish_cert_expiry(metrics, store);
+    publish_cert_expiry(metrics, store);
     metrics.reload("svid", true);
+}
+
+/// Sets the expiry gauges to the certificates `store` holds now (our SVID
+/// and every bundle root), dropping those of certificates it no longer has.
+pub fn publish_cert_expiry(metrics: &Metrics, store: &CredentialStore) {
+    metrics.clear_cert_expiry();
+    for e in store.expiries() {
+        metrics.set_cert_expiry(e.kind.label(), &e.trust_domain, &e.subject, e.not_after);
+    }
 }
 
 #[cfg(unix)]

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use meshguard::kube::inject::probes::parse_app_probes;
+use meshguard::kube::contract::parse_app_probes;
 use meshguard::kube::probe::serve_probes;
 use serde_json::{json, Value};
 use std::net::SocketAddr;

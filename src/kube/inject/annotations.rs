@@ -38,7 +38,7 @@ pub const PROXY_MEMORY_LIMIT: &str = "meshguard.io/proxy-memory-limit";
 /// sidecar mode). Its presence is what lets injection be undone/repeated.
 pub const INJECTED: &str = "meshguard.io/injected";
 /// Written by `inject`: the app's original probes and where the sidecar
-/// forwards each rewritten one (JSON; see `probes::ProbeRecord`).
+/// forwards each rewritten one (JSON; see `contract::ProbeRecord`).
 pub const APP_PROBES: &str = "meshguard.io/app-probes";
 
 /// Every annotation a user may set, in documentation order.

@@ -32,7 +32,7 @@ pub struct InjectorArgs {
     #[arg(long)]
     pub shutdown_endpoint: bool,
     /// UID the sidecar runs as (never captured; no app may use it).
-    #[arg(long, default_value_t = crate::kube::iptables::PROXY_UID)]
+    #[arg(long, default_value_t = crate::kube::contract::PROXY_UID)]
     pub proxy_uid: u32,
     /// Sidecar CPU request (`none` for no request).
     #[arg(long, default_value = "50m")]

@@ -32,7 +32,7 @@ mod yaml;
 
 pub use cli::{describe, run, InjectArgs, InjectCliError, InjectorArgs};
 
-use crate::kube::iptables::PROXY_UID;
+use crate::kube::contract::PROXY_UID;
 use pod::PodError;
 use serde_norway::{Mapping, Value};
 use std::fmt;

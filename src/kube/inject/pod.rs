@@ -3,11 +3,12 @@
 //! containers, volumes, probe rewrites and status annotations.
 
 use super::annotations::{self, BadAnnotation, Settings, APP_PROBES, INJECTED};
-use super::probes::{self, AppProbes};
+use super::probes;
 use super::sidecar::{self, ADMIN_PORT_NAME, INIT_NAME, SIDECAR_NAME, VOLUMES};
 use super::yaml::{child_map, child_seq, drop_if_empty, get_str, s, seq_maps};
 use super::{InjectOptions, SidecarMode, SkipReason};
-use crate::kube::iptables::SHUTDOWN_PORT;
+use crate::kube::contract::SHUTDOWN_PORT;
+use crate::kube::contract::{self, AppProbes};
 use serde_norway::{Mapping, Value};
 
 /// Why a pod template cannot be handled: a malformed object (message with
@@ -72,7 +73,7 @@ pub(super) fn uninject(template: &mut Mapping) -> Result<(bool, Vec<String>), Po
         None => AppProbes::new(),
         Some(v) => {
             let text = v.as_str().unwrap_or_default();
-            probes::parse_app_probes(text).map_err(|e| {
+            contract::parse_app_probes(text).map_err(|e| {
                 PodError::Annotation(BadAnnotation {
                     name: APP_PROBES.into(),
                     value: text.into(),
@@ -213,7 +214,7 @@ pub(super) fn inject(
     };
     ann.insert(s(INJECTED), s(mode));
     if !records.is_empty() {
-        ann.insert(s(APP_PROBES), s(&probes::to_json(&records)?));
+        ann.insert(s(APP_PROBES), s(&contract::to_json(&records)?));
     }
     Ok(PodOutcome {
         was_injected,

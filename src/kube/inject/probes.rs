@@ -11,44 +11,15 @@
 //! the pod annotation `meshguard.io/app-probes`: a map from
 //! `<container>/<kind>` to a [`ProbeRecord`]. Injection reads it back to
 //! restore the probes, and the sidecar receives it through the downward
-//! API (env `MESHGUARD_APP_PROBES`). These types are that contract.
-//!
-//! # What the sidecar's probe forwarder must do
-//!
-//! - Listen on `MESHGUARD_PROBE_LISTEN` (`[::]:15020`) when it and
-//!   `MESHGUARD_APP_PROBES` are set; refuse to start if the JSON does not
-//!   parse ([`parse_app_probes`]). The port is outside capture and policy.
-//! - Answer only `GET`/`HEAD` on exactly `/app-probe/<key>` for a key in
-//!   the map (any query string ignored); everything else is 404. Never
-//!   forward a path or header taken from the request: the port is open to
-//!   the network, so it must run only the recorded probes.
-//! - Dial the app on loopback only (`127.0.0.1:port`, then `[::1]:port` if
-//!   refused). The capture rules send the proxy's own connections to its
-//!   pod IP into the inbound listener, so never dial the pod IP.
-//! - `http`: GET `path` (query included) over HTTP/1.1, or TLS without
-//!   certificate verification and without SNI for `HTTPS` (kubelet does
-//!   not verify either); send the recorded `headers` (they replace
-//!   defaults, `Host` included), else `Host: 127.0.0.1:<port>`, the
-//!   kubelet's `User-Agent` and `Accept: */*`. Follow redirects to the same
-//!   host up to 10 times; a redirect elsewhere counts as success, as in
-//!   kubelet. Success is a final status 200-399.
-//! - `tcp`: success when a connection opens; close it at once.
-//! - `grpc`: `grpc.health.v1.Health/Check` over h2c with `service` (empty
-//!   when absent); success is `SERVING`.
-//! - Give up after `timeoutSeconds` (less a small margin, so the answer
-//!   reaches kubelet within its own timeout of the same length).
-//! - Answer 200 on success and 503 on failure, with a one-line plain-text
-//!   reason (status received, connection refused, timeout); never pass the
-//!   app's status through, since kubelet would follow a 3xx to the sidecar.
+//! API (env `MESHGUARD_APP_PROBES`). The record types, and what the
+//! forwarder must do with them, are in [`crate::kube::contract`].
 
 use super::yaml::{get_str, map, n, replace_entry, s};
+use crate::kube::contract::{
+    AppProbes, Forward, HttpHeader, ProbeRecord, Scheme, PROBE_PATH_PREFIX,
+};
 use crate::kube::iptables::PortRange;
-use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
-use std::collections::BTreeMap;
-
-/// URL path prefix of rewritten probes on the probe port.
-pub const PROBE_PATH_PREFIX: &str = "/app-probe/";
 
 /// The probe fields of a container and the `<kind>` used in URLs and keys.
 pub const PROBE_KINDS: [(&str, &str); 3] = [
@@ -56,73 +27,6 @@ pub const PROBE_KINDS: [(&str, &str); 3] = [
     ("livenessProbe", "liveness"),
     ("readinessProbe", "readiness"),
 ];
-
-/// One rewritten probe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProbeRecord {
-    /// The whole probe as written; put back by uninject.
-    pub original: Value,
-    /// What the sidecar does when kubelet calls the rewritten probe.
-    pub forward: Forward,
-}
-
-/// What the sidecar's probe port runs against the app, over loopback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "lowercase",
-    rename_all_fields = "camelCase",
-    deny_unknown_fields
-)]
-pub enum Forward {
-    /// GET `scheme://127.0.0.1:port{path}` (path includes any query).
-    Http {
-        port: u16,
-        scheme: Scheme,
-        path: String,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        headers: Vec<HttpHeader>,
-        timeout_seconds: u32,
-    },
-    /// A TCP connect to `127.0.0.1:port`.
-    Tcp { port: u16, timeout_seconds: u32 },
-    /// `grpc.health.v1.Health/Check` over h2c on `127.0.0.1:port`.
-    Grpc {
-        port: u16,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        service: Option<String>,
-        timeout_seconds: u32,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Scheme {
-    #[serde(rename = "HTTP")]
-    Http,
-    #[serde(rename = "HTTPS")]
-    Https,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpHeader {
-    pub name: String,
-    pub value: String,
-}
-
-/// The annotation's content, keyed by `<container>/<kind>`.
-pub type AppProbes = BTreeMap<String, ProbeRecord>;
-
-/// Parses the `meshguard.io/app-probes` annotation (or the sidecar's
-/// `MESHGUARD_APP_PROBES` environment variable, which carries the same).
-pub fn parse_app_probes(json: &str) -> Result<AppProbes, serde_json::Error> {
-    serde_json::from_str(json)
-}
-
-pub(super) fn to_json(probes: &AppProbes) -> Result<String, String> {
-    serde_json::to_string(probes).map_err(|e| e.to_string())
-}
 
 /// Rewrites the probes of one container that need it, recording each.
 /// Probes left alone: `exec` (runs inside the container), those naming a

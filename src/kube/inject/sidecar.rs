@@ -4,7 +4,10 @@
 use super::annotations::{Settings, APP_PROBES};
 use super::yaml::{map, n, s, seq_of_str};
 use super::{InjectOptions, ProxyResources, SidecarMode};
-use crate::kube::iptables::{PortRange, SHUTDOWN_PORT};
+use crate::kube::contract::{
+    ENV_APP_PROBES, ENV_LOG_FORMAT, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN, SHUTDOWN_PORT,
+};
+use crate::kube::iptables::PortRange;
 use serde_norway::{Mapping, Value};
 
 pub const SIDECAR_NAME: &str = "meshguard";
@@ -38,13 +41,6 @@ pub const POLICY_FILE: &str = "policy.yaml";
 pub const CSI_DRIVER: &str = "spiffe.csi.cert-manager.io";
 /// csi-driver-spiffe writes the key readable by this group only.
 pub const CSI_FS_GROUP_ATTRIBUTE: &str = "spiffe.csi.cert-manager.io/fs-group";
-
-/// Environment of the sidecar (the contract with `meshguard run`).
-pub const ENV_LOG_FORMAT: &str = "MESHGUARD_LOG_FORMAT";
-pub const ENV_APP_PROBES: &str = "MESHGUARD_APP_PROBES";
-/// Where the probe forwarder listens (set together with the probes).
-pub const ENV_PROBE_LISTEN: &str = "MESHGUARD_PROBE_LISTEN";
-pub const ENV_SHUTDOWN_LISTEN: &str = "MESHGUARD_SHUTDOWN_LISTEN";
 
 fn resources(r: &ProxyResources) -> Value {
     let pairs = |cpu: &Option<String>, memory: &Option<String>| -> Mapping {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::kube::contract;
 
 mod golden;
 
@@ -246,14 +247,14 @@ fn annotations_on_the_workload_instead_of_the_template_are_warned_about() {
 #[test]
 fn app_probes_annotation_is_the_documented_json() {
     let json = r#"{"web/liveness":{"original":{"httpGet":{"path":"/h?x=1","port":"http","scheme":"HTTPS"}},"forward":{"type":"http","port":8443,"scheme":"HTTPS","path":"/h?x=1","headers":[{"name":"X","value":"1"}],"timeoutSeconds":1}},"web/readiness":{"original":{"tcpSocket":{"port":80}},"forward":{"type":"tcp","port":80,"timeoutSeconds":2}},"web/startup":{"original":{"grpc":{"port":9000}},"forward":{"type":"grpc","port":9000,"service":"a.B","timeoutSeconds":1}}}"#;
-    let parsed = probes::parse_app_probes(json).unwrap();
+    let parsed = contract::parse_app_probes(json).unwrap();
     assert_eq!(
         parsed["web/liveness"].forward,
-        probes::Forward::Http {
+        contract::Forward::Http {
             port: 8443,
-            scheme: probes::Scheme::Https,
+            scheme: contract::Scheme::Https,
             path: "/h?x=1".into(),
-            headers: vec![probes::HttpHeader {
+            headers: vec![contract::HttpHeader {
                 name: "X".into(),
                 value: "1".into()
             }],
@@ -262,13 +263,13 @@ fn app_probes_annotation_is_the_documented_json() {
     );
     assert_eq!(
         parsed["web/readiness"].forward,
-        probes::Forward::Tcp {
+        contract::Forward::Tcp {
             port: 80,
             timeout_seconds: 2
         }
     );
-    assert_eq!(probes::to_json(&parsed).unwrap(), json, "stable encoding");
-    assert!(probes::parse_app_probes(
+    assert_eq!(contract::to_json(&parsed).unwrap(), json, "stable encoding");
+    assert!(contract::parse_app_probes(
         r#"{"a/liveness":{"original":{},"forward":{"type":"udp","port":1,"timeoutSeconds":1}}}"#
     )
     .is_err());
@@ -380,7 +381,7 @@ fn deploy_example_injected_is_the_output_of_inject() {
 /// where the injector's capture rules and probes expect them.
 #[test]
 fn deploy_example_configs_load_and_match_the_injected_ports() {
-    use crate::kube::iptables::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
+    use crate::kube::contract::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
     use serde::Deserialize;
     let (mut configs, mut policies) = (0, 0);
     for file in example_files() {

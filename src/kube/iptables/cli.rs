@@ -2,10 +2,8 @@
 
 use super::exec::{apply, ipv6_enabled, system_runner};
 use super::rules::{plan, Family, NatState};
-use super::{
-    CaptureConfig, Cidr, IptablesError, PortRange, ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT,
-    PROBE_PORT, PROXY_UID,
-};
+use super::{CaptureConfig, Cidr, IptablesError, PortRange};
+use crate::kube::contract::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROBE_PORT, PROXY_UID};
 use std::io::Write;
 use std::path::Path;
 

@@ -17,26 +17,13 @@ pub use cli::{run, InitIptablesArgs};
 pub use exec::{apply, ipv6_enabled, system_runner, RunOutcome};
 pub use rules::{plan, Family, IptablesCommand, NatState};
 
-use std::fmt;
-use std::net::IpAddr;
-use std::str::FromStr;
+// Address blocks are runtime vocabulary too (the sidecar's transparent
+// destinations); the runtime owns them and capture reuses them.
+pub use crate::sidecar::net::{Cidr, CidrError};
 
-/// Where captured inbound TCP is redirected: the sidecar's mTLS listener.
-pub const INBOUND_PORT: u16 = 15006;
-/// Where captured outbound TCP is redirected: the sidecar's outbound listener.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// The admin listener (/live, /ready); kubelet reaches it directly.
-pub const ADMIN_PORT: u16 = 15000;
-/// The probe forwarder for the app's rewritten kubelet probes.
-pub const PROBE_PORT: u16 = 15020;
-/// The opt-in, loopback-only shutdown endpoint (classic-container mode).
-pub const SHUTDOWN_PORT: u16 = 15021;
-/// The UID (and GID) the sidecar runs as. Its traffic is never captured,
-/// so no app container may run as this UID. Chosen outside the ranges
-/// images commonly use (0, 100-999 system users, 1000+, 65532 distroless,
-/// 1337 Istio, 2102 Linkerd) so that a clash is unlikely and a capture
-/// bypass by accident even less so.
-pub const PROXY_UID: u32 = 2110;
+use crate::kube::contract::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROBE_PORT, PROXY_UID};
+use std::fmt;
+use std::str::FromStr;
 
 /// Names of our own chains in the `nat` table. Own chains make a re-run a
 /// flush of exactly our rules, leaving anything else in the table alone.
@@ -50,8 +37,8 @@ pub const CHAIN_REDIRECT: &str = "MESHGUARD_REDIRECT";
 pub enum IptablesError {
     #[error("{value:?} is not a port or port range (N or N-M, 1-65535): {reason}")]
     InvalidPort { value: String, reason: String },
-    #[error("{value:?} is not an IP address or CIDR: {reason}")]
-    InvalidCidr { value: String, reason: String },
+    #[error(transparent)]
+    InvalidCidr(#[from] CidrError),
     #[error("invalid capture settings: {0}")]
     Conflict(String),
     #[error("cannot run {program}: {source}")]
@@ -150,117 +137,6 @@ impl fmt::Display for PortRange {
         } else {
             write!(f, "{}-{}", self.first, self.last)
         }
-    }
-}
-
-/// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn family(&self) -> Family {
-        match self.addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    /// True when `ip` lies inside this block (never across families).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - self.prefix)
-                };
-                u32::from(net) == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - self.prefix)
-                };
-                u128::from(net) == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-
-    /// Parses a comma-separated list; empty string is an empty list.
-    pub fn parse_list(s: &str) -> Result<Vec<Cidr>, IptablesError> {
-        if s.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        s.split(',').map(|item| item.trim().parse()).collect()
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = IptablesError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: &str| IptablesError::InvalidCidr {
-            value: s.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().map_err(|_| bad("prefix out of range"))?
-            }
-            Some(_) => return Err(bad("prefix is not a number")),
-        };
-        if prefix > max {
-            return Err(bad("prefix out of range"));
-        }
-        // Host bits set (10.1.2.3/8) are refused rather than masked: the
-        // author probably meant something else, and iptables would
-        // silently widen or narrow what they wrote.
-        let host_bits_set = match addr {
-            IpAddr::V4(a) => {
-                let bits = u32::from(a);
-                prefix < 32 && bits & (u32::MAX >> prefix) != 0
-            }
-            IpAddr::V6(a) => {
-                let bits = u128::from(a);
-                prefix < 128 && bits & (u128::MAX >> prefix) != 0
-            }
-        };
-        if host_bits_set {
-            return Err(bad("address has bits set beyond the prefix"));
-        }
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|e: IptablesError| serde::de::Error::custom(e.to_string()))
-    }
-}
-
-impl serde::Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 

@@ -13,6 +13,15 @@ pub enum Family {
 }
 
 impl Family {
+    /// The family an address belongs to.
+    pub fn of(addr: std::net::IpAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
     pub fn program(self) -> &'static str {
         match self {
             Family::V4 => "iptables",
@@ -230,7 +239,7 @@ pub fn plan(config: &CaptureConfig, family: Family, state: &NatState) -> Vec<Ipt
     for cidr in config
         .exclude_outbound_cidrs
         .iter()
-        .filter(|c| c.family() == family)
+        .filter(|c| Family::of(c.addr) == family)
     {
         let dst = cidr.to_string();
         out.push(cmd(

@@ -2,8 +2,9 @@
 //! kubelet runs it against the pod IP: the same request, the same redirect
 //! rules, the same notion of success.
 
+use super::conn::{dial, one_line, AbortOnDrop, Failure, KUBE_PROBE_USER_AGENT};
 use super::grpc;
-use crate::kube::inject::probes::{Forward, HttpHeader, Scheme};
+use crate::kube::contract::{Forward, HttpHeader, Scheme};
 use bytes::Bytes;
 use http::header::{ACCEPT, CONNECTION, HOST, LOCATION, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
@@ -14,13 +15,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::net::TcpStream;
-
-/// What kubelet 1.31 sends; apps sometimes log or match on it.
-pub const KUBE_PROBE_USER_AGENT: &str = "kube-probe/1.31";
 
 /// Requests of one HTTP probe, redirects included (Go's client stops at 10).
 pub(super) const MAX_REQUESTS: usize = 10;
@@ -28,9 +25,6 @@ pub(super) const MAX_REQUESTS: usize = 10;
 /// How much of a response body is read before the connection is dropped
 /// (kubelet reads up to 10 KiB).
 const MAX_BODY: usize = 10 * 1024;
-
-/// Why a probe failed, as one line of text for kubelet's events.
-pub type Failure = String;
 
 /// Runs `forward` once against the app on loopback, within its timeout.
 pub async fn run_probe(forward: &Forward) -> Result<(), Failure> {
@@ -78,30 +72,6 @@ pub(super) fn budget(timeout_seconds: u32) -> Duration {
     let full = Duration::from_secs(u64::from(timeout_seconds));
     let margin = (full / 10).max(Duration::from_millis(100));
     full.saturating_sub(margin).max(Duration::from_millis(500))
-}
-
-/// Connects to the app: `127.0.0.1:port`, then `[::1]:port` if refused.
-/// Never the pod IP: capture sends our own connections to it through the
-/// inbound (mTLS) listener.
-pub(super) async fn dial(port: u16) -> Result<TcpStream, Failure> {
-    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let tcp = match TcpStream::connect(v4).await {
-        Ok(tcp) => tcp,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-            TcpStream::connect(v6)
-                .await
-                .map_err(|_| "connection refused".to_owned())?
-        }
-        Err(e) => return Err(format!("connect: {}", one_line(&e))),
-    };
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
-}
-
-/// Error text on one line (kubelet shows it in events).
-pub(super) fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string().replace(['\r', '\n'], " ")
 }
 
 /// One request of an HTTP probe.
@@ -256,15 +226,6 @@ where
         }
     }
     Ok((status, location))
-}
-
-/// Aborts a spawned connection task when the probe is done or times out.
-pub(super) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The recorded path as a request target: the fragment dropped (never

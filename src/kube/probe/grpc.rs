@@ -2,7 +2,7 @@
 //! prior knowledge, no TLS), as kubelet's gRPC prober sends it. The few
 //! protobuf bytes involved are written and read by hand.
 
-use super::check::{dial, one_line, AbortOnDrop, Failure, KUBE_PROBE_USER_AGENT};
+use super::conn::{dial, one_line, AbortOnDrop, Failure, KUBE_PROBE_USER_AGENT};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, TE, USER_AGENT};
 use http::{HeaderMap, Method, Request, StatusCode};

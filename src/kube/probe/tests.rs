@@ -3,7 +3,7 @@ use super::grpc::{
     code_name, first_message, health_check_request, judge, serving_status, serving_status_name,
 };
 use super::*;
-use crate::kube::inject::probes::Scheme;
+use crate::kube::contract::Scheme;
 use http::HeaderMap;
 
 fn hop(target: &str) -> Hop {

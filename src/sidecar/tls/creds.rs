@@ -113,6 +113,36 @@ impl Svid {
     }
 }
 
+/// Which certificate a [`CertExpiry`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKind {
+    /// Our own SVID.
+    Svid,
+    /// A root of a trust bundle.
+    BundleRoot,
+}
+
+impl CertKind {
+    /// The bounded label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CertKind::Svid => "svid",
+            CertKind::BundleRoot => "bundle_root",
+        }
+    }
+}
+
+/// When one certificate we hold stops being valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertExpiry {
+    pub kind: CertKind,
+    pub trust_domain: String,
+    /// The SPIFFE ID for an SVID, the subject DN for a root.
+    pub subject: String,
+    /// notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
 /// The current SVID and trust bundles, swapped as a whole on reload.
 #[derive(Debug)]
 pub struct CredentialStore {
@@ -186,6 +216,30 @@ impl CredentialStore {
     /// Our own SPIFFE ID.
     pub fn own_id(&self) -> SpiffeId {
         self.svid.load().id.clone()
+    }
+
+    /// The expiry of our SVID, then of every bundle root that parses (one
+    /// that does not has been refused at load, so none is skipped in
+    /// practice). Read at load and reload only, never per handshake.
+    pub fn expiries(&self) -> Vec<CertExpiry> {
+        let svid = self.svid.load();
+        let mut out = vec![CertExpiry {
+            kind: CertKind::Svid,
+            trust_domain: svid.id.trust_domain().to_owned(),
+            subject: svid.id.as_str().to_owned(),
+            not_after: svid.not_after,
+        }];
+        for (td, root) in self.bundles.load().roots() {
+            if let Ok((_, cert)) = x509_parser::parse_x509_certificate(root) {
+                out.push(CertExpiry {
+                    kind: CertKind::BundleRoot,
+                    trust_domain: td.to_owned(),
+                    subject: cert.subject().to_string(),
+                    not_after: cert.validity().not_after.timestamp(),
+                });
+            }
+        }
+        out
     }
 
     /// Replaces the SVID; the next handshake presents it.

@@ -1,16 +1,22 @@
 //! TLS between sidecars: SVID credentials, trust bundles, and the rustls
 //! configurations whose verifiers enforce the X509-SVID rules inside the
 //! handshake itself (so a wrong identity never gets a connection).
+//!
+//! Submodules form a DAG: `handshake` -> `creds` -> `live` -> `verify` ->
+//! `bundle`. This file holds what they all share ([`TlsError`], the one
+//! crypto provider, the clock) and the rustls configs built on them.
 
 mod bundle;
 mod creds;
+mod handshake;
 mod live;
 mod verify;
 
 pub use bundle::{parse_bundle, DomainBundle, TrustBundles};
-pub use creds::{CredentialStore, Svid};
+pub use creds::{CertExpiry, CertKind, CredentialStore, Svid};
+pub use handshake::{InboundVerifier, OutboundVerifier};
 pub use live::{LiveConn, LiveConnections, Revocation};
-pub use verify::{handshake_failure, verify_peer, InboundVerifier, OutboundVerifier, VerifyError};
+pub use verify::{handshake_failure, verify_peer, VerifyError};
 
 use crate::sidecar::identity::SpiffeId;
 use rustls::crypto::CryptoProvider;

@@ -504,6 +504,7 @@ fn config_from_flags(args: &RunArgs) -> anyhow::Result<Config> {
             listen,
             app,
             policy: args.policy.clone(),
+            strip_headers: Vec::new(),
         });
     let outbound = match (args.outbound, &args.peer, &args.peer_id) {
         (Some(listen), Some(peer), Some(identity)) => Some(OutboundConfig {

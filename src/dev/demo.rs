@@ -115,6 +115,7 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> anyhow::Result<()> {
                 listen: ports.addr(off + 6),
                 app: ports.addr(off + 10),
                 policy: None,
+                strip_headers: Vec::new(),
             }),
             outbound: Some(OutboundConfig {
                 listen: Some(ports.addr(off + 1)),

@@ -157,13 +157,29 @@ fn shipped_example_config_is_valid() {
 
 #[test]
 fn inbound_strip_headers_are_header_names() {
-    let with = |names: &str| GOOD.replace("  app: 127.0.0.1:8080\n", &format!("  app: 127.0.0.1:8080\n  strip_headers: {names}\n"));
+    let with = |names: &str| {
+        GOOD.replace(
+            "  app: 127.0.0.1:8080\n",
+            &format!("  app: 127.0.0.1:8080\n  strip_headers: {names}\n"),
+        )
+    };
     let c = parse(&with("[X-Vendor-User, x-tenant]")).unwrap();
-    assert_eq!(c.inbound.unwrap().strip_headers, ["X-Vendor-User", "x-tenant"]);
+    assert_eq!(
+        c.inbound.unwrap().strip_headers,
+        ["X-Vendor-User", "x-tenant"]
+    );
     let (line, msg) = error_at(&with(r#"["bad header"]"#));
     assert_eq!(line, 11, "{msg}");
-    assert!(msg.contains("\"bad header\" is not an HTTP header name"), "{msg}");
+    assert!(
+        msg.contains("\"bad header\" is not an HTTP header name"),
+        "{msg}"
+    );
     let (_, msg) = error_at(&with("[Content-Length]"));
     assert!(msg.contains("cannot be removed"), "{msg}");
-    assert!(parse(GOOD).unwrap().inbound.unwrap().strip_headers.is_empty());
+    assert!(parse(GOOD)
+        .unwrap()
+        .inbound
+        .unwrap()
+        .strip_headers
+        .is_empty());
 }

@@ -107,7 +107,11 @@ impl PeerConnector {
                         source,
                     })?;
             let _ = tcp.set_nodelay(true);
-            let tcp = CountingIo::new(tcp, Some(self.metrics.byte_counters(Direction::Outbound)), None);
+            let tcp = CountingIo::new(
+                tcp,
+                Some(self.metrics.byte_counters(Direction::Outbound)),
+                None,
+            );
             self.tls
                 .connect(placeholder_server_name(), tcp)
                 .await

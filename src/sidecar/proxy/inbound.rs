@@ -7,7 +7,7 @@
 //! normal form), authorize (the policy gives a `Permit`), rewrite (target
 //! and headers), forward (needs the `Permit`), record (metrics + audit line).
 
-use super::outcome::{self, Answer, RequestFacts, Ruling};
+use super::outcome::{self, Answer, Refusal, RequestFacts, Ruling};
 use super::pool::{Http1Pool, TcpDial, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
 use super::transparent::original_destination;
@@ -322,7 +322,7 @@ impl Inbound {
         peer: &Peer,
         method: &Method,
         path: &str,
-    ) -> Result<(Permit, Ruling<'p>), Answer<'p>> {
+    ) -> Result<(Permit, Ruling<'p>), Refusal<'p>> {
         let Some(policy) = policy else {
             let allowed = ruling(Disposition::Allow, "allowed (no policy)", None);
             return Ok((Permit::without_policy(), allowed));
@@ -337,8 +337,9 @@ impl Inbound {
         self.authz_counters.count(policy, &decision);
         let rule = decision.rule_name();
         let Some(permit) = decision.permit() else {
-            let resp = refusal(StatusCode::FORBIDDEN, "access denied by policy");
-            return Err(ruling(Disposition::Deny, "denied by policy", rule).answer(resp));
+            let denied = ruling(Disposition::Deny, "denied by policy", rule);
+            let message = "access denied by policy";
+            return Err(Refusal::by(denied, StatusCode::FORBIDDEN, message));
         };
         let ruling = if decision.audit_would_deny() {
             ruling(Disposition::AuditDeny, "would be denied (audit mode)", rule)
@@ -356,7 +357,7 @@ impl Inbound {
         peer: &Peer,
         uri: &Uri,
         target: &NormalizedPath<'_>,
-    ) -> Result<(), Answer<'static>> {
+    ) -> Result<(), Refusal<'static>> {
         // Unchanged by normalisation (the common case), the target is the
         // one already parsed, shared rather than copied and parsed again.
         let forwarded = if target.is_rewritten() {
@@ -368,8 +369,12 @@ impl Inbound {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")))
         };
         let Ok(forwarded) = forwarded else {
-            let refused = (StatusCode::BAD_REQUEST, "invalid path");
-            return Err(Answer::refused(refused.0, refused.1, "invalid request target"));
+            let message = "invalid request target";
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid path",
+                message,
+            ));
         };
         parts.uri = Uri::from(forwarded);
         parts.version = Version::HTTP_11;
@@ -435,13 +440,13 @@ impl Inbound {
     }
 
     /// Record: counts the request and writes its audit line.
-    fn record(
+    fn record<'a>(
         &self,
         peer: &Peer,
         method: &Method,
         path: &str,
         start: Instant,
-        answer: Answer<'_>,
+        answer: impl Into<Answer<'a>>,
     ) -> Response<ProxyBody> {
         let facts = RequestFacts {
             peer_addr: Some(&peer.addr_text),
@@ -450,7 +455,7 @@ impl Inbound {
             path,
             start,
         };
-        outcome::record(&self.metrics, &peer.counters, &facts, answer)
+        outcome::record(&self.metrics, &peer.counters, &facts, answer.into())
     }
 }
 
@@ -466,24 +471,34 @@ fn ruling<'p>(disposition: Disposition, reason: &'static str, rule: Option<&'p s
 /// :authority becomes the Host the HTTP/1.1 app reads). The URI leaves
 /// `parts` (`rewrite` builds the app's), so the normalised path can borrow
 /// it while `parts` goes on to the app: no per-request copy of the path.
-fn take_canonical_uri(parts: &mut Parts) -> Result<Uri, Answer<'static>> {
+fn take_canonical_uri(parts: &mut Parts) -> Result<Uri, Refusal<'static>> {
     if let Err(reason) = canonical_host(parts) {
-        return Err(Answer::refused(StatusCode::BAD_REQUEST, "ambiguous host", reason));
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous host",
+            reason,
+        ));
     }
     Ok(std::mem::take(&mut parts.uri))
 }
 
 /// Normalise, second half: the path in the normal form the policy matches.
-fn normalise(uri: &Uri) -> Result<NormalizedPath<'_>, Answer<'static>> {
-    let raw = uri.path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+fn normalise(uri: &Uri) -> Result<NormalizedPath<'_>, Refusal<'static>> {
+    let raw = uri
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .unwrap_or("/");
     normalize_path(raw).map_err(|e| {
         let message = format_args!("invalid request path: {e}");
-        Answer::refused(StatusCode::BAD_REQUEST, "invalid path", message)
+        Refusal::new(StatusCode::BAD_REQUEST, "invalid path", message)
     })
 }
 
 /// The path as sent, for the audit line of a path that did not normalise.
 fn raw_path(uri: &Uri) -> &str {
-    let raw = uri.path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+    let raw = uri
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .unwrap_or("/");
     raw.split('?').next().unwrap_or("")
 }

@@ -9,8 +9,8 @@ pub mod pool;
 pub mod serve;
 pub mod transparent;
 
-pub use connect::{ConnectError, PeerConnector};
 pub use crate::sidecar::metrics::Direction;
+pub use connect::{ConnectError, PeerConnector};
 pub use io::CountingIo;
 
 use bytes::Bytes;
@@ -26,9 +26,17 @@ pub type ProxyBody = Either<pool::UpstreamBody, Full<Bytes>>;
 /// A short plain-text refusal. The reason names what went wrong, never the
 /// internals (no policy rules, no certificate contents).
 pub fn refusal(status: StatusCode, reason: impl Display) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
-        "meshguard: {reason}\n"
-    )))));
+    refusal_response(status, refusal_body(reason))
+}
+
+/// The body of a refusal, formatted when the request is refused.
+pub fn refusal_body(reason: impl Display) -> Bytes {
+    Bytes::from(format!("meshguard: {reason}\n"))
+}
+
+/// A refusal response around a body made by [`refusal_body`].
+pub fn refusal_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -6,11 +6,13 @@
 //! The steps of one request, in order: normalise (one Host), select the
 //! route, rewrite (target and headers), forward, record (metrics + audit line).
 
-use super::outcome::{self, Answer, RequestFacts, Ruling};
+use super::outcome::{self, Answer, Refusal, RequestFacts, Ruling};
 use super::pool::{Http1Pool, Http2Conn, UpstreamBody, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
 use super::transparent::{original_destination, passthrough, Destination, Destinations, Routing};
-use super::{canonical_host, refusal, ConnectError, CountingIo, Direction, PeerConnector, ProxyBody};
+use super::{
+    canonical_host, refusal, ConnectError, CountingIo, Direction, PeerConnector, ProxyBody,
+};
 use crate::sidecar::config::LimitsConfig;
 use crate::sidecar::config::{OutboundConfig, RouteConfig};
 use crate::sidecar::headers;
@@ -111,8 +113,10 @@ impl Route {
                 Upstream::Http2(Http2Conn::new(connector, PEER_POOL_IDLE, max_idle > 0))
             }
         };
-        let counters =
-            metrics.request_counters(Direction::Outbound, metrics.peer_label(cfg.identity.as_str()));
+        let counters = metrics.request_counters(
+            Direction::Outbound,
+            metrics.peer_label(cfg.identity.as_str()),
+        );
         Ok(Arc::new(Route {
             peer: Arc::from(cfg.peer.as_str()),
             identity: cfg.identity.clone(),
@@ -253,7 +257,9 @@ impl Outbound {
                 self.max_idle,
                 &self.metrics,
             )
-            .inspect_err(|e| tracing::error!(destination = %dst, error = %e, "cannot build a route"))
+            .inspect_err(
+                |e| tracing::error!(destination = %dst, error = %e, "cannot build a route"),
+            )
             .ok()
         })
     }
@@ -279,7 +285,7 @@ impl Outbound {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         if let Err(reason) = canonical_host(&mut parts) {
-            let refused = Answer::refused(StatusCode::BAD_REQUEST, "ambiguous host", reason);
+            let refused = Refusal::new(StatusCode::BAD_REQUEST, "ambiguous host", reason);
             return self.record(None, &parts.method, parts.uri.path(), start, refused);
         }
         // The URI leaves `parts` (a new one is built below) and the Host
@@ -299,7 +305,7 @@ impl Outbound {
         };
         let answer = match self.rewrite(&mut parts, route, &uri, authority) {
             Ok(peer_authority) => Self::forward(route, parts, body, peer_authority).await,
-            Err(refused) => refused,
+            Err(refused) => refused.into(),
         };
         self.record(Some(route), &method, path, start, answer)
     }
@@ -310,20 +316,22 @@ impl Outbound {
         &'r self,
         routing: &'r Routing,
         authority: Option<&str>,
-    ) -> Result<&'r Route, Answer<'static>> {
+    ) -> Result<&'r Route, Refusal<'static>> {
         const UNDECLARED: (StatusCode, &str) = (StatusCode::FORBIDDEN, "undeclared destination");
-        let undeclared = |message| Answer::refused(UNDECLARED.0, UNDECLARED.1, message);
+        let undeclared = |message| Refusal::new(UNDECLARED.0, UNDECLARED.1, message);
         match (routing, authority) {
             (Routing::Route(route), _) => Ok(route),
             // Captured to an address no destination rule declares: a
             // declared Host route still applies (an app calling a Service
             // by name), anything else is refused.
-            (Routing::Undeclared(dst), authority) => match authority.and_then(|a| self.route_for(a)) {
-                Some(route) => Ok(route),
-                None => Err(undeclared(format_args!(
-                    "destination {dst} is not declared in outbound destinations or routes"
-                ))),
-            },
+            (Routing::Undeclared(dst), authority) => {
+                match authority.and_then(|a| self.route_for(a)) {
+                    Some(route) => Ok(route),
+                    None => Err(undeclared(format_args!(
+                        "destination {dst} is not declared in outbound destinations or routes"
+                    ))),
+                }
+            }
             (Routing::ByHost, Some(authority)) => match self.route_for(authority) {
                 Some(route) => Ok(route),
                 None => Err(undeclared(format_args!(
@@ -332,7 +340,7 @@ impl Outbound {
             },
             (Routing::ByHost, None) => {
                 let message = "request has no Host; cannot choose a destination";
-                Err(Answer::refused(StatusCode::BAD_REQUEST, "no host", message))
+                Err(Refusal::new(StatusCode::BAD_REQUEST, "no host", message))
             }
         }
     }
@@ -348,11 +356,11 @@ impl Outbound {
         route: &Route,
         uri: &Uri,
         authority: Option<&str>,
-    ) -> Result<Authority, Answer<'static>> {
+    ) -> Result<Authority, Refusal<'static>> {
         if !self.store.svid_is_valid_now() {
             let message = "own SVID has expired and no valid replacement is loaded";
             let status = StatusCode::SERVICE_UNAVAILABLE;
-            return Err(Answer::refused(status, "own SVID expired", message));
+            return Err(Refusal::new(status, "own SVID expired", message));
         }
         headers::strip_outbound(&mut parts.headers);
         let path = uri
@@ -370,7 +378,7 @@ impl Outbound {
             .uri(peer_authority.clone(), path)
             .map_err(|_| {
                 let reason = "invalid request target";
-                Answer::refused(StatusCode::BAD_REQUEST, reason, reason)
+                Refusal::new(StatusCode::BAD_REQUEST, reason, reason)
             })?;
         Ok(peer_authority)
     }
@@ -412,13 +420,13 @@ impl Outbound {
 
     /// Record: counts the request (on the route's counters, or the
     /// unrouted ones) and writes its audit line.
-    fn record(
+    fn record<'a>(
         &self,
         route: Option<&Route>,
         method: &Method,
         path: &str,
         start: Instant,
-        answer: Answer<'_>,
+        answer: impl Into<Answer<'a>>,
     ) -> Response<ProxyBody> {
         let counters = route.map_or(&self.unrouted, |r| &r.counters);
         let facts = RequestFacts {
@@ -428,6 +436,6 @@ impl Outbound {
             path,
             start,
         };
-        outcome::record(&self.metrics, counters, &facts, answer)
+        outcome::record(&self.metrics, counters, &facts, answer.into())
     }
 }

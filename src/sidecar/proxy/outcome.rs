@@ -2,10 +2,11 @@
 //! records it: the request counters and the audit line together, for both
 //! directions, so the metrics and the log cannot disagree.
 
-use super::{refusal, ProxyBody};
+use super::{refusal_body, refusal_response, ProxyBody};
 use crate::sidecar::audit::{self, RequestRecord};
 use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
+use bytes::Bytes;
 use http::{Response, StatusCode};
 use std::fmt::Display;
 use std::time::Instant;
@@ -57,16 +58,43 @@ pub struct Answer<'a> {
     pub outcome: RequestOutcome<'a>,
 }
 
-impl Answer<'static> {
-    /// A request meshguard refuses itself, before or without a rule: the
-    /// plain-text refusal with `message`, recorded as denied with `reason`.
-    pub fn refused(status: StatusCode, reason: &'static str, message: impl Display) -> Self {
+/// A request meshguard refuses itself: the status and plain-text body of
+/// its refusal and how it is recorded. Small (the response is made only
+/// when it is recorded), so the steps can return it as their error.
+#[derive(Debug)]
+pub struct Refusal<'a> {
+    status: StatusCode,
+    ruling: Ruling<'a>,
+    body: Bytes,
+}
+
+impl Refusal<'static> {
+    /// Refused before or without a rule: recorded as denied with `reason`,
+    /// answered with `message`.
+    pub fn new(status: StatusCode, reason: &'static str, message: impl Display) -> Self {
         let denied = Ruling {
             disposition: Disposition::Deny,
             reason,
             rule: None,
         };
-        denied.answer(refusal(status, message))
+        Refusal::by(denied, status, message)
+    }
+}
+
+impl<'a> Refusal<'a> {
+    /// Refused as `ruling` says (a policy denial names its rule).
+    pub fn by(ruling: Ruling<'a>, status: StatusCode, message: impl Display) -> Self {
+        Refusal {
+            status,
+            ruling,
+            body: refusal_body(message),
+        }
+    }
+}
+
+impl<'a> From<Refusal<'a>> for Answer<'a> {
+    fn from(r: Refusal<'a>) -> Answer<'a> {
+        r.ruling.answer(refusal_response(r.status, r.body))
     }
 }
 

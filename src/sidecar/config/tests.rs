@@ -169,7 +169,7 @@ fn inbound_strip_headers_are_header_names() {
         ["X-Vendor-User", "x-tenant"]
     );
     let (line, msg) = error_at(&with(r#"["bad header"]"#));
-    assert_eq!(line, 11, "{msg}");
+    assert_eq!(line, 9, "{msg}");
     assert!(
         msg.contains("\"bad header\" is not an HTTP header name"),
         "{msg}"

@@ -6,7 +6,8 @@ use crate::sidecar::admin::{self, AdminState};
 use crate::sidecar::config::Config;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::policy::PolicyError;
-use crate::sidecar::proxy::inbound::{Inbound, PolicySlot};
+use crate::sidecar::policy::PolicySlot;
+use crate::sidecar::proxy::inbound::Inbound;
 use crate::sidecar::proxy::serve::ConnectionTracker;
 use crate::sidecar::proxy::{bind, outbound::Outbound, BindError};
 use crate::sidecar::tls::{inbound_server_config, CredentialStore, TlsError};
@@ -149,7 +150,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         let proxy = Inbound::new(
             store.clone(),
             inbound_server_config(&store)?,
-            cfg.app,
+            cfg,
             policy.clone(),
             metrics.clone(),
             config.limits.clone(),

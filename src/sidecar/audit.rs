@@ -2,10 +2,12 @@
 //! boundary (request allowed, request denied, handshake refused, undeclared
 //! outbound destination), so every accepted request can be explained after
 //! the fact. Emitted through tracing under the target `meshguard::audit`;
-//! JSON with `--log-format json`.
+//! JSON with `--log-format json`. Every event is one function here, so the
+//! vocabulary (event names, fields, levels) has one owner.
 
 use crate::sidecar::identity::SpiffeId;
-use crate::sidecar::metrics::Decision;
+use crate::sidecar::metrics::{Direction, Disposition};
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,14 +16,14 @@ pub const TARGET: &str = "meshguard::audit";
 
 /// Everything the audit line of one request carries.
 pub struct RequestRecord<'a> {
-    pub direction: &'static str,
+    pub direction: Direction,
     /// The peer's address: the caller inbound, the peer sidecar outbound.
     pub peer_addr: Option<&'a str>,
     pub peer_id: Option<&'a SpiffeId>,
     pub method: &'a str,
     /// The normalised path that was authorized (no query string).
     pub path: &'a str,
-    pub decision: Decision,
+    pub decision: Disposition,
     /// The policy rule that decided, if any.
     pub rule: Option<&'a str>,
     pub status: u16,
@@ -39,7 +41,7 @@ pub fn request(r: &RequestRecord<'_>) {
             tracing::$level!(
                 target: TARGET,
                 event = "request",
-                direction = r.direction,
+                direction = r.direction.as_str(),
                 peer_addr = r.peer_addr,
                 peer_id,
                 method = r.method,
@@ -55,27 +57,115 @@ pub fn request(r: &RequestRecord<'_>) {
         };
     }
     match r.decision {
-        Decision::Allow => line!(info),
-        Decision::Deny | Decision::AuditDeny => line!(warn),
+        Disposition::Allow => line!(info),
+        Disposition::Deny | Disposition::AuditDeny => line!(warn),
     }
 }
 
-/// Writes the audit line of a refused handshake.
-pub fn handshake_refused(
-    direction: &'static str,
-    peer_addr: SocketAddr,
-    reason: &str,
-    detail: &str,
-) {
+/// Writes the audit line of a refused inbound handshake.
+pub fn handshake_refused(direction: Direction, peer_addr: SocketAddr, reason: &str, detail: &str) {
     tracing::warn!(
         target: TARGET,
         event = "handshake",
-        direction,
+        direction = direction.as_str(),
         peer_addr = %peer_addr,
         decision = "deny",
         status = 0u16,
         reason,
         detail,
         "handshake refused"
+    );
+}
+
+/// Writes the audit line of a connection to a peer sidecar that could not
+/// be made (unreachable, timed out, or its proof refused).
+pub fn peer_connect_refused(peer_addr: &str, reason: &str, detail: &dyn Display) {
+    tracing::warn!(
+        target: TARGET,
+        event = "handshake",
+        direction = Direction::Outbound.as_str(),
+        peer_addr,
+        decision = "deny",
+        reason,
+        detail = %detail,
+        "connection to peer refused"
+    );
+}
+
+/// A request whose head exceeded the limits (answered 431 by the HTTP layer).
+pub fn headers_too_large(direction: Direction, peer_addr: &dyn Display) {
+    tracing::warn!(
+        target: TARGET,
+        event = "request_refused",
+        direction = direction.as_str(),
+        peer_addr = %peer_addr,
+        status = 431u16,
+        reason = "request_headers_too_large",
+        "request refused: headers too large"
+    );
+}
+
+/// A request that is not valid HTTP (answered 400 by the HTTP layer).
+pub fn malformed_request(direction: Direction, peer_addr: &dyn Display, detail: &dyn Display) {
+    tracing::warn!(
+        target: TARGET,
+        event = "request_refused",
+        direction = direction.as_str(),
+        peer_addr = %peer_addr,
+        status = 400u16,
+        reason = "malformed_request",
+        detail = %detail,
+        "request refused: malformed HTTP"
+    );
+}
+
+/// A connection closed because its request head did not arrive in time.
+pub fn header_read_timeout(direction: Direction, peer_addr: &dyn Display) {
+    tracing::info!(
+        target: TARGET,
+        event = "connection_closed",
+        direction = direction.as_str(),
+        peer_addr = %peer_addr,
+        reason = "header_read_timeout",
+        "connection closed: request headers not received in time"
+    );
+}
+
+/// A connection meshguard closes itself (drain, idle, revoked proof).
+pub fn connection_closed(direction: Direction, peer_addr: &dyn Display, reason: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = "connection_closed",
+        direction = direction.as_str(),
+        peer_addr = %peer_addr,
+        reason,
+        "closing connection gracefully"
+    );
+}
+
+/// A connection refused because its listener is at its connection limit.
+pub fn connection_refused(direction: Direction, peer_addr: SocketAddr, limit: usize) {
+    tracing::warn!(
+        target: TARGET,
+        event = "connection_refused",
+        direction = direction.as_str(),
+        peer_addr = %peer_addr,
+        reason = "connection_limit",
+        limit,
+        "connection refused: listener at its connection limit"
+    );
+}
+
+/// A captured connection to an undeclared destination, forwarded as
+/// unauthenticated TCP because the operator chose `passthrough`.
+pub fn passthrough(destination: SocketAddr) {
+    tracing::info!(
+        target: TARGET,
+        event = "passthrough",
+        direction = Direction::Outbound.as_str(),
+        destination = %destination,
+        decision = "allow",
+        reason = "undeclared destination, passthrough chosen",
+        "forwarding unauthenticated TCP"
     );
 }

@@ -72,6 +72,10 @@ pub struct InboundConfig {
     /// allowed; with one, anything it does not allow is denied.
     #[serde(default)]
     pub policy: Option<PathBuf>,
+    /// More request headers to remove before the app sees them, beside the
+    /// identity and hop-by-hop ones always removed (vendor identity headers).
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -410,6 +414,9 @@ impl Config {
                 None,
             ));
         }
+        if let Some(inbound) = &self.inbound {
+            validate_strip_headers(&inbound.strip_headers)?;
+        }
         let Some(out) = &self.outbound else {
             return Ok(());
         };
@@ -458,6 +465,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `inbound.strip_headers`: HTTP header names (any case), never the
+/// headers that frame or route the request.
+fn validate_strip_headers(names: &[String]) -> Result<(), (String, Option<String>)> {
+    for name in names {
+        let at = |rule: &str| {
+            Err((
+                format!("inbound.strip_headers: {name:?} {rule}"),
+                Some(name.clone()),
+            ))
+        };
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Err(_) => return at("is not an HTTP header name"),
+            Ok(h) if ["host", "content-length", "transfer-encoding"].contains(&h.as_str()) => {
+                return at("frames or routes the request and cannot be removed")
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// serde_norway appends " at line L column C"; we print the location first.

@@ -29,7 +29,8 @@
 //! A deployment behind a trusted ingress that must keep, say,
 //! `x-forwarded-for` needs an explicit trusted-hop setting (as Envoy's
 //! `xff_num_trusted_hops`); there is none yet, and the default is to trust
-//! no one. Vendor headers not listed here can be added with `extra`.
+//! no one. Vendor headers not listed here can be added with the config key
+//! `inbound.strip_headers` (the `extra` names of [`strip_inbound`]).
 //!
 //! # Removed as hop-by-hop (RFC 9110 §7.6.1)
 //! `connection`, `proxy-connection`, `keep-alive`, `te`, `upgrade`,
@@ -134,18 +135,6 @@ pub fn strip_outbound(headers: &mut HeaderMap) -> Stripped {
 /// and goes entirely). Returns how many names were removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> usize {
     strip(headers, Strip::RESPONSE, &[]).hop_by_hop
-}
-
-/// Sets the identity headers for `peer` (replacing any value), as
-/// `PeerHeaders::new(..).apply(..)`; prefer building `PeerHeaders` once per
-/// connection.
-pub fn inject_inbound(
-    headers: &mut HeaderMap,
-    peer: &SpiffeId,
-    own: &SpiffeId,
-    peer_cert_sha256: &[u8; 32],
-) {
-    PeerHeaders::new(peer, own, peer_cert_sha256).apply(headers);
 }
 
 /// The identity headers of one authenticated peer, built once per

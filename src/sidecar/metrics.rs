@@ -3,13 +3,12 @@
 //! bounded: peer identities outside the known set fold into `other`, and
 //! no path or raw address is ever a label.
 
-use crate::sidecar::policy::{self, Policy};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 /// Label value for peers outside the bounded set.
 pub const OTHER_PEER: &str = "other";
@@ -200,7 +199,7 @@ impl Metrics {
 
     /// Counters of one connection's requests, resolved lazily and cached so
     /// the per-request path does no label hashing.
-    pub fn request_counters(&self, direction: &'static str, peer: String) -> RequestCounters {
+    pub fn request_counters(&self, direction: Direction, peer: String) -> RequestCounters {
         RequestCounters {
             direction,
             peer,
@@ -212,7 +211,7 @@ impl Metrics {
     pub fn record_request(
         &self,
         counters: &RequestCounters,
-        decision: Decision,
+        decision: Disposition,
         status: u16,
         seconds: f64,
     ) {
@@ -221,7 +220,7 @@ impl Metrics {
         counters.cells[slot]
             .get_or_init(|| {
                 self.requests.with_label_values(&[
-                    counters.direction,
+                    counters.direction.as_str(),
                     &counters.peer,
                     decision.as_str(),
                     class,
@@ -231,38 +230,27 @@ impl Metrics {
         counters.duration[decision as usize]
             .get_or_init(|| {
                 self.request_duration
-                    .with_label_values(&[counters.direction, decision.as_str()])
+                    .with_label_values(&[counters.direction.as_str(), decision.as_str()])
             })
             .observe(seconds);
     }
 
-    pub fn handshake(&self, direction: &str, ok: bool, reason: &str) {
+    pub fn handshake(&self, direction: Direction, ok: bool, reason: &str) {
         let result = if ok { "accepted" } else { "refused" };
         self.handshakes
-            .with_label_values(&[direction, result, if ok { "" } else { reason }])
+            .with_label_values(&[direction.as_str(), result, if ok { "" } else { reason }])
             .inc();
     }
 
-    /// Counts one authorization decision of `counters`' policy.
-    pub fn authz_decision(&self, counters: &PolicyCounters, decision: &policy::Decision<'_>) {
-        let column = match decision {
-            policy::Decision::Allow { .. } => 0,
-            policy::Decision::Deny { .. } => 1,
-            policy::Decision::AuditWouldDeny { .. } => 2,
-        };
-        let cell = match decision.rule() {
-            Some(rule) => &counters.rules[rule.position()][column],
-            None => &counters.default_deny[column],
-        };
-        cell.get_or_init(|| {
-            let rule = decision.rule_name().unwrap_or("default-deny");
-            self.authz.with_label_values(&[decision.label(), rule])
-        })
-        .inc();
+    /// The authorization counter of one (decision label, rule name) pair.
+    /// Looked up by label, so callers cache it (see the policy's counters).
+    pub fn authz_counter(&self, decision: &str, rule: &str) -> IntCounter {
+        self.authz.with_label_values(&[decision, rule])
     }
 
     /// Counts a connection as open until the guard is dropped.
-    pub fn connection(&self, direction: &'static str) -> ConnectionGuard {
+    pub fn connection(&self, direction: Direction) -> ConnectionGuard {
+        let direction = direction.as_str();
         self.connections.with_label_values(&[direction]).inc();
         let gauge = self.open_connections.with_label_values(&[direction]);
         gauge.inc();
@@ -270,7 +258,8 @@ impl Metrics {
     }
 
     /// Byte counters for one direction: (rx, tx).
-    pub fn byte_counters(&self, direction: &str) -> (IntCounter, IntCounter) {
+    pub fn byte_counters(&self, direction: Direction) -> (IntCounter, IntCounter) {
+        let direction = direction.as_str();
         (
             self.bytes.with_label_values(&[direction, "rx"]),
             self.bytes.with_label_values(&[direction, "tx"]),
@@ -305,31 +294,56 @@ impl Metrics {
     }
 }
 
-/// The decision a request met at the boundary.
+/// Which direction a request or connection crosses the boundary. Lives
+/// here, below the proxy and the audit log, so both can name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// How the boundary disposed of a request, as counted and audited: not
+/// the policy's `Decision` (which names the rule), only its bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
     Allow = 0,
     Deny = 1,
     /// Would have been denied, passed because the policy is in audit mode.
     AuditDeny = 2,
 }
 
-impl Decision {
+impl Disposition {
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
-            Decision::AuditDeny => "audit_would_deny",
+            Disposition::Allow => "allow",
+            Disposition::Deny => "deny",
+            Disposition::AuditDeny => "audit_would_deny",
         }
     }
 }
 
 /// Per-connection cache of labelled request counters.
 pub struct RequestCounters {
-    direction: &'static str,
+    direction: Direction,
     peer: String,
     cells: [OnceLock<IntCounter>; 15],
     duration: [OnceLock<prometheus::Histogram>; 3],
+}
+
+impl RequestCounters {
+    /// The direction these requests cross, the one their audit lines name.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
 }
 
 /// Decrements the open-connections gauge when the connection ends.
@@ -340,33 +354,5 @@ pub struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.gauge.dec();
-    }
-}
-
-/// The authorization counters of one policy, looked up in the metric
-/// family the first time a rule decides and then held, so that counting a
-/// decision is one atomic add (no label hashing or lock per request). A
-/// rule that never decides gets no series. Built again when the policy is
-/// replaced.
-pub struct PolicyCounters {
-    policy: Arc<Policy>,
-    /// Per rule, in file order: allow, deny, audit-mode would-deny.
-    rules: Box<[[OnceLock<IntCounter>; 3]]>,
-    default_deny: [OnceLock<IntCounter>; 3],
-}
-
-impl PolicyCounters {
-    pub fn new(policy: Arc<Policy>) -> PolicyCounters {
-        let rules = policy.rules().iter().map(|_| Default::default()).collect();
-        PolicyCounters {
-            policy,
-            rules,
-            default_deny: Default::default(),
-        }
-    }
-
-    /// Whether these are the counters of `policy` (the one in force).
-    pub fn belong_to(&self, policy: &Arc<Policy>) -> bool {
-        Arc::ptr_eq(&self.policy, policy)
     }
 }

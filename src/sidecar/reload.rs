@@ -9,7 +9,7 @@
 use crate::sidecar::config::IdentityConfig;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::policy::Policy;
-use crate::sidecar::proxy::inbound::PolicySlot;
+use crate::sidecar::policy::PolicySlot;
 use crate::sidecar::tls::{
     crypto_provider, parse_bundle, unix_now, CredentialStore, Svid, TlsError, TrustBundles,
 };

@@ -188,6 +188,7 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
             listen: any_port(),
             app,
             policy: None,
+            strip_headers: Vec::new(),
         }),
         outbound: None,
         admin: AdminConfig { listen: any_port() },

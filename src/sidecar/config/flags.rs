@@ -60,6 +60,7 @@ impl QuickStart {
                 listen: i.listen,
                 app: i.app,
                 policy: i.policy,
+                strip_headers: Vec::new(),
             }),
             outbound: self.outbound.map(|o| OutboundConfig {
                 listen: o.listen,

@@ -211,3 +211,32 @@ fn quick_start_with_neither_side_is_refused() {
     let err = q.validated().unwrap_err().to_string();
     assert!(err.starts_with("nothing to do"), "{err}");
 }
+
+#[test]
+fn inbound_strip_headers_are_header_names() {
+    let with = |names: &str| {
+        GOOD.replace(
+            "  app: 127.0.0.1:8080\n",
+            &format!("  app: 127.0.0.1:8080\n  strip_headers: {names}\n"),
+        )
+    };
+    let c = parse(&with("[X-Vendor-User, x-tenant]")).unwrap();
+    assert_eq!(
+        c.inbound.unwrap().strip_headers,
+        ["X-Vendor-User", "x-tenant"]
+    );
+    let (line, msg) = error_at(&with(r#"["bad header"]"#));
+    assert_eq!(line, 9, "{msg}");
+    assert!(
+        msg.contains("\"bad header\" is not an HTTP header name"),
+        "{msg}"
+    );
+    let (_, msg) = error_at(&with("[Content-Length]"));
+    assert!(msg.contains("cannot be removed"), "{msg}");
+    assert!(parse(GOOD)
+        .unwrap()
+        .inbound
+        .unwrap()
+        .strip_headers
+        .is_empty());
+}

@@ -396,6 +396,28 @@ fn extra_names_are_removed_too() {
 }
 
 #[test]
+fn configured_strip_headers_are_removed_whatever_their_case() {
+    // `inbound.strip_headers` as written in the config, parsed the way the
+    // inbound parses it once at startup.
+    let configured = ["X-Tenant-User", "cf-connecting-ip"];
+    let extra: Vec<HeaderName> = configured
+        .iter()
+        .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap())
+        .collect();
+    let mut headers = map(&[
+        ("x-tenant-user", "admin"),
+        ("CF-Connecting-IP", "1.2.3.4"),
+        ("X-Meshguard-Client-Id", "spiffe://evil/x"),
+        ("x-ok", "1"),
+    ]);
+    let stripped = strip_inbound(&mut headers, &extra);
+    peer_headers().apply(&mut headers);
+    assert_names(&headers, &["x-ok", CLIENT_ID_HEADER, XFCC_HEADER]);
+    assert_eq!(stripped.identity, 3);
+    assert!(stripped.sent_identity_headers());
+}
+
+#[test]
 fn a_request_full_of_spoofing_attempts_ends_with_only_meshguard_values() {
     let (headers, stripped) = inbound(&[
         ("Connection", "keep-alive, X-Custom-Auth"),
@@ -431,12 +453,12 @@ fn inject_replaces_existing_values_even_without_a_strip() {
         (CLIENT_ID_HEADER, "spiffe://evil/b"),
         (XFCC_HEADER, "URI=spiffe://evil/a"),
     ]);
-    inject_inbound(
-        &mut headers,
+    PeerHeaders::new(
         &SpiffeId::parse(PEER).unwrap(),
         &SpiffeId::parse(OWN).unwrap(),
         &HASH,
-    );
+    )
+    .apply(&mut headers);
     assert_only_meshguard_identity(&headers);
 }
 

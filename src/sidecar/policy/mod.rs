@@ -35,6 +35,7 @@
 //! caller's choice, made visible by [`Permit::without_policy`].
 
 pub mod cli;
+mod counters;
 mod file;
 mod index;
 mod lint;
@@ -45,6 +46,7 @@ use http::Method;
 use crate::sidecar::identity::SpiffeId;
 use index::{first_match, SourceIndex};
 
+pub use counters::{DecisionCounters, PolicyCounters};
 pub use file::PolicyError;
 pub use lint::{lint, LintFinding, LintKind};
 pub use pattern::{MethodError, MethodSet, PathPattern, PathPatternError, Source, SourceError};
@@ -241,6 +243,10 @@ impl Permit {
         Permit { _sealed: () }
     }
 }
+
+/// The current policy: `None` means no policy file, and then every
+/// authenticated peer is allowed. Swapped whole on reload.
+pub type PolicySlot = std::sync::Arc<arc_swap::ArcSwapOption<Policy>>;
 
 /// A loaded, validated policy. Immutable: a reload builds a new one.
 #[derive(Debug)]

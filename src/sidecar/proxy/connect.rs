@@ -3,8 +3,9 @@
 //! as the dialer of the upstream connections of one outbound route.
 
 use super::CountingIo;
+use crate::sidecar::audit;
 use crate::sidecar::identity::Role;
-use crate::sidecar::metrics::{ConnectionGuard, Metrics};
+use crate::sidecar::metrics::{ConnectionGuard, Direction, Metrics};
 use crate::sidecar::tls::{placeholder_server_name, CredentialStore, LiveConn, VerifyError};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
@@ -86,19 +87,10 @@ impl PeerConnector {
         let metrics = self.metrics.clone();
         let result = self.connect().await;
         match &result {
-            Ok(_) => metrics.handshake("outbound", true, ""),
+            Ok(_) => metrics.handshake(Direction::Outbound, true, ""),
             Err(e) => {
-                metrics.handshake("outbound", false, e.reason_label());
-                tracing::warn!(
-                    target: crate::sidecar::audit::TARGET,
-                    event = "handshake",
-                    direction = "outbound",
-                    peer_addr = e.peer(),
-                    decision = "deny",
-                    reason = e.reason_label(),
-                    detail = %e,
-                    "connection to peer refused"
-                );
+                metrics.handshake(Direction::Outbound, false, e.reason_label());
+                audit::peer_connect_refused(e.peer(), e.reason_label(), e);
             }
         }
         result
@@ -115,7 +107,11 @@ impl PeerConnector {
                         source,
                     })?;
             let _ = tcp.set_nodelay(true);
-            let tcp = CountingIo::new(tcp, Some(self.metrics.byte_counters("outbound")), None);
+            let tcp = CountingIo::new(
+                tcp,
+                Some(self.metrics.byte_counters(Direction::Outbound)),
+                None,
+            );
             self.tls
                 .connect(placeholder_server_name(), tcp)
                 .await
@@ -137,7 +133,7 @@ impl PeerConnector {
                 Ok(TokioIo::new(PeerStream {
                     tls,
                     live,
-                    _open: self.metrics.connection("outbound"),
+                    _open: self.metrics.connection(Direction::Outbound),
                 }))
             }
             Ok(Err(e)) => Err(e),

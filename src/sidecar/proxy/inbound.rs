@@ -3,38 +3,36 @@
 //! to the local app over a plain HTTP/1.1 pool, carrying only the identity
 //! meshguard itself authenticated.
 //!
-//! The steps of one request, in order: normalise the path, authorize,
-//! rewrite headers, forward, record (metrics + audit line).
+//! The steps of one request, in order: normalise (one Host, the path in
+//! normal form), authorize (the policy gives a `Permit`), rewrite (target
+//! and headers), forward (needs the `Permit`), record (metrics + audit line).
 
+use super::outcome::{self, Answer, Refusal, RequestFacts, Ruling};
 use super::pool::{Http1Pool, TcpDial, UpstreamError};
-use super::serve::{
-    accept_loop, close_if_draining, http1_builder, http2_builder, Activity, ConnectionTracker,
-    Control, Tracked,
-};
+use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
 use super::transparent::original_destination;
-use super::{canonical_host, log_connection_error, refusal, CountingIo, ProxyBody};
-use crate::sidecar::audit::{self, RequestRecord};
-use crate::sidecar::config::LimitsConfig;
+use super::{canonical_host, refusal, CountingIo, Direction, ProxyBody};
+use crate::sidecar::audit;
+use crate::sidecar::config::{InboundConfig, LimitsConfig};
 use crate::sidecar::headers::{self, PeerHeaders};
 use crate::sidecar::identity::{Role, SpiffeId};
-use crate::sidecar::metrics::{Decision, Metrics, PolicyCounters, RequestCounters};
-use crate::sidecar::pathnorm::normalize_path;
-use crate::sidecar::policy::{self, Permit, Policy};
+use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
+use crate::sidecar::pathnorm::{normalize_path, NormalizedPath};
+use crate::sidecar::policy::{self, DecisionCounters, Permit, Policy, PolicySlot};
 use crate::sidecar::tls::{handshake_failure, peer_identity, CredentialStore};
-use arc_swap::ArcSwapOption;
+use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// How long an idle pooled connection to the local app is kept: below the
@@ -50,9 +48,18 @@ const APP_POOL_MAX_IDLE: usize = 1024;
 
 type AppPool = Http1Pool<TcpDial>;
 
-/// The current policy: `None` means no policy file, and then every
-/// authenticated peer is allowed. Swapped whole on reload.
-pub type PolicySlot = Arc<ArcSwapOption<Policy>>;
+/// The address the requests of one connection go to, and its pool.
+struct AppTarget {
+    authority: Authority,
+    pool: Arc<AppPool>,
+}
+
+/// A TLS handshake that proved a peer identity.
+struct Handshake {
+    tls: TlsStream<CountingIo<TcpStream>>,
+    id: SpiffeId,
+    cert_hash: [u8; 32],
+}
 
 /// The authenticated caller of one connection, computed once at handshake
 /// time and shared by every request on that connection.
@@ -66,9 +73,7 @@ pub struct Peer {
     pub port: u16,
     /// Where this connection's requests go: the configured app, or, under
     /// capture, the app's address with the port the caller dialled.
-    app: Authority,
-    /// The pool of connections to that address.
-    app_pool: Arc<AppPool>,
+    app: AppTarget,
     headers: PeerHeaders,
     counters: RequestCounters,
 }
@@ -83,31 +88,32 @@ pub struct Inbound {
     /// where the caller's dialled port is kept).
     app_pools: Mutex<HashMap<u16, Arc<AppPool>>>,
     policy: PolicySlot,
-    /// The authorization counters of the policy in force (see `PolicyCounters`).
-    authz_counters: ArcSwapOption<PolicyCounters>,
+    /// The authorization counters of the policy in force.
+    authz_counters: DecisionCounters,
+    /// `inbound.strip_headers`, parsed once.
+    strip_headers: Vec<HeaderName>,
     metrics: Arc<Metrics>,
     limits: LimitsConfig,
-}
-
-/// How one request ended, for the metrics and the audit line.
-struct Outcome<'a> {
-    decision: Decision,
-    rule: Option<&'a str>,
-    reason: &'static str,
 }
 
 impl Inbound {
     pub fn new(
         store: Arc<CredentialStore>,
         tls: Arc<rustls::ServerConfig>,
-        app: SocketAddr,
+        cfg: &InboundConfig,
         policy: PolicySlot,
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
     ) -> Arc<Self> {
-        let app_addr = app;
-        let app =
-            Authority::try_from(app.to_string()).expect("a socket address is a valid authority");
+        let app_addr = cfg.app;
+        let app = Authority::try_from(app_addr.to_string())
+            .expect("a socket address is a valid authority");
+        // Config validation refused names that do not parse.
+        let strip_headers = cfg
+            .strip_headers
+            .iter()
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
         Arc::new(Inbound {
             tls: TlsAcceptor::from(tls),
             store,
@@ -115,7 +121,8 @@ impl Inbound {
             app_addr,
             app_pools: Mutex::default(),
             policy,
-            authz_counters: ArcSwapOption::empty(),
+            authz_counters: DecisionCounters::new(metrics.clone()),
+            strip_headers,
             metrics,
             limits,
         })
@@ -132,7 +139,7 @@ impl Inbound {
         let this = self.clone();
         accept_loop(
             listener,
-            "inbound",
+            Direction::Inbound,
             max,
             drain.clone(),
             tracker,
@@ -141,6 +148,8 @@ impl Inbound {
         .await
     }
 
+    /// One connection from a peer sidecar: the handshake proves who it is,
+    /// then its requests are served until it ends or is closed.
     async fn connection(
         self: Arc<Self>,
         tcp: TcpStream,
@@ -149,66 +158,16 @@ impl Inbound {
         tracked: Tracked,
     ) {
         let _ = tcp.set_nodelay(true);
-        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
-        let captured = original_destination(&tcp);
-        let port = captured.map_or(local_port, |d| d.port());
-        let (app, app_pool) = match captured {
-            Some(dst) => {
-                let addr = SocketAddr::new(self.app_addr.ip(), dst.port());
-                match Authority::try_from(addr.to_string()) {
-                    Ok(authority) => (authority, self.app_pool(addr)),
-                    Err(_) => (self.app.clone(), self.app_pool(self.app_addr)),
-                }
-            }
-            None => (self.app.clone(), self.app_pool(self.app_addr)),
-        };
-        let _open = self.metrics.connection("inbound");
+        let (port, app) = self.app_for(&tcp);
+        let _open = self.metrics.connection(Direction::Inbound);
         let activity = Arc::new(Activity::default());
-        let tcp = CountingIo::new(
-            tcp,
-            Some(self.metrics.byte_counters("inbound")),
-            Some(activity.clone()),
-        );
-        let timeout = self.limits.handshake_timeout();
-        let tls = match tokio::time::timeout(timeout, self.tls.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                let (reason, detail) = handshake_failure(&e);
-                self.metrics.handshake("inbound", false, reason);
-                return audit::handshake_refused("inbound", addr, reason, &detail);
-            }
-            Err(_) => {
-                self.metrics.handshake("inbound", false, "timeout");
-                let detail = format!("handshake not completed within {timeout:?}");
-                return audit::handshake_refused("inbound", addr, "timeout", &detail);
-            }
+        let Some(handshake) = self.handshake(tcp, addr, &activity).await else {
+            return;
         };
-        let (_, session) = tls.get_ref();
-        let Some((id, cert_hash)) = peer_identity(session.peer_certificates()) else {
-            // Unreachable while the verifier requires a certificate; if it
-            // ever happens, fail closed.
-            self.metrics.handshake("inbound", false, "no_identity");
-            let detail = "handshake completed without a verifiable peer identity";
-            return audit::handshake_refused("inbound", addr, "no_identity", detail);
-        };
-        self.metrics.handshake("inbound", true, "");
+        let session = handshake.tls.get_ref().1;
         let h2 = session.alpn_protocol() == Some(crate::sidecar::tls::ALPN_H2);
-        tracing::debug!(direction = "inbound", peer_addr = %addr, peer_id = %id, h2, "peer authenticated");
-        let own = self.store.own_id();
-        let headers = PeerHeaders::new(&id, &own, &cert_hash);
-        let counters = self
-            .metrics
-            .request_counters("inbound", self.metrics.peer_label(id.as_str()));
-        let peer = Arc::new(Peer {
-            id,
-            addr,
-            addr_text: addr.to_string(),
-            port,
-            app,
-            app_pool,
-            headers,
-            counters,
-        });
+        let direction = Direction::Inbound.as_str();
+        tracing::debug!(direction, peer_addr = %addr, peer_id = %handshake.id, h2, "peer authenticated");
         // Registered for continuous validation: closed if the peer's
         // certificate expires or its CA leaves the bundle.
         let live = self.store.live().register(
@@ -218,130 +177,190 @@ impl Inbound {
         let control = Control {
             drain,
             idle_timeout: self.limits.idle_timeout(),
-            activity: activity.clone(),
+            activity,
             revoked: Some(live),
             multiplexed: h2,
         };
-        let this = self.clone();
-        let closing = tracked.closing_flag();
-        let service = service_fn(move |req| {
-            let (this, peer, in_flight, closing) = (
-                this.clone(),
-                peer.clone(),
-                activity.request(),
-                closing.clone(),
-            );
-            async move {
-                let mut resp = this.handle(req, &peer).await;
-                close_if_draining(&closing, !h2, &mut resp);
-                drop(in_flight);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let io = TokioIo::new(tls);
-        let result = if h2 {
-            crate::serve_controlled!(
-                http2_builder(&self.limits).serve_connection(io, service),
-                control,
-                "inbound",
-                addr
-            )
-        } else {
-            crate::serve_controlled!(
-                http1_builder(&self.limits).serve_connection(io, service),
-                control,
-                "inbound",
-                addr
-            )
+        let conn = Connection {
+            direction: Direction::Inbound,
+            peer: addr,
+            h2,
+            control,
+            closing: tracked.closing_flag(),
         };
-        if let Err(e) = result {
-            log_connection_error("inbound", addr, &e);
+        let peer = Arc::new(self.peer(handshake.id, addr, port, app, &handshake.cert_hash));
+        let this = self.clone();
+        let io = TokioIo::new(handshake.tls);
+        serve(io, &self.limits, conn, move |req| {
+            let (this, peer) = (this.clone(), peer.clone());
+            async move { this.handle(req, &peer).await }
+        })
+        .await;
+    }
+
+    /// The port the caller dialled and where its requests go: the
+    /// configured app, or, under capture, the app's address with that port.
+    fn app_for(&self, tcp: &TcpStream) -> (u16, AppTarget) {
+        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        let captured = original_destination(tcp);
+        let port = captured.map_or(local_port, |d| d.port());
+        let configured = || AppTarget {
+            authority: self.app.clone(),
+            pool: self.app_pool(self.app_addr),
+        };
+        let app = match captured {
+            Some(dst) => {
+                let addr = SocketAddr::new(self.app_addr.ip(), dst.port());
+                match Authority::try_from(addr.to_string()) {
+                    Ok(authority) => AppTarget {
+                        authority,
+                        pool: self.app_pool(addr),
+                    },
+                    Err(_) => configured(),
+                }
+            }
+            None => configured(),
+        };
+        (port, app)
+    }
+
+    /// The mTLS handshake, within the handshake timeout; a refusal is
+    /// counted and audited here.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        activity: &Arc<Activity>,
+    ) -> Option<Handshake> {
+        let bytes = Some(self.metrics.byte_counters(Direction::Inbound));
+        let tcp = CountingIo::new(tcp, bytes, Some(activity.clone()));
+        let timeout = self.limits.handshake_timeout();
+        let refused = |reason: &str, detail: &str| {
+            self.metrics.handshake(Direction::Inbound, false, reason);
+            audit::handshake_refused(Direction::Inbound, addr, reason, detail);
+            None
+        };
+        let tls = match tokio::time::timeout(timeout, self.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let (reason, detail) = handshake_failure(&e);
+                return refused(reason, &detail);
+            }
+            Err(_) => {
+                let detail = format!("handshake not completed within {timeout:?}");
+                return refused("timeout", &detail);
+            }
+        };
+        let Some((id, cert_hash)) = peer_identity(tls.get_ref().1.peer_certificates()) else {
+            // Unreachable while the verifier requires a certificate; if it
+            // ever happens, fail closed.
+            let detail = "handshake completed without a verifiable peer identity";
+            return refused("no_identity", detail);
+        };
+        self.metrics.handshake(Direction::Inbound, true, "");
+        Some(Handshake { tls, id, cert_hash })
+    }
+
+    /// The authenticated caller of one connection.
+    fn peer(
+        &self,
+        id: SpiffeId,
+        addr: SocketAddr,
+        port: u16,
+        app: AppTarget,
+        cert_hash: &[u8; 32],
+    ) -> Peer {
+        let headers = PeerHeaders::new(&id, &self.store.own_id(), cert_hash);
+        let label = self.metrics.peer_label(id.as_str());
+        let counters = self.metrics.request_counters(Direction::Inbound, label);
+        Peer {
+            id,
+            addr,
+            addr_text: addr.to_string(),
+            port,
+            app,
+            headers,
+            counters,
         }
     }
 
-    /// One request from an authenticated peer.
+    /// One request from an authenticated peer, step by step.
     async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
-        // One Host, the one authorized; HTTP/2's :authority becomes the
-        // Host the HTTP/1.1 app reads.
-        if let Err(reason) = canonical_host(&mut parts) {
-            let (method, path) = (parts.method.as_str(), parts.uri.path());
-            let refused = (StatusCode::BAD_REQUEST, "ambiguous host");
-            return self.refuse(peer, method, path, refused, reason, start);
-        }
-        // The URI leaves `parts` (`forward` builds the app's), so the
-        // normalised path can borrow it while `parts` goes on to the app:
-        // no per-request copy of the path.
-        let uri = std::mem::take(&mut parts.uri);
-        let raw_target = uri
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
-        let target = match normalize_path(raw_target) {
-            Ok(target) => target,
-            Err(e) => {
-                let path = raw_target.split('?').next().unwrap_or("");
-                let refused = (StatusCode::BAD_REQUEST, "invalid path");
-                let message = format_args!("invalid request path: {e}");
-                return self.refuse(peer, parts.method.as_str(), path, refused, message, start);
+        let uri = match take_canonical_uri(&mut parts) {
+            Ok(uri) => uri,
+            Err(refused) => {
+                return self.record(peer, &parts.method, parts.uri.path(), start, refused)
             }
+        };
+        let method = parts.method.clone();
+        let target = match normalise(&uri) {
+            Ok(target) => target,
+            Err(refused) => return self.record(peer, &method, raw_path(&uri), start, refused),
         };
         let path = target.as_path();
-
-        // Authorize. The policy is held (one reference count) until the end
-        // of the request so the deciding rule's name can be logged as is.
+        // Held (one reference count) until the request is recorded, so the
+        // deciding rule's name is logged as is.
         let policy = self.policy.load_full();
-        let (permit, outcome) = match &policy {
-            None => (
-                Permit::without_policy(),
-                Outcome {
-                    decision: Decision::Allow,
-                    rule: None,
-                    reason: "allowed (no policy)",
-                },
-            ),
-            Some(policy_in_force) => {
-                let policy = policy_in_force.as_ref();
-                let req = policy::Request {
-                    peer: &peer.id,
-                    port: peer.port,
-                    method: &parts.method,
-                    path,
-                };
-                let decision = policy.evaluate(&req);
-                self.count_decision(policy_in_force, &decision);
-                let Some(permit) = decision.permit() else {
-                    let resp = refusal(StatusCode::FORBIDDEN, "access denied by policy");
-                    let outcome = Outcome {
-                        decision: Decision::Deny,
-                        rule: decision.rule_name(),
-                        reason: "denied by policy",
-                    };
-                    return self.record(peer, parts.method.as_str(), path, &outcome, resp, start);
-                };
-                let outcome = if decision.audit_would_deny() {
-                    Outcome {
-                        decision: Decision::AuditDeny,
-                        rule: decision.rule_name(),
-                        reason: "would be denied (audit mode)",
-                    }
-                } else {
-                    Outcome {
-                        decision: Decision::Allow,
-                        rule: decision.rule_name(),
-                        reason: "allowed by policy",
-                    }
-                };
-                (permit, outcome)
-            }
+        let (permit, allowed) = match self.authorize(policy.as_ref(), peer, &method, path) {
+            Ok(authorized) => authorized,
+            Err(denied) => return self.record(peer, &method, path, start, denied),
         };
+        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target) {
+            return self.record(peer, &method, path, start, refused);
+        }
+        let answer = self.forward(parts, body, peer, permit, allowed).await;
+        self.record(peer, &method, path, start, answer)
+    }
 
-        // Rewrite: the app gets the normalised target it was authorized
-        // for, and only the identity meshguard authenticated.
+    /// Authorize: the policy's decision, counted: the `Permit` forwarding
+    /// needs with how the request is recorded, or the denial.
+    fn authorize<'p>(
+        &self,
+        policy: Option<&'p Arc<Policy>>,
+        peer: &Peer,
+        method: &Method,
+        path: &str,
+    ) -> Result<(Permit, Ruling<'p>), Refusal<'p>> {
+        let Some(policy) = policy else {
+            let allowed = ruling(Disposition::Allow, "allowed (no policy)", None);
+            return Ok((Permit::without_policy(), allowed));
+        };
+        let req = policy::Request {
+            peer: &peer.id,
+            port: peer.port,
+            method,
+            path,
+        };
+        let decision = policy.as_ref().evaluate(&req);
+        self.authz_counters.count(policy, &decision);
+        let rule = decision.rule_name();
+        let Some(permit) = decision.permit() else {
+            let denied = ruling(Disposition::Deny, "denied by policy", rule);
+            let message = "access denied by policy";
+            return Err(Refusal::by(denied, StatusCode::FORBIDDEN, message));
+        };
+        let ruling = if decision.audit_would_deny() {
+            ruling(Disposition::AuditDeny, "would be denied (audit mode)", rule)
+        } else {
+            ruling(Disposition::Allow, "allowed by policy", rule)
+        };
+        Ok((permit, ruling))
+    }
+
+    /// Rewrite: the app gets the normalised target it was authorized for,
+    /// over HTTP/1.1, with only the identity meshguard authenticated.
+    fn rewrite(
+        &self,
+        parts: &mut Parts,
+        peer: &Peer,
+        uri: &Uri,
+        target: &NormalizedPath<'_>,
+    ) -> Result<(), Refusal<'static>> {
         // Unchanged by normalisation (the common case), the target is the
         // one already parsed, shared rather than copied and parsed again.
-        let reparsed = if target.is_rewritten() {
+        let forwarded = if target.is_rewritten() {
             PathAndQuery::try_from(target.to_request_target().as_ref())
         } else {
             Ok(uri
@@ -349,25 +368,28 @@ impl Inbound {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")))
         };
-        let forwarded_target = match reparsed {
-            Ok(pq) => pq,
-            Err(_) => {
-                let refused = (StatusCode::BAD_REQUEST, "invalid path");
-                let message = "invalid request target";
-                return self.refuse(peer, parts.method.as_str(), path, refused, message, start);
-            }
+        let Ok(forwarded) = forwarded else {
+            let message = "invalid request target";
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid path",
+                message,
+            ));
         };
-        headers::strip_inbound(&mut parts.headers, &[]);
+        parts.uri = Uri::from(forwarded);
+        parts.version = Version::HTTP_11;
+        let stripped = headers::strip_inbound(&mut parts.headers, &self.strip_headers);
+        if stripped.sent_identity_headers() {
+            let direction = Direction::Inbound.as_str();
+            tracing::debug!(direction, peer_id = %peer.id, removed = stripped.identity, "caller sent identity headers; removed");
+        }
         peer.headers.apply(&mut parts.headers);
-        let method = parts.method.clone();
-        let (resp, failed) = self
-            .forward(parts, peer, forwarded_target, body, permit)
-            .await;
-        let outcome = match failed {
-            Some(reason) => Outcome { reason, ..outcome },
-            None => outcome,
-        };
-        self.record(peer, method.as_str(), path, &outcome, resp, start)
+        if !parts.headers.contains_key(http::header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(peer.app.authority.as_str()) {
+                parts.headers.insert(http::header::HOST, host);
+            }
+        }
+        Ok(())
     }
 
     /// The pool of connections to the app at `addr`, made on first use.
@@ -385,118 +407,98 @@ impl Inbound {
             .clone()
     }
 
-    /// Sends an authorized request to the local app. The second value is
-    /// the reason when the app could not answer (the response is then
-    /// meshguard's own 503 or 502).
-    async fn forward(
+    /// Forward: sends an authorized request to the local app. When the app
+    /// cannot answer, the response is meshguard's own 503 or 502, recorded
+    /// with the reason.
+    async fn forward<'p>(
         &self,
-        mut parts: http::request::Parts,
-        peer: &Peer,
-        target: PathAndQuery,
+        parts: Parts,
         body: Incoming,
+        peer: &Peer,
         _permit: Permit,
-    ) -> (Response<ProxyBody>, Option<&'static str>) {
-        parts.uri = Uri::from(target);
-        parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(http::header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(peer.app.as_str()) {
-                parts.headers.insert(http::header::HOST, host);
-            }
-        }
-        match peer.app_pool.send(Request::from_parts(parts, body)).await {
+        ruling: Ruling<'p>,
+    ) -> Answer<'p> {
+        let direction = Direction::Inbound.as_str();
+        match peer.app.pool.send(Request::from_parts(parts, body)).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                (Response::from_parts(parts, Either::Left(body)), None)
+                ruling.answer(Response::from_parts(parts, Either::Left(body)))
             }
             Err(UpstreamError::Connect(e)) => {
-                tracing::warn!(direction = "inbound", error = %e, "local app unavailable");
+                tracing::warn!(direction, error = %e, "local app unavailable");
                 let resp = refusal(StatusCode::SERVICE_UNAVAILABLE, "local app unavailable");
-                (resp, Some("local app unavailable"))
+                ruling.because("local app unavailable").answer(resp)
             }
             Err(UpstreamError::Http(e)) => {
-                tracing::warn!(direction = "inbound", error = %e, "local app failed");
+                tracing::warn!(direction, error = %e, "local app failed");
                 let message = "local app closed the connection without a response";
-                (
-                    refusal(StatusCode::BAD_GATEWAY, message),
-                    Some("local app failed"),
-                )
+                let resp = refusal(StatusCode::BAD_GATEWAY, message);
+                ruling.because("local app failed").answer(resp)
             }
         }
     }
 
-    /// Counts a decision of the policy in force, on the counters cached
-    /// for it (made anew, once, after a reload).
-    fn count_decision(&self, policy: &Arc<Policy>, decision: &policy::Decision<'_>) {
-        let cached = self.authz_counters.load();
-        match cached.as_deref() {
-            Some(counters) if counters.belong_to(policy) => {
-                self.metrics.authz_decision(counters, decision)
-            }
-            _ => {
-                let counters = Arc::new(PolicyCounters::new(policy.clone()));
-                self.metrics.authz_decision(&counters, decision);
-                self.authz_counters.store(Some(counters));
-            }
-        }
-    }
-
-    /// A request meshguard refuses itself before the policy decides:
-    /// the plain-text refusal with `message`, audited as denied with `reason`.
-    fn refuse(
+    /// Record: counts the request and writes its audit line.
+    fn record<'a>(
         &self,
         peer: &Peer,
-        method: &str,
+        method: &Method,
         path: &str,
-        (status, reason): (StatusCode, &'static str),
-        message: impl std::fmt::Display,
         start: Instant,
+        answer: impl Into<Answer<'a>>,
     ) -> Response<ProxyBody> {
-        let outcome = Outcome {
-            decision: Decision::Deny,
-            rule: None,
-            reason,
-        };
-        self.record(
-            peer,
-            method,
-            path,
-            &outcome,
-            refusal(status, message),
-            start,
-        )
-    }
-
-    /// Counts the request and writes its audit line.
-    fn record(
-        &self,
-        peer: &Peer,
-        method: &str,
-        path: &str,
-        outcome: &Outcome<'_>,
-        resp: Response<ProxyBody>,
-        start: Instant,
-    ) -> Response<ProxyBody> {
-        let duration = start.elapsed();
-        let status = resp.status().as_u16();
-        self.metrics.record_request(
-            &peer.counters,
-            outcome.decision,
-            status,
-            duration.as_secs_f64(),
-        );
-        audit::request(&RequestRecord {
-            direction: "inbound",
+        let facts = RequestFacts {
             peer_addr: Some(&peer.addr_text),
             peer_id: Some(&peer.id),
-            method,
+            method: method.as_str(),
             path,
-            decision: outcome.decision,
-            rule: outcome.rule,
-            status,
-            duration,
-            reason: outcome.reason,
-        });
-        resp
+            start,
+        };
+        outcome::record(&self.metrics, &peer.counters, &facts, answer.into())
     }
+}
+
+fn ruling<'p>(disposition: Disposition, reason: &'static str, rule: Option<&'p str>) -> Ruling<'p> {
+    Ruling {
+        disposition,
+        reason,
+        rule,
+    }
+}
+
+/// Normalise, first half: one Host, the one authorized (HTTP/2's
+/// :authority becomes the Host the HTTP/1.1 app reads). The URI leaves
+/// `parts` (`rewrite` builds the app's), so the normalised path can borrow
+/// it while `parts` goes on to the app: no per-request copy of the path.
+fn take_canonical_uri(parts: &mut Parts) -> Result<Uri, Refusal<'static>> {
+    if let Err(reason) = canonical_host(parts) {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "ambiguous host",
+            reason,
+        ));
+    }
+    Ok(std::mem::take(&mut parts.uri))
+}
+
+/// Normalise, second half: the path in the normal form the policy matches.
+fn normalise(uri: &Uri) -> Result<NormalizedPath<'_>, Refusal<'static>> {
+    let raw = uri
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .unwrap_or("/");
+    normalize_path(raw).map_err(|e| {
+        let message = format_args!("invalid request path: {e}");
+        Refusal::new(StatusCode::BAD_REQUEST, "invalid path", message)
+    })
+}
+
+/// The path as sent, for the audit line of a path that did not normalise.
+fn raw_path(uri: &Uri) -> &str {
+    let raw = uri
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .unwrap_or("/");
+    raw.split('?').next().unwrap_or("")
 }

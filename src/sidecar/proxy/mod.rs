@@ -4,10 +4,12 @@ mod connect;
 pub mod inbound;
 mod io;
 pub mod outbound;
+pub mod outcome;
 pub mod pool;
 pub mod serve;
 pub mod transparent;
 
+pub use crate::sidecar::metrics::Direction;
 pub use connect::{ConnectError, PeerConnector};
 pub use io::CountingIo;
 
@@ -21,28 +23,20 @@ use std::net::SocketAddr;
 /// short refusal written by meshguard itself.
 pub type ProxyBody = Either<pool::UpstreamBody, Full<Bytes>>;
 
-/// Which direction a request or connection crosses the boundary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
-
 /// A short plain-text refusal. The reason names what went wrong, never the
 /// internals (no policy rules, no certificate contents).
 pub fn refusal(status: StatusCode, reason: impl Display) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
-        "meshguard: {reason}\n"
-    )))));
+    refusal_response(status, refusal_body(reason))
+}
+
+/// The body of a refusal, formatted when the request is refused.
+pub fn refusal_body(reason: impl Display) -> Bytes {
+    Bytes::from(format!("meshguard: {reason}\n"))
+}
+
+/// A refusal response around a body made by [`refusal_body`].
+pub fn refusal_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -63,20 +57,6 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError
 pub struct BindError {
     pub addr: SocketAddr,
     pub source: std::io::Error,
-}
-
-/// Logs why a served connection ended with an error; an oversized request
-/// head (answered 431 by the HTTP layer) is an audit event.
-pub fn log_connection_error(direction: &'static str, peer: impl Display, err: &hyper::Error) {
-    if err.is_parse_too_large() {
-        tracing::warn!(target: crate::sidecar::audit::TARGET, event = "request_refused", direction, peer_addr = %peer, status = 431u16, reason = "request_headers_too_large", "request refused: headers too large");
-    } else if err.is_parse() {
-        tracing::warn!(target: crate::sidecar::audit::TARGET, event = "request_refused", direction, peer_addr = %peer, status = 400u16, reason = "malformed_request", detail = %err, "request refused: malformed HTTP");
-    } else if err.is_timeout() {
-        tracing::info!(target: crate::sidecar::audit::TARGET, event = "connection_closed", direction, peer_addr = %peer, reason = "header_read_timeout", "connection closed: request headers not received in time");
-    } else {
-        tracing::debug!(direction, peer_addr = %peer, error = %err, "connection ended with an error");
-    }
 }
 
 /// Makes the request name exactly one host, the one it is routed and

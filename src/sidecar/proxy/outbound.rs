@@ -2,31 +2,31 @@
 //! is matched to a declared route and sent over mTLS to the peer sidecar,
 //! which must prove the SPIFFE ID declared for that route. Undeclared
 //! destinations are refused: nothing leaves for a place nobody declared.
+//!
+//! The steps of one request, in order: normalise (one Host), select the
+//! route, rewrite (target and headers), forward, record (metrics + audit line).
 
+use super::outcome::{self, Answer, Refusal, RequestFacts, Ruling};
 use super::pool::{Http1Pool, Http2Conn, UpstreamBody, UpstreamError};
-use super::serve::{
-    accept_loop, close_if_draining, http1_builder, Activity, ConnectionTracker, Control, Tracked,
-};
-use super::transparent::{original_destination, passthrough, Destinations, Target};
+use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
+use super::transparent::{original_destination, passthrough, Destination, Destinations, Routing};
 use super::{
-    canonical_host, log_connection_error, refusal, ConnectError, CountingIo, PeerConnector,
-    ProxyBody,
+    canonical_host, refusal, ConnectError, CountingIo, Direction, PeerConnector, ProxyBody,
 };
-use crate::sidecar::audit::{self, RequestRecord};
 use crate::sidecar::config::LimitsConfig;
 use crate::sidecar::config::{OutboundConfig, RouteConfig};
 use crate::sidecar::headers;
 use crate::sidecar::identity::SpiffeId;
-use crate::sidecar::metrics::{Decision, Metrics, RequestCounters};
+use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::tls::{outbound_client_config, CredentialStore, TlsError, UpstreamProtocol};
+use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
-use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,13 +58,13 @@ impl Upstream {
     /// The request target on this hop: origin-form for HTTP/1.1 (the
     /// authority travels in Host), absolute for HTTP/2, where it becomes
     /// `:scheme` and `:authority`.
-    fn uri(&self, authority: Authority, target: PathAndQuery) -> Result<Uri, http::Error> {
+    fn uri(&self, authority: Authority, path: PathAndQuery) -> Result<Uri, http::Error> {
         match self {
-            Upstream::Http1(_) => Ok(Uri::from(target)),
+            Upstream::Http1(_) => Ok(Uri::from(path)),
             Upstream::Http2(_) => Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority(authority)
-                .path_and_query(target)
+                .path_and_query(path)
                 .build(),
         }
     }
@@ -113,8 +113,10 @@ impl Route {
                 Upstream::Http2(Http2Conn::new(connector, PEER_POOL_IDLE, max_idle > 0))
             }
         };
-        let counters =
-            metrics.request_counters("outbound", metrics.peer_label(cfg.identity.as_str()));
+        let counters = metrics.request_counters(
+            Direction::Outbound,
+            metrics.peer_label(cfg.identity.as_str()),
+        );
         Ok(Arc::new(Route {
             peer: Arc::from(cfg.peer.as_str()),
             identity: cfg.identity.clone(),
@@ -134,7 +136,7 @@ pub struct Outbound {
     /// Counters of requests refused before a route was chosen.
     unrouted: RequestCounters,
     /// Routes with a listener of their own, in config order.
-    pub listener_routes: Vec<(std::net::SocketAddr, Arc<Route>)>,
+    pub listener_routes: Vec<(SocketAddr, Arc<Route>)>,
     /// Transparently captured traffic, by original destination.
     destinations: Destinations,
     protocol: UpstreamProtocol,
@@ -159,7 +161,7 @@ impl Outbound {
                 listener_routes.push((listen, route));
             }
         }
-        let unrouted = metrics.request_counters("outbound", "none".to_owned());
+        let unrouted = metrics.request_counters(Direction::Outbound, "none".to_owned());
         Ok(Arc::new(Outbound {
             by_host,
             metrics,
@@ -187,7 +189,7 @@ impl Outbound {
         let this = self.clone();
         accept_loop(
             listener,
-            "outbound",
+            Direction::Outbound,
             max,
             drain.clone(),
             tracker,
@@ -199,72 +201,67 @@ impl Outbound {
         .await
     }
 
+    /// One connection from the app: passed through as TCP, or served as
+    /// HTTP with its requests routed.
     async fn connection(
         self: Arc<Self>,
         tcp: TcpStream,
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         fixed: Option<Arc<Route>>,
         drain: watch::Receiver<bool>,
         tracked: Tracked,
     ) {
         let _ = tcp.set_nodelay(true);
-        let target = match fixed {
-            Some(route) => Target::Route(route),
-            None => match original_destination(&tcp) {
-                Some(dst) => self.destinations.target(dst, |cfg| {
-                    Route::new(
-                        &self.store,
-                        cfg,
-                        self.protocol,
-                        self.max_idle,
-                        &self.metrics,
-                    )
-                    .inspect_err(
-                        |e| tracing::error!(destination = %dst, error = %e, "cannot build a route"),
-                    )
-                    .ok()
-                }),
-                None => Target::ByHost,
-            },
+        let routing = match self.destination(&tcp, fixed) {
+            Destination::Http(routing) => routing,
+            Destination::Passthrough(dst) => return passthrough(tcp, dst).await,
         };
-        if let Target::Passthrough(dst) = target {
-            tracing::info!(target: crate::sidecar::audit::TARGET, event = "passthrough", direction = "outbound", destination = %dst, decision = "allow", reason = "undeclared destination, passthrough chosen", "forwarding unauthenticated TCP");
-            return passthrough(tcp, dst).await;
-        }
         let activity = Arc::new(Activity::default());
+        let io = TokioIo::new(CountingIo::new(tcp, None, Some(activity.clone())));
         let control = Control {
             drain,
             idle_timeout: self.limits.idle_timeout(),
-            activity: activity.clone(),
+            activity,
             revoked: None,
             multiplexed: false,
         };
-        let this = self.clone();
-        let closing = tracked.closing_flag();
-        let service = service_fn(move |req| {
-            let (this, target, in_flight, closing) = (
-                this.clone(),
-                target.clone(),
-                activity.request(),
-                closing.clone(),
-            );
-            async move {
-                let mut resp = this.handle(req, &target).await;
-                close_if_draining(&closing, true, &mut resp);
-                drop(in_flight);
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        let io = TokioIo::new(CountingIo::new(tcp, None, Some(control.activity.clone())));
-        let result = crate::serve_controlled!(
-            http1_builder(&self.limits).serve_connection(io, service),
+        let conn = Connection {
+            direction: Direction::Outbound,
+            peer: addr,
+            h2: false,
             control,
-            "outbound",
-            addr
-        );
-        if let Err(e) = result {
-            log_connection_error("outbound", addr, &e);
+            closing: tracked.closing_flag(),
+        };
+        let this = self.clone();
+        serve(io, &self.limits, conn, move |req| {
+            let (this, routing) = (this.clone(), routing.clone());
+            async move { this.handle(req, &routing).await }
+        })
+        .await;
+    }
+
+    /// Where the requests of one app connection go: the listener's own
+    /// route, the captured original destination, or else by Host.
+    fn destination(&self, tcp: &TcpStream, fixed: Option<Arc<Route>>) -> Destination {
+        if let Some(route) = fixed {
+            return Destination::Http(Routing::Route(route));
         }
+        let Some(dst) = original_destination(tcp) else {
+            return Destination::Http(Routing::ByHost);
+        };
+        self.destinations.resolve(dst, |cfg| {
+            Route::new(
+                &self.store,
+                cfg,
+                self.protocol,
+                self.max_idle,
+                &self.metrics,
+            )
+            .inspect_err(
+                |e| tracing::error!(destination = %dst, error = %e, "cannot build a route"),
+            )
+            .ok()
+        })
     }
 
     /// The route for a request's authority: `host:port` first, then `host`.
@@ -283,13 +280,13 @@ impl Outbound {
         })
     }
 
-    async fn handle(&self, req: Request<Incoming>, target: &Target) -> Response<ProxyBody> {
+    /// One request from the app, step by step.
+    async fn handle(&self, req: Request<Incoming>, routing: &Routing) -> Response<ProxyBody> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         if let Err(reason) = canonical_host(&mut parts) {
-            let (method, path) = (parts.method.clone(), parts.uri.path().to_owned());
-            let refused = (StatusCode::BAD_REQUEST, "ambiguous host");
-            return self.refuse(None, &method, &path, refused, reason, start);
+            let refused = Refusal::new(StatusCode::BAD_REQUEST, "ambiguous host", reason);
+            return self.record(None, &parts.method, parts.uri.path(), start, refused);
         }
         // The URI leaves `parts` (a new one is built below) and the Host
         // value is shared, not copied, so that routing and the audit line
@@ -302,144 +299,143 @@ impl Outbound {
             .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()));
         let method = parts.method.clone();
         let path = uri.path();
+        let route = match self.select_route(routing, authority) {
+            Ok(route) => route,
+            Err(refused) => return self.record(None, &method, path, start, refused),
+        };
+        let answer = match self.rewrite(&mut parts, route, &uri, authority) {
+            Ok(peer_authority) => Self::forward(route, parts, body, peer_authority).await,
+            Err(refused) => refused.into(),
+        };
+        self.record(Some(route), &method, path, start, answer)
+    }
+
+    /// Select the route: the connection's own, or the declared route for
+    /// the request's authority. Nothing leaves for an undeclared place.
+    fn select_route<'r>(
+        &'r self,
+        routing: &'r Routing,
+        authority: Option<&str>,
+    ) -> Result<&'r Route, Refusal<'static>> {
         const UNDECLARED: (StatusCode, &str) = (StatusCode::FORBIDDEN, "undeclared destination");
-        let route = match (target, authority) {
-            (Target::Route(route), _) => route.as_ref(),
+        let undeclared = |message| Refusal::new(UNDECLARED.0, UNDECLARED.1, message);
+        match (routing, authority) {
+            (Routing::Route(route), _) => Ok(route),
             // Captured to an address no destination rule declares: a
             // declared Host route still applies (an app calling a Service
             // by name), anything else is refused.
-            (Target::Undeclared(dst) | Target::Passthrough(dst), authority) => {
+            (Routing::Undeclared(dst), authority) => {
                 match authority.and_then(|a| self.route_for(a)) {
-                    Some(route) => route.as_ref(),
-                    None => {
-                        let message = format_args!(
-                            "destination {dst} is not declared in outbound destinations or routes"
-                        );
-                        return self.refuse(None, &method, path, UNDECLARED, message, start);
-                    }
+                    Some(route) => Ok(route),
+                    None => Err(undeclared(format_args!(
+                        "destination {dst} is not declared in outbound destinations or routes"
+                    ))),
                 }
             }
-            (Target::ByHost, Some(authority)) => match self.route_for(authority) {
-                Some(route) => route.as_ref(),
-                None => {
-                    let message = format_args!(
-                        "destination {authority:?} is not declared in outbound routes"
-                    );
-                    return self.refuse(None, &method, path, UNDECLARED, message, start);
-                }
+            (Routing::ByHost, Some(authority)) => match self.route_for(authority) {
+                Some(route) => Ok(route),
+                None => Err(undeclared(format_args!(
+                    "destination {authority:?} is not declared in outbound routes"
+                ))),
             },
-            (Target::ByHost, None) => {
-                let refused = (StatusCode::BAD_REQUEST, "no host");
+            (Routing::ByHost, None) => {
                 let message = "request has no Host; cannot choose a destination";
-                return self.refuse(None, &method, path, refused, message, start);
+                Err(Refusal::new(StatusCode::BAD_REQUEST, "no host", message))
             }
-        };
+        }
+    }
+
+    /// Rewrite: no identity or hop-by-hop header leaves with the request,
+    /// and the target takes the form of the route's hop. Returns the
+    /// authority the peer sees (Host, or :authority over HTTP/2); where the
+    /// request goes is fixed by the route's connector. Refused while our
+    /// own SVID has expired: no peer would accept it.
+    fn rewrite(
+        &self,
+        parts: &mut Parts,
+        route: &Route,
+        uri: &Uri,
+        authority: Option<&str>,
+    ) -> Result<Authority, Refusal<'static>> {
         if !self.store.svid_is_valid_now() {
-            let refused = (StatusCode::SERVICE_UNAVAILABLE, "own SVID expired");
             let message = "own SVID has expired and no valid replacement is loaded";
-            return self.refuse(Some(route), &method, path, refused, message, start);
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            return Err(Refusal::new(status, "own SVID expired", message));
         }
         headers::strip_outbound(&mut parts.headers);
-        let target = uri
+        let path = uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // What the peer sees as the authority (Host, or :authority over
-        // HTTP/2); where the request goes is fixed by the route's connector.
-        let uri_authority = match uri.authority() {
+        let peer_authority = match uri.authority() {
             Some(a) => a.clone(),
             None => authority
                 .and_then(|a| Authority::try_from(a).ok())
                 .unwrap_or_else(|| Authority::from_static("peer")),
         };
-        parts.uri = match route.upstream.uri(uri_authority.clone(), target) {
-            Ok(uri) => uri,
-            Err(_) => {
-                let refused = (StatusCode::BAD_REQUEST, "invalid request target");
-                let message = "invalid request target";
-                return self.refuse(Some(route), &method, path, refused, message, start);
-            }
+        parts.uri = route
+            .upstream
+            .uri(peer_authority.clone(), path)
+            .map_err(|_| {
+                let reason = "invalid request target";
+                Refusal::new(StatusCode::BAD_REQUEST, reason, reason)
+            })?;
+        Ok(peer_authority)
+    }
+
+    /// Forward: sends the request over the route's mTLS connections.
+    async fn forward(
+        route: &Route,
+        parts: Parts,
+        body: Incoming,
+        peer_authority: Authority,
+    ) -> Answer<'static> {
+        let allowed = |reason| Ruling {
+            disposition: Disposition::Allow,
+            reason,
+            rule: None,
         };
         let request = Request::from_parts(parts, body);
-        let (resp, reason) = match route.upstream.send(request, uri_authority).await {
+        match route.upstream.send(request, peer_authority).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                (
-                    Response::from_parts(parts, Either::Left(body)),
-                    "forwarded to peer",
-                )
+                let resp = Response::from_parts(parts, Either::Left(body));
+                allowed("forwarded to peer").answer(resp)
             }
             Err(UpstreamError::Connect(err)) => {
-                (refusal(StatusCode::BAD_GATEWAY, &err), err.reason_label())
+                allowed(err.reason_label()).answer(refusal(StatusCode::BAD_GATEWAY, &err))
             }
             Err(UpstreamError::Http(e)) => {
-                tracing::warn!(direction = "outbound", peer = %route.peer, error = %e, "peer failed");
-                let resp = refusal(
-                    StatusCode::BAD_GATEWAY,
-                    format_args!(
-                        "peer {} closed the connection without a response",
-                        route.peer
-                    ),
+                let direction = Direction::Outbound.as_str();
+                tracing::warn!(direction, peer = %route.peer, error = %e, "peer failed");
+                let message = format_args!(
+                    "peer {} closed the connection without a response",
+                    route.peer
                 );
-                (resp, "peer failed")
+                allowed("peer failed").answer(refusal(StatusCode::BAD_GATEWAY, message))
             }
-        };
-        self.record(
-            Some(route),
-            &method,
-            path,
-            Decision::Allow,
-            reason,
-            resp,
-            start,
-        )
+        }
     }
 
-    /// A request meshguard refuses itself: the plain-text refusal with
-    /// `message`, counted and audited as denied with the short `reason`.
-    fn refuse(
+    /// Record: counts the request (on the route's counters, or the
+    /// unrouted ones) and writes its audit line.
+    fn record<'a>(
         &self,
         route: Option<&Route>,
-        method: &http::Method,
+        method: &Method,
         path: &str,
-        (status, reason): (StatusCode, &str),
-        message: impl std::fmt::Display,
         start: Instant,
+        answer: impl Into<Answer<'a>>,
     ) -> Response<ProxyBody> {
-        let resp = refusal(status, message);
-        self.record(route, method, path, Decision::Deny, reason, resp, start)
-    }
-
-    /// Counts the request and writes its audit line.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        route: Option<&Route>,
-        method: &http::Method,
-        path: &str,
-        decision: Decision,
-        reason: &str,
-        resp: Response<ProxyBody>,
-        start: Instant,
-    ) -> Response<ProxyBody> {
-        let duration = start.elapsed();
-        let status = resp.status().as_u16();
         let counters = route.map_or(&self.unrouted, |r| &r.counters);
-        self.metrics
-            .record_request(counters, decision, status, duration.as_secs_f64());
-        audit::request(&RequestRecord {
-            direction: "outbound",
+        let facts = RequestFacts {
             peer_addr: route.map(|r| &*r.peer),
             peer_id: route.map(|r| &r.identity),
             method: method.as_str(),
             path,
-            decision,
-            rule: None,
-            status,
-            duration,
-            reason,
-        });
-        resp
+            start,
+        };
+        outcome::record(&self.metrics, counters, &facts, answer.into())
     }
 }

@@ -5,11 +5,19 @@
 //! timeout, or a peer whose proof has lapsed. Closing is always graceful:
 //! requests in flight finish, HTTP/1 gets `Connection: close`, HTTP/2 GOAWAY.
 
+use super::ProxyBody;
+use crate::sidecar::audit;
 use crate::sidecar::config::LimitsConfig;
+use crate::sidecar::metrics::Direction;
 use crate::sidecar::tls::{LiveConn, Revocation};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,25 +177,128 @@ impl Drop for CloseWatch {
     }
 }
 
-/// Serves one hyper connection until it ends or `control` asks for it to
-/// close, then closes it gracefully and waits for in-flight work.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! serve_controlled {
-    ($conn:expr, $control:expr, $direction:expr, $peer:expr) => {{
-        let conn = $conn;
-        tokio::pin!(conn);
-        let mut watch = $crate::sidecar::proxy::serve::CloseWatch::spawn($control);
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => result,
-            reason = watch.reason() => {
-                tracing::info!(target: $crate::sidecar::audit::TARGET, event = "connection_closed", direction = $direction, peer_addr = %$peer, reason = reason.as_str(), "closing connection gracefully");
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+/// One accepted connection, ready to serve: who is on the other end and
+/// what may close it.
+pub struct Connection {
+    pub direction: Direction,
+    pub peer: SocketAddr,
+    /// HTTP/2 (negotiated by ALPN) rather than HTTP/1.1.
+    pub h2: bool,
+    pub control: Control,
+    /// Set once a drain begins (see [`Tracked::closing_flag`]).
+    pub closing: Arc<AtomicBool>,
+}
+
+/// Serves the requests of one connection with `handle`, in either
+/// direction and either HTTP version, until the connection ends or its
+/// [`Control`] asks for it to close; then closes it gracefully and waits
+/// for the requests in flight. Each request is counted in flight (for the
+/// idle and drain timers) and, once a drain has begun, its HTTP/1 response
+/// says `Connection: close`.
+pub async fn serve<I, H, Fut>(io: I, limits: &LimitsConfig, conn: Connection, handle: H)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let Connection {
+        direction,
+        peer,
+        h2,
+        control,
+        closing,
+    } = conn;
+    let activity = control.activity.clone();
+    let service = service_fn(move |req| {
+        let in_flight = activity.request();
+        let closing = closing.clone();
+        let answer = handle(req);
+        async move {
+            let mut resp = answer.await;
+            close_if_draining(&closing, !h2, &mut resp);
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
         }
-    }};
+    });
+    let result = if h2 {
+        let conn = http2_builder(limits).serve_connection(io, service);
+        until_closed(conn, control, direction, peer).await
+    } else {
+        let conn = http1_builder(limits).serve_connection(io, service);
+        until_closed(conn, control, direction, peer).await
+    };
+    if let Err(e) = result {
+        log_connection_error(direction, peer, &e);
+    }
+}
+
+/// A hyper server connection of either HTTP version.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Drives `conn` until it ends or `control` asks for it to close, then
+/// closes it gracefully and waits for in-flight work. The close reasons
+/// are watched on their own task ([`CloseWatch`]).
+async fn until_closed<C: Graceful>(
+    conn: C,
+    control: Control,
+    direction: Direction,
+    peer: SocketAddr,
+) -> Result<(), hyper::Error> {
+    tokio::pin!(conn);
+    let mut watch = CloseWatch::spawn(control);
+    tokio::select! {
+        biased;
+        result = conn.as_mut() => result,
+        reason = watch.reason() => {
+            audit::connection_closed(direction, &peer, reason.as_str());
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+/// Logs why a served connection ended with an error; an oversized request
+/// head (answered 431 by the HTTP layer) is an audit event.
+fn log_connection_error(direction: Direction, peer: SocketAddr, err: &hyper::Error) {
+    if err.is_parse_too_large() {
+        audit::headers_too_large(direction, &peer);
+    } else if err.is_parse() {
+        audit::malformed_request(direction, &peer, err);
+    } else if err.is_timeout() {
+        audit::header_read_timeout(direction, &peer);
+    } else {
+        let direction = direction.as_str();
+        tracing::debug!(direction, peer_addr = %peer, error = %err, "connection ended with an error");
+    }
 }
 
 /// HTTP/1 server settings from the limits.
@@ -263,7 +374,7 @@ impl Drop for Tracked {
 }
 
 /// Adds `Connection: close` to an HTTP/1 response once a drain has begun.
-pub fn close_if_draining<B>(closing: &AtomicBool, http1: bool, resp: &mut http::Response<B>) {
+fn close_if_draining<B>(closing: &AtomicBool, http1: bool, resp: &mut http::Response<B>) {
     if http1 && closing.load(Ordering::Relaxed) {
         resp.headers_mut().insert(
             http::header::CONNECTION,
@@ -277,7 +388,7 @@ pub fn close_if_draining<B>(closing: &AtomicBool, http1: bool, resp: &mut http::
 /// only hide the overload), and hands each to `handle` on its own task.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    direction: &'static str,
+    direction: Direction,
     max_connections: usize,
     mut drain: watch::Receiver<bool>,
     tracker: ConnectionTracker,
@@ -295,11 +406,11 @@ pub async fn accept_loop<F, Fut>(
                         tokio::spawn(handle(tcp, addr, tracker.track(permit)));
                     }
                     (Err(_), addr) => {
-                        tracing::warn!(target: crate::sidecar::audit::TARGET, event = "connection_refused", direction, peer_addr = %addr, reason = "connection_limit", limit = max_connections, "connection refused: listener at its connection limit");
+                        audit::connection_refused(direction, addr, max_connections);
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(direction, error = %e, "accept failed");
+                    tracing::warn!(direction = direction.as_str(), error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -7,22 +7,30 @@
 use super::outbound::Route;
 use crate::sidecar::config::{DestinationConfig, RouteConfig, Undeclared};
 use crate::sidecar::identity::SpiffeId;
+use crate::sidecar::metrics::Direction;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
 
-/// Where a captured connection goes.
+/// Where the connections of the app go: served as HTTP and routed, or,
+/// captured to an undeclared destination under `passthrough`, copied as TCP.
+pub enum Destination {
+    Http(Routing),
+    /// Captured, destination not declared, policy `passthrough`.
+    Passthrough(SocketAddr),
+}
+
+/// How the HTTP requests of one app connection find their route.
 #[derive(Clone)]
-pub enum Target {
+pub enum Routing {
     /// Not captured (the app dialled the listener itself): route by Host.
     ByHost,
     /// A declared route.
     Route(Arc<Route>),
-    /// Captured, destination not declared, policy `deny`.
+    /// Captured, destination not declared, policy `deny`: only a declared
+    /// Host route may still apply.
     Undeclared(SocketAddr),
-    /// Captured, destination not declared, policy `passthrough`.
-    Passthrough(SocketAddr),
 }
 
 /// The destination table and a route (with its pool) per destination met.
@@ -55,20 +63,20 @@ impl Destinations {
     /// What to do with a connection whose original destination is `dst`.
     /// `make_route` builds the pooled mTLS route the first time a declared
     /// destination is met.
-    pub fn target(
+    pub fn resolve(
         &self,
         dst: SocketAddr,
         make_route: impl FnOnce(&RouteConfig) -> Option<Arc<Route>>,
-    ) -> Target {
+    ) -> Destination {
         let Some(identity) = self.identity_for(dst) else {
             return match self.undeclared {
-                Undeclared::Deny => Target::Undeclared(dst),
-                Undeclared::Passthrough => Target::Passthrough(dst),
+                Undeclared::Deny => Destination::Http(Routing::Undeclared(dst)),
+                Undeclared::Passthrough => Destination::Passthrough(dst),
             };
         };
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(route) = routes.get(&dst) {
-            return Target::Route(route.clone());
+            return Destination::Http(Routing::Route(route.clone()));
         }
         let cfg = RouteConfig {
             host: None,
@@ -79,9 +87,9 @@ impl Destinations {
         match make_route(&cfg) {
             Some(route) => {
                 routes.insert(dst, route.clone());
-                Target::Route(route)
+                Destination::Http(Routing::Route(route))
             }
-            None => Target::Undeclared(dst),
+            None => Destination::Http(Routing::Undeclared(dst)),
         }
     }
 }
@@ -117,13 +125,14 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// Copies bytes both ways to `dst`, unauthenticated (only when the
 /// operator chose `undeclared: passthrough`).
 pub async fn passthrough(mut app: TcpStream, dst: SocketAddr) {
+    crate::sidecar::audit::passthrough(dst);
     match TcpStream::connect(dst).await {
         Ok(mut upstream) => {
             let _ = upstream.set_nodelay(true);
             let _ = tokio::io::copy_bidirectional(&mut app, &mut upstream).await;
         }
         Err(e) => {
-            tracing::warn!(direction = "outbound", destination = %dst, error = %e, "passthrough connect failed")
+            tracing::warn!(direction = Direction::Outbound.as_str(), destination = %dst, error = %e, "passthrough connect failed")
         }
     }
 }
@@ -192,8 +201,10 @@ mod tests {
     fn undeclared_destinations_follow_the_chosen_rule() {
         let dst: SocketAddr = "192.0.2.1:5432".parse().unwrap();
         let deny = Destinations::new(Vec::new(), Undeclared::Deny);
-        assert!(matches!(deny.target(dst, |_| None), Target::Undeclared(d) if d == dst));
+        assert!(
+            matches!(deny.resolve(dst, |_| None), Destination::Http(Routing::Undeclared(d)) if d == dst)
+        );
         let pass = Destinations::new(Vec::new(), Undeclared::Passthrough);
-        assert!(matches!(pass.target(dst, |_| None), Target::Passthrough(d) if d == dst));
+        assert!(matches!(pass.resolve(dst, |_| None), Destination::Passthrough(d) if d == dst));
     }
 }

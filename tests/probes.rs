@@ -2,15 +2,14 @@
 //! apps (HTTP, HTTPS with an untrusted certificate, TCP, h2c gRPC health)
 //! probed through `/app-probe/<key>`, as kubelet calls it.
 
-#[path = "probes/apps.rs"]
-mod apps;
-#[path = "probes/harness.rs"]
-mod harness;
+mod probe_support;
 
-use apps::{grpc_app, http_app, tls_server, App};
-use harness::{call, closed_port, forwarder, grpc_probe, http_probe, local, probe, tcp_probe};
 use meshguard::kube::probe::{
     probes_from_env, serve_shutdown, shutdown_listen_from_env, KUBE_PROBE_USER_AGENT,
+};
+use probe_support::apps::{grpc_app, http_app, tls_server, App};
+use probe_support::harness::{
+    call, closed_port, forwarder, grpc_probe, http_probe, local, probe, tcp_probe,
 };
 use serde_json::{json, Value};
 use std::net::SocketAddr;

@@ -1,6 +1,10 @@
 //! Test support: real certificates from our own rcgen code, real sidecars
 //! started in-process on port 0, a real HTTP app that records what reached
 //! it, and a TLS client that can present any certificate.
+
+// Every test binary that says `mod support;` compiles all of this but uses
+// a part; each helper is used by at least one of them, so unused-code
+// warnings here would only be noise.
 #![allow(dead_code)]
 
 use bytes::Bytes;

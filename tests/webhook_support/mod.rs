@@ -1,7 +1,6 @@
 //! Helpers of tests/webhook.rs: dev certificates for the webhook's
 //! Service name, the binary started on a free loopback port, a TLS client
 //! trusting the dev CA, AdmissionReviews in and patches applied out.
-#![allow(dead_code)]
 
 use base64::Engine as _;
 use bytes::Bytes;

@@ -83,164 +83,23 @@ pub(super) struct Settings {
 
 /// Reads the pod's annotations. Unknown `meshguard.io/` names are refused:
 /// a misspelt exclusion silently ignored is exactly the kind of capture
-/// surprise users report.
+/// surprise users report. Errors come in a fixed order (names, then each
+/// setting as listed here), so the first one reported is predictable.
 pub(super) fn settings(
     annotations: Option<&Mapping>,
     opts: &InjectOptions,
 ) -> Result<Settings, BadAnnotation> {
     let empty = Mapping::new();
-    let annotations = annotations.unwrap_or(&empty);
-    let mut values: Vec<(&str, &str)> = Vec::new();
-    for (k, v) in annotations {
-        let Some(name) = k.as_str().filter(|n| n.starts_with(PREFIX)) else {
-            continue;
-        };
-        if name == INJECTED || name == APP_PROBES {
-            continue;
-        }
-        let bad = |message: &str| BadAnnotation {
-            name: name.to_owned(),
-            value: value_text(v),
-            message: message.to_owned(),
-        };
-        if !USER_ANNOTATIONS.contains(&name) {
-            let hint = USER_ANNOTATIONS
-                .iter()
-                .map(|known| (edit_distance(known, name), known))
-                .min()
-                .filter(|(d, _)| *d <= 3)
-                .map(|(_, known)| format!(" (did you mean {known}?)"))
-                .unwrap_or_default();
-            return Err(bad(&format!("unknown meshguard annotation{hint}")));
-        }
-        let Some(value) = v.as_str() else {
-            return Err(bad("annotation values must be strings (quote it)"));
-        };
-        values.push((name, value));
-    }
-    let get = |name: &str| values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-    let bad = |name: &str, message: String| BadAnnotation {
-        name: name.to_owned(),
-        value: get(name).unwrap_or_default().to_owned(),
-        message,
-    };
-
-    let opted_out = match get(INJECT) {
-        None | Some("enabled") => false,
-        Some("disabled") => true,
-        Some(_) => return Err(bad(INJECT, "must be `enabled` or `disabled`".into())),
-    };
-    let mode = match get(SIDECAR_MODE) {
-        None => opts.mode,
-        Some("native") => SidecarMode::Native,
-        Some("container") => SidecarMode::Container,
-        Some(_) => return Err(bad(SIDECAR_MODE, "must be `native` or `container`".into())),
-    };
-    let shutdown_endpoint = match get(SHUTDOWN_ENDPOINT) {
-        None => opts.shutdown_endpoint && mode == SidecarMode::Container,
-        Some("enabled") if mode == SidecarMode::Container => true,
-        Some("enabled") => {
-            return Err(bad(
-                SHUTDOWN_ENDPOINT,
-                "only for sidecar-mode `container`: a native sidecar stops by itself \
-                 when the app's containers exit"
-                    .into(),
-            ))
-        }
-        Some("disabled") => false,
-        Some(_) => {
-            return Err(bad(
-                SHUTDOWN_ENDPOINT,
-                "must be `enabled` or `disabled`".into(),
-            ))
-        }
-    };
-    let object_name = |name: &str| -> Result<Option<String>, BadAnnotation> {
-        match get(name) {
-            None => Ok(None),
-            Some(v) if is_dns_subdomain(v) => Ok(Some(v.to_owned())),
-            Some(_) => Err(bad(
-                name,
-                "must be a Kubernetes object name (lowercase DNS subdomain)".into(),
-            )),
-        }
-    };
-    let config_map = object_name(CONFIG_MAP)?;
-    let policy_config_map = object_name(POLICY_CONFIG_MAP)?;
-    let identity_secret = object_name(IDENTITY_SECRET)?;
-    let app_port = match get(APP_PORT) {
-        None => None,
-        Some(v) => match v.parse::<u16>() {
-            Ok(p) if p != 0 && v.bytes().all(|b| b.is_ascii_digit()) => Some(p),
-            _ => return Err(bad(APP_PORT, "must be a port number 1-65535".into())),
-        },
-    };
-    if app_port.is_some() && config_map.is_some() {
-        return Err(bad(
-            APP_PORT,
-            format!("the app address comes from the config in {CONFIG_MAP}; set one of them"),
-        ));
-    }
-
-    let ports = |name: &str| {
-        PortRange::parse_list(get(name).unwrap_or_default()).map_err(|e| bad(name, e.to_string()))
-    };
-    let mut capture = CaptureConfig {
-        proxy_uid: opts.proxy_uid,
-        exclude_inbound_ports: ports(EXCLUDE_INBOUND_PORTS)?,
-        exclude_outbound_ports: ports(EXCLUDE_OUTBOUND_PORTS)?,
-        exclude_outbound_cidrs: Cidr::parse_list(get(EXCLUDE_OUTBOUND_CIDRS).unwrap_or_default())
-            .map_err(|e| bad(EXCLUDE_OUTBOUND_CIDRS, e.to_string()))?,
-        ..CaptureConfig::default()
-    };
-    // Admin and probe ports are excluded anyway; listing them again is
-    // harmless, so drop them rather than print them twice.
-    capture.exclude_inbound_ports.retain(|r| {
-        *r != PortRange::single(capture.admin_port) && *r != PortRange::single(capture.probe_port)
-    });
-    // Validate each list on its own, so the error names the annotation
-    // that caused it.
-    for (name, partial) in [
-        (
-            EXCLUDE_INBOUND_PORTS,
-            CaptureConfig {
-                exclude_inbound_ports: capture.exclude_inbound_ports.clone(),
-                ..CaptureConfig::default()
-            },
-        ),
-        (
-            EXCLUDE_OUTBOUND_PORTS,
-            CaptureConfig {
-                exclude_outbound_ports: capture.exclude_outbound_ports.clone(),
-                ..CaptureConfig::default()
-            },
-        ),
-        (
-            EXCLUDE_OUTBOUND_CIDRS,
-            CaptureConfig {
-                exclude_outbound_cidrs: capture.exclude_outbound_cidrs.clone(),
-                ..CaptureConfig::default()
-            },
-        ),
-    ] {
-        partial.validate().map_err(|e| bad(name, e.to_string()))?;
-    }
-
-    let quantity = |name: &str, default: &Option<String>| match get(name) {
-        None => Ok(default.clone()),
-        Some(v) if is_quantity(v) => Ok(Some(v.to_owned())),
-        Some(_) => Err(bad(
-            name,
-            "must be a Kubernetes quantity, e.g. 100m, 64Mi".into(),
-        )),
-    };
-    let resources = ProxyResources {
-        cpu_request: quantity(PROXY_CPU_REQUEST, &opts.resources.cpu_request)?,
-        memory_request: quantity(PROXY_MEMORY_REQUEST, &opts.resources.memory_request)?,
-        cpu_limit: quantity(PROXY_CPU_LIMIT, &opts.resources.cpu_limit)?,
-        memory_limit: quantity(PROXY_MEMORY_LIMIT, &opts.resources.memory_limit)?,
-    };
-
+    let values = Values::read(annotations.unwrap_or(&empty))?;
+    let opted_out = values.opted_out()?;
+    let mode = values.mode(opts)?;
+    let shutdown_endpoint = values.shutdown_endpoint(opts, mode)?;
+    let config_map = values.object_name(CONFIG_MAP)?;
+    let policy_config_map = values.object_name(POLICY_CONFIG_MAP)?;
+    let identity_secret = values.object_name(IDENTITY_SECRET)?;
+    let app_port = values.app_port(config_map.is_some())?;
+    let capture = values.capture(opts)?;
+    let resources = values.resources(&opts.resources)?;
     Ok(Settings {
         opted_out,
         mode,
@@ -252,6 +111,210 @@ pub(super) fn settings(
         capture,
         resources,
     })
+}
+
+/// The user's `meshguard.io/` annotations of one pod, by name: every name
+/// known and every value a string.
+struct Values<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Values<'a> {
+    /// Keeps the user's annotations, skipping others' and the ones
+    /// `inject` writes itself; refuses unknown names and non-strings.
+    fn read(annotations: &'a Mapping) -> Result<Self, BadAnnotation> {
+        let mut values = Vec::new();
+        for (k, v) in annotations {
+            let Some(name) = k.as_str().filter(|n| n.starts_with(PREFIX)) else {
+                continue;
+            };
+            if name == INJECTED || name == APP_PROBES {
+                continue;
+            }
+            let bad = |message: &str| BadAnnotation {
+                name: name.to_owned(),
+                value: value_text(v),
+                message: message.to_owned(),
+            };
+            if !USER_ANNOTATIONS.contains(&name) {
+                let hint = suggestion(name)
+                    .map(|known| format!(" (did you mean {known}?)"))
+                    .unwrap_or_default();
+                return Err(bad(&format!("unknown meshguard annotation{hint}")));
+            }
+            let Some(value) = v.as_str() else {
+                return Err(bad("annotation values must be strings (quote it)"));
+            };
+            values.push((name, value));
+        }
+        Ok(Values(values))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    /// The error for annotation `name`, quoting its value.
+    fn bad(&self, name: &str, message: String) -> BadAnnotation {
+        BadAnnotation {
+            name: name.to_owned(),
+            value: self.get(name).unwrap_or_default().to_owned(),
+            message,
+        }
+    }
+
+    fn opted_out(&self) -> Result<bool, BadAnnotation> {
+        match self.get(INJECT) {
+            None | Some("enabled") => Ok(false),
+            Some("disabled") => Ok(true),
+            Some(_) => Err(self.bad(INJECT, "must be `enabled` or `disabled`".into())),
+        }
+    }
+
+    fn mode(&self, opts: &InjectOptions) -> Result<SidecarMode, BadAnnotation> {
+        match self.get(SIDECAR_MODE) {
+            None => Ok(opts.mode),
+            Some("native") => Ok(SidecarMode::Native),
+            Some("container") => Ok(SidecarMode::Container),
+            Some(_) => Err(self.bad(SIDECAR_MODE, "must be `native` or `container`".into())),
+        }
+    }
+
+    fn shutdown_endpoint(
+        &self,
+        opts: &InjectOptions,
+        mode: SidecarMode,
+    ) -> Result<bool, BadAnnotation> {
+        match self.get(SHUTDOWN_ENDPOINT) {
+            None => Ok(opts.shutdown_endpoint && mode == SidecarMode::Container),
+            Some("enabled") if mode == SidecarMode::Container => Ok(true),
+            Some("enabled") => Err(self.bad(
+                SHUTDOWN_ENDPOINT,
+                "only for sidecar-mode `container`: a native sidecar stops by itself \
+                 when the app's containers exit"
+                    .into(),
+            )),
+            Some("disabled") => Ok(false),
+            Some(_) => Err(self.bad(SHUTDOWN_ENDPOINT, "must be `enabled` or `disabled`".into())),
+        }
+    }
+
+    /// A ConfigMap or Secret name.
+    fn object_name(&self, name: &str) -> Result<Option<String>, BadAnnotation> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) if is_dns_subdomain(v) => Ok(Some(v.to_owned())),
+            Some(_) => Err(self.bad(
+                name,
+                "must be a Kubernetes object name (lowercase DNS subdomain)".into(),
+            )),
+        }
+    }
+
+    /// The app port, which only makes sense without a config map (the
+    /// config names the app address itself).
+    fn app_port(&self, has_config_map: bool) -> Result<Option<u16>, BadAnnotation> {
+        let app_port = match self.get(APP_PORT) {
+            None => None,
+            Some(v) => match v.parse::<u16>() {
+                Ok(p) if p != 0 && v.bytes().all(|b| b.is_ascii_digit()) => Some(p),
+                _ => return Err(self.bad(APP_PORT, "must be a port number 1-65535".into())),
+            },
+        };
+        if app_port.is_some() && has_config_map {
+            return Err(self.bad(
+                APP_PORT,
+                format!("the app address comes from the config in {CONFIG_MAP}; set one of them"),
+            ));
+        }
+        Ok(app_port)
+    }
+
+    /// The capture settings: the exclusion lists, parsed and validated.
+    fn capture(&self, opts: &InjectOptions) -> Result<CaptureConfig, BadAnnotation> {
+        let ports = |name: &str| {
+            PortRange::parse_list(self.get(name).unwrap_or_default())
+                .map_err(|e| self.bad(name, e.to_string()))
+        };
+        let mut capture = CaptureConfig {
+            proxy_uid: opts.proxy_uid,
+            exclude_inbound_ports: ports(EXCLUDE_INBOUND_PORTS)?,
+            exclude_outbound_ports: ports(EXCLUDE_OUTBOUND_PORTS)?,
+            exclude_outbound_cidrs: Cidr::parse_list(
+                self.get(EXCLUDE_OUTBOUND_CIDRS).unwrap_or_default(),
+            )
+            .map_err(|e| self.bad(EXCLUDE_OUTBOUND_CIDRS, e.to_string()))?,
+            ..CaptureConfig::default()
+        };
+        // Admin and probe ports are excluded anyway; listing them again is
+        // harmless, so drop them rather than print them twice.
+        capture.exclude_inbound_ports.retain(|r| {
+            *r != PortRange::single(capture.admin_port)
+                && *r != PortRange::single(capture.probe_port)
+        });
+        self.validate_each_list(&capture)?;
+        Ok(capture)
+    }
+
+    /// Validates each exclusion list on its own, so the error names the
+    /// annotation that caused it.
+    fn validate_each_list(&self, capture: &CaptureConfig) -> Result<(), BadAnnotation> {
+        for (name, partial) in [
+            (
+                EXCLUDE_INBOUND_PORTS,
+                CaptureConfig {
+                    exclude_inbound_ports: capture.exclude_inbound_ports.clone(),
+                    ..CaptureConfig::default()
+                },
+            ),
+            (
+                EXCLUDE_OUTBOUND_PORTS,
+                CaptureConfig {
+                    exclude_outbound_ports: capture.exclude_outbound_ports.clone(),
+                    ..CaptureConfig::default()
+                },
+            ),
+            (
+                EXCLUDE_OUTBOUND_CIDRS,
+                CaptureConfig {
+                    exclude_outbound_cidrs: capture.exclude_outbound_cidrs.clone(),
+                    ..CaptureConfig::default()
+                },
+            ),
+        ] {
+            partial
+                .validate()
+                .map_err(|e| self.bad(name, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The proxy's resources: each annotation overrides its default.
+    fn resources(&self, defaults: &ProxyResources) -> Result<ProxyResources, BadAnnotation> {
+        let quantity = |name: &str, default: &Option<String>| match self.get(name) {
+            None => Ok(default.clone()),
+            Some(v) if is_quantity(v) => Ok(Some(v.to_owned())),
+            Some(_) => Err(self.bad(
+                name,
+                "must be a Kubernetes quantity, e.g. 100m, 64Mi".into(),
+            )),
+        };
+        Ok(ProxyResources {
+            cpu_request: quantity(PROXY_CPU_REQUEST, &defaults.cpu_request)?,
+            memory_request: quantity(PROXY_MEMORY_REQUEST, &defaults.memory_request)?,
+            cpu_limit: quantity(PROXY_CPU_LIMIT, &defaults.cpu_limit)?,
+            memory_limit: quantity(PROXY_MEMORY_LIMIT, &defaults.memory_limit)?,
+        })
+    }
+}
+
+/// The known annotation closest to a misspelt `name`, when close enough
+/// (at most 3 edits) to be what was meant.
+fn suggestion(name: &str) -> Option<&'static str> {
+    USER_ANNOTATIONS
+        .iter()
+        .map(|known| (edit_distance(known, name), *known))
+        .min()
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, known)| known)
 }
 
 /// An annotation value as text, for error messages.

@@ -1,7 +1,9 @@
 //! The rule set as data: a pure function from settings (and what the
 //! `nat` table already holds) to the commands that make it right.
 
-use super::{CaptureConfig, CHAIN_INBOUND, CHAIN_IN_REDIRECT, CHAIN_OUTBOUND, CHAIN_REDIRECT};
+use super::{
+    CaptureConfig, PortRange, CHAIN_INBOUND, CHAIN_IN_REDIRECT, CHAIN_OUTBOUND, CHAIN_REDIRECT,
+};
 use std::collections::HashSet;
 use std::fmt;
 
@@ -103,12 +105,17 @@ fn cmd(family: Family, args: &[&str]) -> IptablesCommand {
 /// jumps from the built-in chains are added only when missing.
 pub fn plan(config: &CaptureConfig, family: Family, state: &NatState) -> Vec<IptablesCommand> {
     let mut out = Vec::new();
-    let uid = config.proxy_uid.to_string();
-    let inbound_port = config.inbound_port.to_string();
-    let outbound_port = config.outbound_port.to_string();
+    prepare_chains(&mut out, family, state);
+    inbound_rules(&mut out, config, family);
+    outbound_rules(&mut out, config, family);
+    outbound_exclusions(&mut out, config, family);
+    hook_chains(&mut out, family, state);
+    out
+}
 
-    // Chains first, in dependency order, so every jump target exists
-    // before a rule names it.
+/// Chains first, in dependency order, so every jump target exists before
+/// a rule names it: ours are flushed when present, created otherwise.
+fn prepare_chains(out: &mut Vec<IptablesCommand>, family: Family, state: &NatState) {
     for chain in [
         CHAIN_IN_REDIRECT,
         CHAIN_REDIRECT,
@@ -122,57 +129,24 @@ pub fn plan(config: &CaptureConfig, family: Family, state: &NatState) -> Vec<Ipt
         };
         out.push(cmd(family, &[op, chain]));
     }
+}
 
-    // Inbound: everything arriving over TCP goes to the mTLS listener,
-    // except ports that must stay reachable without it.
-    out.push(cmd(
-        family,
-        &[
-            "-A",
-            CHAIN_IN_REDIRECT,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &inbound_port,
-        ],
-    ));
-    for range in config.inbound_exclusions() {
-        let dport = range.iptables_arg();
-        out.push(cmd(
-            family,
-            &[
-                "-A",
-                CHAIN_INBOUND,
-                "-p",
-                "tcp",
-                "--dport",
-                &dport,
-                "-j",
-                "RETURN",
-            ],
-        ));
-    }
+/// Inbound: everything arriving over TCP goes to the mTLS listener, except
+/// ports that must stay reachable without it.
+fn inbound_rules(out: &mut Vec<IptablesCommand>, config: &CaptureConfig, family: Family) {
+    out.push(redirect_to(family, CHAIN_IN_REDIRECT, config.inbound_port));
+    return_for_ports(out, family, CHAIN_INBOUND, &config.inbound_exclusions());
     out.push(cmd(
         family,
         &["-A", CHAIN_INBOUND, "-p", "tcp", "-j", CHAIN_IN_REDIRECT],
     ));
+}
 
-    // Outbound.
-    out.push(cmd(
-        family,
-        &[
-            "-A",
-            CHAIN_REDIRECT,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &outbound_port,
-        ],
-    ));
+/// Outbound, up to the user's exclusions: the redirect target, and the
+/// rules that keep the proxy's own and the pod's loopback traffic out.
+fn outbound_rules(out: &mut Vec<IptablesCommand>, config: &CaptureConfig, family: Family) {
+    let uid = config.proxy_uid.to_string();
+    out.push(redirect_to(family, CHAIN_REDIRECT, config.outbound_port));
     // The proxy dialling this pod's own IP (a Service that resolves to
     // itself) leaves through `lo` and would reach the app port in the
     // clear, around inbound policy. Send it through the inbound chain, as
@@ -220,22 +194,12 @@ pub fn plan(config: &CaptureConfig, family: Family, state: &NatState) -> Vec<Ipt
         family,
         &["-A", CHAIN_OUTBOUND, "-o", "lo", "-j", "RETURN"],
     ));
-    for range in &config.exclude_outbound_ports {
-        let dport = range.iptables_arg();
-        out.push(cmd(
-            family,
-            &[
-                "-A",
-                CHAIN_OUTBOUND,
-                "-p",
-                "tcp",
-                "--dport",
-                &dport,
-                "-j",
-                "RETURN",
-            ],
-        ));
-    }
+}
+
+/// The user's outbound exclusions (ports, then the CIDRs of this family),
+/// before the final redirect, or they would be dead rules.
+fn outbound_exclusions(out: &mut Vec<IptablesCommand>, config: &CaptureConfig, family: Family) {
+    return_for_ports(out, family, CHAIN_OUTBOUND, &config.exclude_outbound_ports);
     for cidr in config
         .exclude_outbound_cidrs
         .iter()
@@ -251,13 +215,50 @@ pub fn plan(config: &CaptureConfig, family: Family, state: &NatState) -> Vec<Ipt
         family,
         &["-A", CHAIN_OUTBOUND, "-p", "tcp", "-j", CHAIN_REDIRECT],
     ));
+}
 
-    // Hook our chains in last, once they are complete, and only once.
+/// The rule of a redirect chain: every TCP connection it sees goes to
+/// one of the proxy's listeners.
+fn redirect_to(family: Family, chain: &str, port: u16) -> IptablesCommand {
+    let port = port.to_string();
+    cmd(
+        family,
+        &[
+            "-A",
+            chain,
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &port,
+        ],
+    )
+}
+
+/// One `RETURN` rule in `chain` for each TCP port range: traffic to them
+/// leaves the chain uncaptured.
+fn return_for_ports(
+    out: &mut Vec<IptablesCommand>,
+    family: Family,
+    chain: &str,
+    ranges: &[PortRange],
+) {
+    for range in ranges {
+        let dport = range.iptables_arg();
+        out.push(cmd(
+            family,
+            &["-A", chain, "-p", "tcp", "--dport", &dport, "-j", "RETURN"],
+        ));
+    }
+}
+
+/// Hook our chains in last, once they are complete, and only once.
+fn hook_chains(out: &mut Vec<IptablesCommand>, family: Family, state: &NatState) {
     for (builtin, chain) in [("PREROUTING", CHAIN_INBOUND), ("OUTPUT", CHAIN_OUTBOUND)] {
         let rule = format!("-A {builtin} -p tcp -j {chain}");
         if !state.rules.contains(&rule) {
             out.push(cmd(family, &["-A", builtin, "-p", "tcp", "-j", chain]));
         }
     }
-    out
 }

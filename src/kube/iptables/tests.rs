@@ -219,6 +219,18 @@ impl Fake {
     }
 }
 
+/// Runs `apply` for both families with the default settings against
+/// `fake`, which must make it fail; the log is not looked at.
+fn apply_expecting_error(fake: &mut Fake) -> IptablesError {
+    apply(
+        &CaptureConfig::default(),
+        &[Family::V4, Family::V6],
+        |p: &str, a: &[String]| fake.run(p, a),
+        &mut Vec::new(),
+    )
+    .unwrap_err()
+}
+
 #[test]
 fn apply_runs_both_families_and_logs_each_command() {
     let mut fake = Fake::new();
@@ -242,13 +254,7 @@ fn apply_runs_both_families_and_logs_each_command() {
 fn apply_stops_at_the_first_failure_and_names_the_command() {
     let mut fake = Fake::new();
     fake.fail_at = Some(3);
-    let err = apply(
-        &CaptureConfig::default(),
-        &[Family::V4, Family::V6],
-        |p: &str, a: &[String]| fake.run(p, a),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
+    let err = apply_expecting_error(&mut fake);
     assert_eq!(fake.calls.len(), 4, "nothing runs after the failure");
     match err {
         IptablesError::Failed {
@@ -265,13 +271,7 @@ fn apply_stops_at_the_first_failure_and_names_the_command() {
 fn missing_ip6tables_with_ipv6_enabled_is_an_error_not_a_skip() {
     let mut fake = Fake::new();
     fake.missing = Some("ip6tables");
-    let err = apply(
-        &CaptureConfig::default(),
-        &[Family::V4, Family::V6],
-        |p: &str, a: &[String]| fake.run(p, a),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
+    let err = apply_expecting_error(&mut fake);
     assert!(
         matches!(err, IptablesError::Ip6tablesMissing { .. }),
         "{err}"
@@ -284,13 +284,7 @@ fn ip6_nat_table_unavailable_is_reported_as_missing_ipv6_capture() {
     let mut fake = Fake::new();
     // Call 16 is `ip6tables -t nat -S` after 15 IPv4 commands and a listing.
     fake.fail_at = Some(16);
-    let err = apply(
-        &CaptureConfig::default(),
-        &[Family::V4, Family::V6],
-        |p: &str, a: &[String]| fake.run(p, a),
-        &mut Vec::new(),
-    )
-    .unwrap_err();
+    let err = apply_expecting_error(&mut fake);
     assert!(
         matches!(err, IptablesError::Ip6tablesMissing { .. }),
         "{err}"

@@ -183,6 +183,7 @@ async fn run_sidecar(
     } else {
         drop(trigger);
     }
+    let mut signals = runtime::StopSignals::install();
     let running = crate::sidecar::app::start(&config).await?;
     let shutdown_requested = async move {
         match requested.recv().await {
@@ -191,7 +192,7 @@ async fn run_sidecar(
         }
     };
     tokio::select! {
-        stop = runtime::shutdown_signal() => match stop {
+        stop = signals.next() => match stop {
             // Kubernetes stopping the pod: drain as configured.
             Stop::Terminate => running.drain().await,
             // A person at a terminal: stop now.

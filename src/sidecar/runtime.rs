@@ -41,28 +41,58 @@ pub enum Stop {
     Interrupt,
 }
 
-/// Waits for SIGTERM or Ctrl-C (only Ctrl-C where there are no Unix
-/// signals, or if the SIGTERM handler cannot be installed).
-pub async fn shutdown_signal() -> Stop {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The stop signals, installed before a command says it is up: a signal
+/// that arrives between "ready" and the first wait must be seen, not take
+/// the process down with the default action (a test, or kubelet, may send
+/// SIGTERM the moment readiness is reported).
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return Stop::Interrupt;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Installs the handlers (inside a runtime). Where one cannot be
+    /// installed, waiting falls back to Ctrl-C.
+    pub fn install() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Waits for SIGTERM or Ctrl-C.
+    pub async fn next(&mut self) -> Stop {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match &mut self.term {
+                    Some(term) => term.recv().await,
+                    None => std::future::pending().await,
                 }
             };
-        tokio::select! {
-            _ = ctrl_c => Stop::Interrupt,
-            _ = term.recv() => Stop::Terminate,
+            let int = async {
+                match &mut self.int {
+                    Some(int) => int.recv().await,
+                    None => tokio::signal::ctrl_c().await.ok(),
+                }
+            };
+            tokio::select! {
+                _ = int => Stop::Interrupt,
+                _ = term => Stop::Terminate,
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-        Stop::Interrupt
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Stop::Interrupt
+        }
     }
 }

@@ -93,12 +93,13 @@ pub enum WebhookError {
 pub fn run(args: &WebhookArgs) -> Result<(), WebhookError> {
     crate::sidecar::runtime::build(2)?.block_on(async {
         let webhook = Webhook::bind(args).await?;
+        let mut signals = crate::sidecar::runtime::StopSignals::install();
         // Tests and scripts read the address (useful with port 0).
         let addr = webhook.local_addr().map_err(WebhookError::LocalAddr)?;
         println!("meshguard webhook: listening on https://{addr}");
         webhook
-            .serve(async {
-                crate::sidecar::runtime::shutdown_signal().await;
+            .serve(async move {
+                signals.next().await;
             })
             .await;
         Ok(())

@@ -138,7 +138,7 @@ pub struct Outbound {
     /// Routes with a listener of their own, in config order.
     pub listener_routes: Vec<(SocketAddr, Arc<Route>)>,
     /// Transparently captured traffic, by original destination.
-    destinations: Destinations,
+    destinations: Destinations<Route>,
     protocol: UpstreamProtocol,
     max_idle: usize,
 }
@@ -242,7 +242,7 @@ impl Outbound {
 
     /// Where the requests of one app connection go: the listener's own
     /// route, the captured original destination, or else by Host.
-    fn destination(&self, tcp: &TcpStream, fixed: Option<Arc<Route>>) -> Destination {
+    fn destination(&self, tcp: &TcpStream, fixed: Option<Arc<Route>>) -> Destination<Route> {
         if let Some(route) = fixed {
             return Destination::Http(Routing::Route(route));
         }
@@ -281,7 +281,7 @@ impl Outbound {
     }
 
     /// One request from the app, step by step.
-    async fn handle(&self, req: Request<Incoming>, routing: &Routing) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>, routing: &Routing<Route>) -> Response<ProxyBody> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         if let Err(reason) = canonical_host(&mut parts) {
@@ -314,7 +314,7 @@ impl Outbound {
     /// the request's authority. Nothing leaves for an undeclared place.
     fn select_route<'r>(
         &'r self,
-        routing: &'r Routing,
+        routing: &'r Routing<Route>,
         authority: Option<&str>,
     ) -> Result<&'r Route, Refusal<'static>> {
         const UNDECLARED: (StatusCode, &str) = (StatusCode::FORBIDDEN, "undeclared destination");

@@ -4,7 +4,6 @@
 //! SPIFFE ID declared for it; an undeclared one is refused (egress
 //! allowlist) unless `passthrough` was chosen explicitly.
 
-use super::outbound::Route;
 use crate::sidecar::config::{DestinationConfig, RouteConfig, Undeclared};
 use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::metrics::Direction;
@@ -15,33 +14,45 @@ use tokio::net::TcpStream;
 
 /// Where the connections of the app go: served as HTTP and routed, or,
 /// captured to an undeclared destination under `passthrough`, copied as TCP.
-pub enum Destination {
-    Http(Routing),
+/// Generic over the route (outbound's pooled mTLS route), so this table
+/// stays pure and knows nothing of connections.
+pub enum Destination<R> {
+    Http(Routing<R>),
     /// Captured, destination not declared, policy `passthrough`.
     Passthrough(SocketAddr),
 }
 
 /// How the HTTP requests of one app connection find their route.
-#[derive(Clone)]
-pub enum Routing {
+pub enum Routing<R> {
     /// Not captured (the app dialled the listener itself): route by Host.
     ByHost,
     /// A declared route.
-    Route(Arc<Route>),
+    Route(Arc<R>),
     /// Captured, destination not declared, policy `deny`: only a declared
     /// Host route may still apply.
     Undeclared(SocketAddr),
 }
 
-/// The destination table and a route (with its pool) per destination met.
-pub struct Destinations {
-    rules: Vec<DestinationConfig>,
-    undeclared: Undeclared,
-    routes: Mutex<HashMap<SocketAddr, Arc<Route>>>,
+// Not derived: a derive would require `R: Clone`, and only the Arc is cloned.
+impl<R> Clone for Routing<R> {
+    fn clone(&self) -> Self {
+        match self {
+            Routing::ByHost => Routing::ByHost,
+            Routing::Route(route) => Routing::Route(route.clone()),
+            Routing::Undeclared(dst) => Routing::Undeclared(*dst),
+        }
+    }
 }
 
-impl Destinations {
-    pub fn new(rules: Vec<DestinationConfig>, undeclared: Undeclared) -> Destinations {
+/// The destination table and a route (with its pool) per destination met.
+pub struct Destinations<R> {
+    rules: Vec<DestinationConfig>,
+    undeclared: Undeclared,
+    routes: Mutex<HashMap<SocketAddr, Arc<R>>>,
+}
+
+impl<R> Destinations<R> {
+    pub fn new(rules: Vec<DestinationConfig>, undeclared: Undeclared) -> Destinations<R> {
         Destinations {
             rules,
             undeclared,
@@ -66,8 +77,8 @@ impl Destinations {
     pub fn resolve(
         &self,
         dst: SocketAddr,
-        make_route: impl FnOnce(&RouteConfig) -> Option<Arc<Route>>,
-    ) -> Destination {
+        make_route: impl FnOnce(&RouteConfig) -> Option<Arc<R>>,
+    ) -> Destination<R> {
         let Some(identity) = self.identity_for(dst) else {
             return match self.undeclared {
                 Undeclared::Deny => Destination::Http(Routing::Undeclared(dst)),
@@ -151,7 +162,7 @@ mod tests {
 
     #[test]
     fn destinations_match_by_cidr_and_port_first_rule_wins() {
-        let d = Destinations::new(
+        let d = Destinations::<()>::new(
             vec![
                 rule("10.96.0.10/32", Some(vec![80]), "spiffe://td/ns/a/sa/web"),
                 rule("10.96.0.0/12", None, "spiffe://td/ns/a/sa/any"),
@@ -190,7 +201,7 @@ mod tests {
         let v6: SocketAddr = "[fd00::1]:443".parse().unwrap();
         assert_eq!(canonical(v6), v6);
         // So a connection accepted on `[::]` matches an IPv4 rule.
-        let d = Destinations::new(
+        let d = Destinations::<()>::new(
             vec![rule("10.96.0.0/12", None, "spiffe://td/ns/a/sa/any")],
             Undeclared::Deny,
         );
@@ -200,11 +211,11 @@ mod tests {
     #[test]
     fn undeclared_destinations_follow_the_chosen_rule() {
         let dst: SocketAddr = "192.0.2.1:5432".parse().unwrap();
-        let deny = Destinations::new(Vec::new(), Undeclared::Deny);
+        let deny = Destinations::<()>::new(Vec::new(), Undeclared::Deny);
         assert!(
             matches!(deny.resolve(dst, |_| None), Destination::Http(Routing::Undeclared(d)) if d == dst)
         );
-        let pass = Destinations::new(Vec::new(), Undeclared::Passthrough);
+        let pass = Destinations::<()>::new(Vec::new(), Undeclared::Passthrough);
         assert!(matches!(pass.resolve(dst, |_| None), Destination::Passthrough(d) if d == dst));
     }
 }

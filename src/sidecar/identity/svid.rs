@@ -161,7 +161,7 @@ fn check_key_strength(cert: &X509Certificate<'_>) -> Result<(), SvidError> {
 
 /// Bit length of a big-endian unsigned integer (leading zero bytes, such as
 /// DER's sign byte, do not count).
-fn significant_bits(be: &[u8]) -> usize {
+pub(super) fn significant_bits(be: &[u8]) -> usize {
     match be.iter().position(|&b| b != 0) {
         Some(i) => (be.len() - i - 1) * 8 + (8 - be[i].leading_zeros() as usize),
         None => 0,
@@ -184,23 +184,4 @@ fn check_validity(cert: &X509Certificate<'_>, now: i64) -> Result<(), SvidError>
         return Err(SvidError::Expired { not_after, now });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod key_size_tests {
-    use super::significant_bits;
-
-    #[test]
-    fn bit_length_ignores_leading_zero_bytes() {
-        assert_eq!(significant_bits(&[]), 0);
-        assert_eq!(significant_bits(&[0, 0]), 0);
-        assert_eq!(significant_bits(&[1]), 1);
-        assert_eq!(significant_bits(&[0x00, 0x80, 0x00]), 16);
-        assert_eq!(significant_bits(&[0x7f, 0xff]), 15);
-        let mut rsa_2048 = vec![0u8; 257];
-        rsa_2048[1] = 0xc3;
-        assert_eq!(significant_bits(&rsa_2048), 2048);
-        rsa_2048[1] = 0x43;
-        assert_eq!(significant_bits(&rsa_2048), 2047);
-    }
 }

@@ -122,3 +122,22 @@ fn k8s_namespace_only_for_exact_shape() {
     let id = SpiffeId::parse("spiffe://td/workload/web").unwrap();
     assert_eq!(id.k8s_namespace(), None);
 }
+
+/// RSA key sizes read from the modulus bits (see `svid::significant_bits`).
+mod key_size {
+    use crate::sidecar::identity::svid::significant_bits;
+
+    #[test]
+    fn bit_length_ignores_leading_zero_bytes() {
+        assert_eq!(significant_bits(&[]), 0);
+        assert_eq!(significant_bits(&[0, 0]), 0);
+        assert_eq!(significant_bits(&[1]), 1);
+        assert_eq!(significant_bits(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(significant_bits(&[0x7f, 0xff]), 15);
+        let mut rsa_2048 = vec![0u8; 257];
+        rsa_2048[1] = 0xc3;
+        assert_eq!(significant_bits(&rsa_2048), 2048);
+        rsa_2048[1] = 0x43;
+        assert_eq!(significant_bits(&rsa_2048), 2047);
+    }
+}

@@ -281,7 +281,11 @@ impl Outbound {
     }
 
     /// One request from the app, step by step.
-    async fn handle(&self, req: Request<Incoming>, routing: &Routing<Route>) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        routing: &Routing<Route>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         if let Err(reason) = canonical_host(&mut parts) {

@@ -5,7 +5,7 @@
 //!
 //! - [`sidecar`]: the runtime that sits beside a workload (identity, mTLS,
 //!   policy, the two proxy directions, metrics, audit, reload, admin).
-//! - [`kube`] → `sidecar`: Kubernetes tooling (the injector and its admission
+//! - [`kube`] → `sidecar`: Kubernetes tooling (`meshguard run`, the injector and its admission
 //!   webhook, the iptables capture, and the probe contract the injector
 //!   writes and the sidecar's probe forwarder reads).
 //! - [`dev`] → `sidecar`: developer tools (dev certificates, the demo, the

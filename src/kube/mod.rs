@@ -1,4 +1,5 @@
-//! Kubernetes tooling: `meshguard inject` and its admission webhook, the
+//! Kubernetes tooling: `meshguard run` (the sidecar with what an injected pod
+//! adds to it), `meshguard inject` and its admission webhook, the
 //! `init-iptables` capture, and the probe forwarder that serves kubelet's
 //! probes of an injected pod. What the injector writes into a pod and the
 //! others read there (ports, UID, environment, recorded probes) is owned

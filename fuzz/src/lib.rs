@@ -188,7 +188,7 @@ pub fn probe_ports(policy: &Policy) -> Vec<u16> {
 }
 
 /// Header names that claim an identity or a client address, by the rules
-/// documented in `meshguard::headers` (exact names, then prefixes).
+/// documented in `meshguard::sidecar::headers` (exact names, then prefixes).
 pub fn is_identity_header(name: &str) -> bool {
     const NAMES: &[&str] = &[
         "forwarded",

@@ -59,20 +59,30 @@ fn registered<T: prometheus::core::Collector + Clone + 'static>(
     metric
 }
 
+/// A labelled family of one of the vector kinds, registered in `registry`.
+fn family<T, F>(registry: &Registry, make: F, name: &str, help: &str, labels: &[&str]) -> T
+where
+    T: prometheus::core::Collector + Clone + 'static,
+    F: FnOnce(Opts, &[&str]) -> prometheus::Result<T>,
+{
+    registered(registry, make(Opts::new(name, help), labels))
+}
+
+/// Request durations: 0.5 ms to 30 s, dense where a sidecar hop lives.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 impl Metrics {
     /// `known_peers` are identities named in config or policy: they always
     /// get their own label value.
     pub fn new(known_peers: impl IntoIterator<Item = String>) -> Metrics {
         let r = Registry::new();
-        let requests = registered(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "meshguard_requests_total",
-                    "HTTP requests that crossed (or were refused at) the boundary",
-                ),
-                &["direction", "peer", "decision", "status_class"],
-            ),
+        let counters = |name, help, labels| family(&r, IntCounterVec::new, name, help, labels);
+        let requests = counters(
+            "meshguard_requests_total",
+            "HTTP requests that crossed (or were refused at) the boundary",
+            &["direction", "peer", "decision", "status_class"],
         );
         let request_duration = registered(
             &r,
@@ -81,86 +91,55 @@ impl Metrics {
                     "meshguard_request_duration_seconds",
                     "Time from request received to response headers sent",
                 )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0,
-                ]),
+                .buckets(DURATION_BUCKETS.to_vec()),
                 &["direction", "decision"],
             ),
         );
-        let handshakes = registered(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "meshguard_tls_handshakes_total",
-                    "mTLS handshakes by result and failure reason",
-                ),
-                &["direction", "result", "reason"],
-            ),
+        let handshakes = counters(
+            "meshguard_tls_handshakes_total",
+            "mTLS handshakes by result and failure reason",
+            &["direction", "result", "reason"],
         );
-        let authz = registered(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "meshguard_authz_decisions_total",
-                    "Authorization decisions by deciding policy rule",
-                ),
-                &["decision", "rule"],
-            ),
+        let authz = counters(
+            "meshguard_authz_decisions_total",
+            "Authorization decisions by deciding policy rule",
+            &["decision", "rule"],
         );
-        let open_connections = registered(
+        let open_connections = family(
             &r,
-            IntGaugeVec::new(
-                Opts::new("meshguard_open_connections", "Connections currently open"),
-                &["direction"],
-            ),
+            IntGaugeVec::new,
+            "meshguard_open_connections",
+            "Connections currently open",
+            &["direction"],
         );
-        let connections = registered(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "meshguard_connections_total",
-                    "Connections accepted or opened",
-                ),
-                &["direction"],
-            ),
+        let connections = counters(
+            "meshguard_connections_total",
+            "Connections accepted or opened",
+            &["direction"],
         );
-        let bytes = registered(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "meshguard_bytes_total",
-                    "Bytes on the wire, by direction and flow (rx = read, tx = written)",
-                ),
-                &["direction", "flow"],
-            ),
+        let bytes = counters(
+            "meshguard_bytes_total",
+            "Bytes on the wire, by direction and flow (rx = read, tx = written)",
+            &["direction", "flow"],
         );
-        let cert_expiry = registered(
+        let cert_expiry = family(
             &r,
-            GaugeVec::new(
-                Opts::new(
-                    "meshguard_certificate_expiry_timestamp_seconds",
-                    "notAfter of our SVID and of each trust bundle root, Unix seconds",
-                ),
-                &["kind", "trust_domain", "subject"],
-            ),
+            GaugeVec::new,
+            "meshguard_certificate_expiry_timestamp_seconds",
+            "notAfter of our SVID and of each trust bundle root, Unix seconds",
+            &["kind", "trust_domain", "subject"],
         );
-        let reloads = registered(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "meshguard_reloads_total",
-                    "Reloads of configuration, policy and credentials by result",
-                ),
-                &["kind", "result"],
-            ),
+        let reloads = counters(
+            "meshguard_reloads_total",
+            "Reloads of configuration, policy and credentials by result",
+            &["kind", "result"],
         );
-        let build = registered(
+        let build: IntGaugeVec = family(
             &r,
-            IntGaugeVec::new(
-                Opts::new("meshguard_build_info", "Build information (always 1)"),
-                &["version", "crypto"],
-            ),
+            IntGaugeVec::new,
+            "meshguard_build_info",
+            "Build information (always 1)",
+            &["version", "crypto"],
         );
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), "aws-lc-rs"])

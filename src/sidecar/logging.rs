@@ -61,7 +61,8 @@ fn check_directive(directive: &str) -> Result<(), String> {
     if target == Some("") {
         return Err(format!("{directive:?} has no target before '='"));
     }
-    if level.parse::<LevelFilter>().is_err() {
+    // LevelFilter reads "" as `error`; an empty level is a typo, not a choice.
+    if level.is_empty() || level.parse::<LevelFilter>().is_err() {
         return Err(format!("{level:?} is not a level"));
     }
     Ok(())

@@ -19,8 +19,11 @@ use std::process::ExitCode;
     about = "Service-mesh sidecar: strict SPIFFE mTLS in and out"
 )]
 struct Cli {
-    /// Log format: human-readable text for local runs, JSON for containers.
-    #[arg(long, global = true, env = "MESHGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    // Not `global`: the commands that log (run, demo, webhook) take it
+    // after their name too (LogArgs), the others' help does not offer it.
+    /// Log format: human-readable text for local runs, JSON for containers
+    /// (also accepted after `run`, `demo` and `webhook`).
+    #[arg(long, env = "MESHGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -41,6 +44,9 @@ enum Command {
     /// A tiny HTTP app that echoes what it receives (for demos and tests).
     Echo(EchoArgs),
     /// Add the sidecar to Kubernetes manifests (files or stdin) and print them.
+    #[command(after_help = "Documents that do not change are copied byte for byte. \
+        A document that changes is written anew: the comments above it are kept, \
+        comments inside it are not (stderr says so when that happens).")]
     Inject(InjectArgs),
     /// Set up traffic capture with iptables/ip6tables (the pod's init container).
     InitIptables(InitIptablesArgs),
@@ -48,9 +54,23 @@ enum Command {
     Webhook(WebhookArgs),
 }
 
+impl Cli {
+    /// `--log-format` after the subcommand wins over the one before it
+    /// (and over `MESHGUARD_LOG_FORMAT`).
+    fn log_format(&self) -> LogFormat {
+        let after = match &self.command {
+            Command::Run(args) => args.log.format,
+            Command::Demo(args) => args.log.format,
+            Command::Webhook(args) => args.log.format,
+            _ => None,
+        };
+        after.unwrap_or(self.log_format)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = logging::init(cli.log_format) {
+    if let Err(e) = logging::init(cli.log_format()) {
         report(e.into());
         return ExitCode::from(2);
     }
@@ -76,5 +96,51 @@ fn main() -> ExitCode {
 
 /// One line on stderr: the error and its causes.
 fn report(e: anyhow::Error) {
-    eprintln!("meshguard: error: {e:#}");
+    eprintln!("meshguard: error: {}", with_causes(&e));
+}
+
+/// The error, then each cause whose text is not already in the line.
+/// Many error types both print their cause (`"{path}: {source}"`) and
+/// return it from `source()`; printing the whole chain (`{:#}`) would name
+/// that cause twice.
+fn with_causes(e: &anyhow::Error) -> String {
+    let mut chain = e.chain();
+    let mut line = chain.next().map(ToString::to_string).unwrap_or_default();
+    for cause in chain {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{file}: {source}")]
+    struct Repeats {
+        file: &'static str,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("loading the config")]
+    struct Silent(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_is_named_once_whether_or_not_the_message_has_it() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io().to_string();
+        let e = anyhow::Error::new(Repeats {
+            file: "a.yaml",
+            source: io(),
+        });
+        assert_eq!(with_causes(&e), format!("a.yaml: {text}"));
+        let e = anyhow::Error::new(Silent(io()));
+        assert_eq!(with_causes(&e), format!("loading the config: {text}"));
+    }
 }

@@ -28,6 +28,13 @@ pub enum CertsError {
     BadCa(PathBuf, String),
     #[error("workload {0:?} is not of the form <namespace>/<service-account>")]
     BadWorkload(String),
+    #[error("workload {workload:?}: {part} {name:?} is not a valid Kubernetes name ({rule})")]
+    BadName {
+        workload: String,
+        part: &'static str,
+        name: String,
+        rule: &'static str,
+    },
     #[error("invalid SPIFFE ID for workload {workload:?}: {reason}")]
     BadId { workload: String, reason: String },
 }
@@ -239,6 +246,38 @@ pub struct DevCertsOptions<'a> {
     pub force: bool,
 }
 
+/// Kubernetes' own rules, so that the SPIFFE ID and the DNS SAN
+/// `sa.ns.svc.cluster.local` name a workload that can exist: a namespace
+/// is an RFC 1123 label, a service account an RFC 1123 subdomain.
+fn check_k8s_names(workload: &str, ns: &str, sa: &str) -> Result<(), CertsError> {
+    const LABEL: &str = "at most 63 characters: lowercase letters, digits and '-', \
+                         starting and ending with a letter or digit";
+    const SUBDOMAIN: &str = "at most 253 characters: dot-separated parts of lowercase \
+                             letters, digits and '-', each starting and ending with a letter or digit";
+    let bad = |part, name: &str, rule| CertsError::BadName {
+        workload: workload.to_owned(),
+        part,
+        name: name.to_owned(),
+        rule,
+    };
+    if !is_dns_label(ns) {
+        return Err(bad("namespace", ns, LABEL));
+    }
+    if sa.len() > 253 || !sa.split('.').all(is_dns_label) {
+        return Err(bad("service account", sa, SUBDOMAIN));
+    }
+    Ok(())
+}
+
+/// An RFC 1123 label as Kubernetes checks it (lowercase only).
+fn is_dns_label(s: &str) -> bool {
+    let inner = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&s.len())
+        && s.bytes().all(|c| inner(c) || c == b'-')
+        && s.bytes().next().is_some_and(inner)
+        && s.bytes().last().is_some_and(inner)
+}
+
 /// Writes (or reuses) the dev CA and one SVID per workload.
 pub fn write_dev_certs(opts: &DevCertsOptions<'_>) -> Result<DevCerts, CertsError> {
     // Check every argument before touching the disk.
@@ -248,6 +287,7 @@ pub fn write_dev_certs(opts: &DevCertsOptions<'_>) -> Result<DevCerts, CertsErro
             .split_once('/')
             .filter(|(n, s)| !n.is_empty() && !s.is_empty() && !s.contains('/'))
             .ok_or_else(|| CertsError::BadWorkload(workload.clone()))?;
+        check_k8s_names(workload, ns, sa)?;
         let id = SpiffeId::from_k8s(opts.trust_domain, ns, sa).map_err(|e| CertsError::BadId {
             workload: workload.clone(),
             reason: e.to_string(),

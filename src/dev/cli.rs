@@ -2,6 +2,7 @@
 
 use crate::dev::certs::{write_dev_certs, CertsError, DevCertsOptions};
 use crate::dev::demo::{run_demo, DemoError, DemoPorts};
+use crate::sidecar::app::AppError;
 use crate::sidecar::runtime::{self, RuntimeError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +21,12 @@ pub enum DevCliError {
     Runtime(#[from] RuntimeError),
     #[error("--base-port must leave room for 110 ports above it")]
     BasePort,
+    #[error("the demo's ports {base}..{} are not all free; pass --base-port N for another range", base + DEMO_PORT_SPAN)]
+    DemoPorts {
+        base: u16,
+        #[source]
+        source: DemoError,
+    },
     #[error("listening on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -42,6 +49,8 @@ pub struct CertsDevArgs {
     /// A workload as namespace/service-account (repeatable).
     #[arg(long = "workload", required = true)]
     workloads: Vec<String>,
+    /// Trust domain of the CA and of every SPIFFE ID
+    /// (spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT).
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
     /// SVID lifetime, e.g. 30m, 1h, 24h, 7d.
@@ -60,12 +69,16 @@ pub struct DemoArgs {
     /// First of the loopback ports the demo uses (base..base+110).
     #[arg(long, default_value_t = 15000)]
     base_port: u16,
+    #[command(flatten)]
+    pub log: crate::sidecar::logging::LogArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct EchoArgs {
+    /// Address to serve plain HTTP on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Name the app gives in every answer ("app NAME received: ...").
     #[arg(long, default_value = "echo")]
     name: String,
 }
@@ -126,8 +139,15 @@ pub fn run_demo_command(args: &DemoArgs) -> Result<(), DevCliError> {
     let ports = DemoPorts {
         base: args.base_port,
     };
-    runtime::build(1)?.block_on(run_demo(&args.certs, ports))?;
-    Ok(())
+    let base = args.base_port;
+    runtime::build(1)?
+        .block_on(run_demo(&args.certs, ports))
+        .map_err(|e| match e {
+            DemoError::Bind(_) | DemoError::Start(AppError::Bind(_)) => {
+                DevCliError::DemoPorts { base, source: e }
+            }
+            e => e.into(),
+        })
 }
 
 /// `meshguard echo`: serves forever.

@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::path::Path;
-use tokio::net::TcpListener;
 
 /// Why the demo stopped. Each wraps its cause unchanged: the message is
 /// the cause's own.
@@ -22,6 +21,8 @@ pub enum DemoError {
     Certs(#[from] CertsError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] crate::sidecar::proxy::BindError),
     #[error(transparent)]
     Id(#[from] crate::sidecar::identity::SpiffeIdError),
     #[error(transparent)]
@@ -69,7 +70,7 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> Result<(), DemoError
     ];
     let mut running = Vec::new();
     for (i, (name, off, other, other_off)) in sides.iter().enumerate() {
-        let app_listener = TcpListener::bind(ports.addr(off + 10)).await?;
+        let app_listener = crate::sidecar::proxy::bind(ports.addr(off + 10)).await?;
         tokio::spawn(echo_app(app_listener, name.to_string()));
         let files = &certs.workloads[i];
         let config = QuickStart {
@@ -101,7 +102,12 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> Result<(), DemoError
         "\n--- client app -> client sidecar {outbound} -> mTLS -> server sidecar {} -> server app",
         ports.addr(106)
     );
-    println!("    (the request carries a forged x-forwarded-client-cert and x-meshguard-client-id; watch them disappear)\n");
+    println!("    the client app sends, with two forged identity headers:\n");
+    println!("GET /hello\nhost: server.default.svc.cluster.local");
+    for (name, value) in FORGED {
+        println!("{name}: {value}");
+    }
+    println!("\n    and the server app receives (the forged headers are gone; the sidecar set its own):\n");
     let answer = demo_request(outbound).await?;
     println!("{answer}");
     println!("--- try it yourself:");
@@ -110,11 +116,24 @@ pub async fn run_demo(cert_dir: &Path, ports: DemoPorts) -> Result<(), DemoError
     println!("    curl http://{}/ready", ports.addr(0));
     println!("\nrunning; Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
+    println!("\ninterrupted; stopping both sidecars");
     for r in running {
         r.stop().await;
     }
     Ok(())
 }
+
+/// What a compromised client app might send to pass for `kube-system/admin`.
+const FORGED: [(&str, &str); 2] = [
+    (
+        "x-forwarded-client-cert",
+        "By=spiffe://cluster.local/ns/default/sa/server;URI=spiffe://cluster.local/ns/kube-system/sa/admin",
+    ),
+    (
+        "x-meshguard-client-id",
+        "spiffe://cluster.local/ns/kube-system/sa/admin",
+    ),
+];
 
 async fn demo_request(outbound: SocketAddr) -> Result<String, DemoError> {
     let tcp = tokio::net::TcpStream::connect(outbound).await?;
@@ -122,8 +141,8 @@ async fn demo_request(outbound: SocketAddr) -> Result<String, DemoError> {
     tokio::spawn(conn);
     let req = Request::get("/hello")
         .header("host", "server.default.svc.cluster.local")
-        .header("x-forwarded-client-cert", "By=spiffe://cluster.local/ns/default/sa/server;URI=spiffe://cluster.local/ns/kube-system/sa/admin")
-        .header("x-meshguard-client-id", "spiffe://cluster.local/ns/kube-system/sa/admin")
+        .header(FORGED[0].0, FORGED[0].1)
+        .header(FORGED[1].0, FORGED[1].1)
         .body(Full::new(Bytes::new()))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();

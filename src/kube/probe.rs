@@ -282,7 +282,7 @@ pub async fn serve_probes(
 ) {
     let forwarder = Arc::new(Forwarder::new(probes));
     tracing::info!(
-        addr = ?listener.local_addr().ok(),
+        addr = listener.local_addr().ok().map(tracing::field::display),
         probes = forwarder.probes.len(),
         "probe forwarder listening"
     );
@@ -398,7 +398,10 @@ pub async fn serve_shutdown(
     shutdown: watch::Receiver<bool>,
 ) {
     let fired = Arc::new(AtomicBool::new(false));
-    tracing::info!(addr = ?listener.local_addr().ok(), "shutdown endpoint listening");
+    tracing::info!(
+        addr = listener.local_addr().ok().map(tracing::field::display),
+        "shutdown endpoint listening"
+    );
     serve_http(listener, "shutdown", shutdown, move |req, peer| {
         let answer = shutdown_request(&req, peer, &trigger, &fired);
         async move { answer }

@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// YAML config file (see meshguard.example.yaml). Excludes the flags below.
+    /// YAML config file (a commented one: deploy/meshguard.example.yaml).
+    /// Excludes the flags below.
     #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "inbound", "app", "policy", "outbound", "peer", "peer_id"])]
     config: Option<PathBuf>,
     /// Tokio worker threads (overrides the config; 1 = single-threaded).
@@ -60,6 +61,8 @@ pub struct RunArgs {
     /// Admin listener (health, config).
     #[arg(long)]
     admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub log: crate::sidecar::logging::LogArgs,
 }
 
 /// Why the sidecar did not start (or stopped with an error). Causes are

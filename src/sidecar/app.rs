@@ -210,9 +210,10 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     admin_state.set_ready(true);
     tracing::info!(
         id = %own_id,
-        inbound = ?inbound_addr,
-        outbound = ?outbound_addr,
-        route_listeners = ?route_listeners,
+        // Plain addresses; a listener that is not configured is left out.
+        inbound = inbound_addr.map(tracing::field::display),
+        outbound = outbound_addr.map(tracing::field::display),
+        route_listeners = (!route_listeners.is_empty()).then(|| join_addrs(&route_listeners)),
         admin = %admin,
         "meshguard ready"
     );
@@ -232,4 +233,13 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         shutdown,
         tasks,
     })
+}
+
+/// `a, b, c`: a list of addresses as a log field reads it.
+fn join_addrs(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

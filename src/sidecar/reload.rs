@@ -90,7 +90,7 @@ pub async fn watch_policy(
         let text = String::from_utf8_lossy(&bytes);
         match Policy::from_yaml(&text, &path.display().to_string()) {
             Ok(policy) => {
-                tracing::info!(kind = "policy", file = %path.display(), rules = policy.rules().len(), mode = ?policy.mode(), "policy reloaded");
+                tracing::info!(kind = "policy", file = %path.display(), rules = policy.rules().len(), mode = policy.mode().as_str(), "policy reloaded");
                 slot.store(Some(Arc::new(policy)));
                 metrics.reload("policy", true);
             }

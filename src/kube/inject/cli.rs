@@ -1,8 +1,11 @@
-//! The `meshguard inject` command line: files or stdin in, stdout out, one
-//! report line per object on stderr.
+//! The `meshguard inject` command line: files or stdin in, stdout out; on
+//! stderr one line per object that needs a look, then one summary line.
 
 use super::annotations::is_quantity;
-use super::{inject, uninject, DocReport, InjectError, InjectOptions, ProxyResources, SidecarMode};
+use super::{
+    inject, uninject, DocReport, InjectError, InjectOptions, ProxyResources, SidecarMode,
+    SkipReason,
+};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -136,6 +139,8 @@ pub fn run(args: &InjectArgs) -> Result<(), InjectCliError> {
     };
     let mut output = String::new();
     let mut lines = Vec::new();
+    let mut reports = Vec::new();
+    let mut dropped_comments = false;
     for file in files {
         let (label, text) = if file.as_os_str() == "-" {
             let mut text = String::new();
@@ -169,12 +174,23 @@ pub fn run(args: &InjectArgs) -> Result<(), InjectCliError> {
             output.push_str("---\n");
         }
         output.push_str(&processed.yaml);
+        // Objects that are not workloads are passed through by design:
+        // only the summary counts them, unless they carry a warning.
         lines.extend(
             processed
                 .reports
                 .iter()
+                .filter(|r| {
+                    r.skipped != Some(SkipReason::UnsupportedKind) || !r.warnings.is_empty()
+                })
                 .map(|r| describe(&label, r, args.uninject)),
         );
+        dropped_comments |= processed.reports.iter().any(|r| r.changed) && has_comments(&text);
+        reports.extend(processed.reports);
+    }
+    lines.push(summary(&reports, args.uninject));
+    if dropped_comments {
+        lines.push(COMMENTS_NOTE.to_owned());
     }
     let mut out = std::io::stdout().lock();
     out.write_all(output.as_bytes())
@@ -186,4 +202,43 @@ pub fn run(args: &InjectArgs) -> Result<(), InjectCliError> {
         let _ = writeln!(err, "meshguard inject: {l}");
     }
     Ok(())
+}
+
+/// Said once when the input had comments and a document was rewritten.
+const COMMENTS_NOTE: &str = "note: comments inside the documents that changed are not kept \
+                             (comments above a document, and unchanged documents, are)";
+
+/// Whether the text has a YAML comment (a line starting with `#`, or ` #`
+/// after a value); a `#` inside a quoted string may count too, which only
+/// adds the note.
+fn has_comments(text: &str) -> bool {
+    text.lines()
+        .any(|l| l.trim_start().starts_with('#') || l.contains(" #"))
+}
+
+/// `injected 3, skipped 9 (unsupported-kind: 9)`: every object, counted.
+pub fn summary(reports: &[DocReport], uninjecting: bool) -> String {
+    let done = reports.iter().filter(|r| r.skipped.is_none()).count();
+    let mut reasons: Vec<(&str, usize)> = Vec::new();
+    for reason in reports.iter().filter_map(|r| r.skipped) {
+        match reasons
+            .iter_mut()
+            .find(|(name, _)| *name == reason.as_str())
+        {
+            Some((_, n)) => *n += 1,
+            None => reasons.push((reason.as_str(), 1)),
+        }
+    }
+    let verb = if uninjecting {
+        "uninjected"
+    } else {
+        "injected"
+    };
+    let skipped: usize = reasons.iter().map(|(_, n)| n).sum();
+    let mut line = format!("{verb} {done}, skipped {skipped}");
+    if !reasons.is_empty() {
+        let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        line.push_str(&format!(" ({})", list.join(", ")));
+    }
+    line
 }

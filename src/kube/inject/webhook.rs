@@ -67,6 +67,8 @@ pub struct WebhookArgs {
     pub shutdown_delay: u64,
     #[command(flatten)]
     pub injector: InjectorArgs,
+    #[command(flatten)]
+    pub log: crate::sidecar::logging::LogArgs,
 }
 
 /// Why the webhook cannot start.

@@ -2,7 +2,8 @@
 //! their answer and return it as the exit status: 0 = allow / clean,
 //! 1 = deny / findings, 2 = bad input.
 
-use super::{lint, Decision, Policy, Request};
+use super::pattern::MethodName;
+use super::{lint, Decision, MethodError, Policy, Request};
 use crate::sidecar::identity::SpiffeId;
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ pub enum PolicyCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
+    /// Policy file (allow matrix) to decide with.
     #[arg(long)]
     policy: PathBuf,
     /// The caller's SPIFFE ID.
@@ -25,6 +27,8 @@ pub struct CheckArgs {
     /// port; otherwise the inbound listener's).
     #[arg(long, default_value_t = 15006)]
     port: u16,
+    /// The request method, as sent: uppercase, like a policy's `methods`
+    /// (an extension method matches only rules without `methods`).
     #[arg(long, default_value = "GET")]
     method: String,
     /// The request target as sent (normalised exactly as the proxy does).
@@ -34,6 +38,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LintArgs {
+    /// Policy file (allow matrix) to lint.
     #[arg(long)]
     policy: PathBuf,
     /// Trust domains this workload has bundles for (repeatable).
@@ -67,9 +72,7 @@ fn check(args: &CheckArgs) -> Result<u8, String> {
     let peer = from
         .parse::<SpiffeId>()
         .map_err(|e| format!("--from {from:?}: {e}"))?;
-    let method = &args.method;
-    let method = http::Method::from_bytes(method.as_bytes())
-        .map_err(|_| format!("--method {method:?} is not an HTTP method"))?;
+    let method = check_method(&args.method)?;
     let path = &args.path;
     let target = crate::sidecar::pathnorm::normalize_path(path)
         .map_err(|e| format!("--path {path:?}: {e} (the sidecar answers 400)"))?;
@@ -106,6 +109,21 @@ fn check(args: &CheckArgs) -> Result<u8, String> {
     })
 }
 
+/// The method to decide for. A standard method in the wrong case is refused
+/// by the rule policy files follow (it would silently match no `methods`
+/// list); an extension method is a request the sidecar can see, so it is
+/// decided.
+fn check_method(method: &str) -> Result<http::Method, String> {
+    if let Err(MethodError::Lowercase(upper)) = method.parse::<MethodName>() {
+        return Err(format!(
+            "--method {method:?}: {}",
+            MethodError::Lowercase(upper)
+        ));
+    }
+    http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| format!("--method {method:?} is not an HTTP method"))
+}
+
 /// `Err` is a bad-input message.
 fn run_lint(args: &LintArgs) -> Result<u8, String> {
     let path = &args.policy;
@@ -124,5 +142,20 @@ fn run_lint(args: &LintArgs) -> Result<u8, String> {
         Ok(EXIT_OK)
     } else {
         Ok(EXIT_NO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_method;
+
+    #[test]
+    fn a_method_is_written_as_a_policy_writes_it() {
+        assert_eq!(check_method("POST"), Ok(http::Method::POST));
+        assert_eq!(check_method("PROPFIND").unwrap().as_str(), "PROPFIND");
+        let err = check_method("post").unwrap_err();
+        assert!(err.contains("uppercase: POST"), "{err}");
+        assert!(check_method("Get").is_err());
+        assert!(check_method("G T").is_err());
     }
 }

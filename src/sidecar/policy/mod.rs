@@ -62,6 +62,16 @@ pub enum Mode {
     Audit,
 }
 
+impl Mode {
+    /// The name a policy file uses (`mode: audit`), for log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {

@@ -192,8 +192,7 @@ impl Inbound {
         let this = self.clone();
         let io = TokioIo::new(handshake.tls);
         serve(io, &self.limits, conn, move |req| {
-            let (this, peer) = (this.clone(), peer.clone());
-            async move { this.handle(req, &peer).await }
+            this.clone().handle(req, peer.clone())
         })
         .await;
     }
@@ -285,7 +284,15 @@ impl Inbound {
     }
 
     /// One request from an authenticated peer, step by step.
-    async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ProxyBody> {
+    ///
+    /// Takes its context by value so that the future is the one `serve`
+    /// awaits: a wrapping `async` block would copy it once more per request.
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Arc<Peer>,
+    ) -> Response<ProxyBody> {
+        let peer = &*peer;
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         let uri = match take_canonical_uri(&mut parts) {

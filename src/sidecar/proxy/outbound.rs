@@ -234,8 +234,7 @@ impl Outbound {
         };
         let this = self.clone();
         serve(io, &self.limits, conn, move |req| {
-            let (this, routing) = (this.clone(), routing.clone());
-            async move { this.handle(req, &routing).await }
+            this.clone().handle(req, routing.clone())
         })
         .await;
     }
@@ -281,11 +280,15 @@ impl Outbound {
     }
 
     /// One request from the app, step by step.
+    ///
+    /// Takes its context by value so that the future is the one `serve`
+    /// awaits: a wrapping `async` block would copy it once more per request.
     async fn handle(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
-        routing: &Routing<Route>,
+        routing: Routing<Route>,
     ) -> Response<ProxyBody> {
+        let routing = &routing;
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
         if let Err(reason) = canonical_host(&mut parts) {

@@ -209,12 +209,16 @@ where
         closing,
     } = conn;
     let activity = control.activity.clone();
+    // The request's future is made inside the service's own, not before it
+    // and moved in: it is the largest value of a request, and hyper moves
+    // the service future once more into the stream's task.
+    let handle = Arc::new(handle);
     let service = service_fn(move |req| {
         let in_flight = activity.request();
         let closing = closing.clone();
-        let answer = handle(req);
+        let handle = handle.clone();
         async move {
-            let mut resp = answer.await;
+            let mut resp = handle(req).await;
             close_if_draining(&closing, !h2, &mut resp);
             drop(in_flight);
             Ok::<_, Infallible>(resp)

@@ -358,11 +358,8 @@ fn object(
     let Some(path) = template_path(&api_version, &kind) else {
         return Ok(report);
     };
-    if matches!(op, Op::Inject(_)) && !path.is_empty() && has_meshguard_annotations(value) {
-        report.warnings.push(format!(
-            "{kind} metadata has meshguard.io/ annotations; only the pod template's \
-             (spec.template.metadata.annotations) are read"
-        ));
+    if matches!(op, Op::Inject(_)) && !path.is_empty() {
+        report.warnings.extend(misplaced_annotations(value, &kind));
     }
     let where_ = match item {
         Some(i) => format!("item {i}: "),
@@ -402,15 +399,21 @@ fn object_name(value: &Value) -> String {
     }
 }
 
-/// Whether a workload's own metadata carries `meshguard.io/` annotations,
-/// which are easily mistaken for the pod template's.
-fn has_meshguard_annotations(value: &Value) -> bool {
+/// A warning when a workload's own metadata carries `meshguard.io/`
+/// annotations: easily mistaken for the pod template's, and ignored.
+fn misplaced_annotations(value: &Value, kind: &str) -> Option<String> {
     let top = value.get("metadata").and_then(|m| m.get("annotations"));
-    top.and_then(Value::as_mapping).is_some_and(|a| {
+    let misplaced = top.and_then(Value::as_mapping).is_some_and(|a| {
         a.keys().any(|k| {
             k.as_str()
                 .is_some_and(|k| k.starts_with(annotations::PREFIX))
         })
+    });
+    misplaced.then(|| {
+        format!(
+            "{kind} metadata has meshguard.io/ annotations; only the pod template's \
+             (spec.template.metadata.annotations) are read"
+        )
     })
 }
 

@@ -77,7 +77,7 @@ pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Reviewed, BadReview> 
         },
         Some(object) => decide(request, object, &kind, &operation, opts),
     };
-    let (response, outcome) = response(&uid, verdict, &format!("{kind} {name}"))?;
+    let (response, outcome) = answer(&uid, verdict, &format!("{kind} {name}"))?;
     Ok(Reviewed {
         review: json!({
             "apiVersion": API_VERSION,
@@ -118,7 +118,7 @@ fn request_of(top: &Value) -> Result<&Map<String, Value>, BadReview> {
 
 /// The AdmissionReview `response` for `verdict`, and the outcome also put
 /// in the audit annotation. `object` is the kind and name, for denials.
-fn response(
+fn answer(
     uid: &str,
     verdict: Verdict,
     object: &str,

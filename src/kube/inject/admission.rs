@@ -18,7 +18,7 @@
 //! afterwards); the workload kinds `inject` handles (Deployment, ...) on
 //! CREATE and UPDATE, should a webhook configuration send them.
 
-use super::{inject_object, jsonpatch, InjectError, InjectOptions, SkipReason};
+use super::{inject_object, jsonpatch, DocReport, InjectError, InjectOptions, SkipReason};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
@@ -55,39 +55,17 @@ enum Verdict {
 
 /// Answers one AdmissionReview (the request body, as bytes).
 pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Reviewed, BadReview> {
-    let bad = |m: String| Err(BadReview(m));
-    let top: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return bad(format!("invalid JSON: {e}")),
+    let top: Value =
+        serde_json::from_slice(body).map_err(|e| BadReview(format!("invalid JSON: {e}")))?;
+    let request = request_of(&top)?;
+    let Some(uid) = str_field(request, "uid").filter(|u| !u.is_empty()) else {
+        return Err(BadReview("request.uid: missing or empty".into()));
     };
-    let Some(top) = top.as_object() else {
-        return bad("expected an AdmissionReview object".into());
-    };
-    let field =
-        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
-    match field(top, "apiVersion") {
-        Some(v) if v == API_VERSION => {}
-        other => {
-            return bad(format!(
-                "apiVersion {}: only {API_VERSION} is served (admissionReviewVersions: [v1])",
-                other.map_or("missing".into(), |v| format!("{v:?}"))
-            ))
-        }
-    }
-    if field(top, "kind").as_deref() != Some("AdmissionReview") {
-        return bad("kind: expected AdmissionReview".into());
-    }
-    let Some(request) = top.get("request").and_then(Value::as_object) else {
-        return bad("request: missing or not an object".into());
-    };
-    let Some(uid) = field(request, "uid").filter(|u| !u.is_empty()) else {
-        return bad("request.uid: missing or empty".into());
-    };
-    let operation = field(request, "operation").unwrap_or_default();
+    let operation = str_field(request, "operation").unwrap_or_default();
     let object = match request.get("object") {
         None | Some(Value::Null) => None,
         Some(Value::Object(o)) => Some(o),
-        Some(_) => return bad("request.object: expected an object".into()),
+        Some(_) => return Err(BadReview("request.object: expected an object".into())),
     };
 
     let (kind, name) = describe(request, object);
@@ -99,7 +77,52 @@ pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Reviewed, BadReview> 
         },
         Some(object) => decide(request, object, &kind, &operation, opts),
     };
+    let (response, outcome) = answer(&uid, verdict, &format!("{kind} {name}"))?;
+    Ok(Reviewed {
+        review: json!({
+            "apiVersion": API_VERSION,
+            "kind": "AdmissionReview",
+            "response": response,
+        }),
+        summary: format!("{operation} {kind} {name}: {outcome}"),
+    })
+}
 
+fn str_field(m: &Map<String, Value>, k: &str) -> Option<String> {
+    m.get(k).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The `request` of an AdmissionReview v1.
+fn request_of(top: &Value) -> Result<&Map<String, Value>, BadReview> {
+    let bad = |m: String| Err(BadReview(m));
+    let Some(top) = top.as_object() else {
+        return bad("expected an AdmissionReview object".into());
+    };
+    match str_field(top, "apiVersion") {
+        Some(v) if v == API_VERSION => {}
+        other => {
+            return bad(format!(
+                "apiVersion {}: only {API_VERSION} is served (admissionReviewVersions: [v1])",
+                other.map_or("missing".into(), |v| format!("{v:?}"))
+            ))
+        }
+    }
+    if str_field(top, "kind").as_deref() != Some("AdmissionReview") {
+        return bad("kind: expected AdmissionReview".into());
+    }
+    match top.get("request").and_then(Value::as_object) {
+        Some(request) => Ok(request),
+        None => bad("request: missing or not an object".into()),
+    }
+}
+
+/// The AdmissionReview `response` for `verdict`, and the outcome also put
+/// in the audit annotation. `object` is the kind and name, for denials.
+fn answer(
+    uid: &str,
+    verdict: Verdict,
+    object: &str,
+) -> Result<(Map<String, Value>, String), BadReview> {
     let mut response = Map::new();
     response.insert("uid".into(), json!(uid));
     let outcome = match verdict {
@@ -122,7 +145,7 @@ pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Reviewed, BadReview> 
         }
         Verdict::Deny(message) => {
             response.insert("allowed".into(), json!(false));
-            let message = format!("meshguard: {kind} {name}: {message}");
+            let message = format!("meshguard: {object}: {message}");
             response.insert(
                 "status".into(),
                 json!({"code": 400, "reason": "BadRequest", "message": message}),
@@ -131,14 +154,7 @@ pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Reviewed, BadReview> 
         }
     };
     response.insert("auditAnnotations".into(), json!({ AUDIT_KEY: outcome }));
-    Ok(Reviewed {
-        review: json!({
-            "apiVersion": API_VERSION,
-            "kind": "AdmissionReview",
-            "response": response,
-        }),
-        summary: format!("{operation} {kind} {name}: {outcome}"),
-    })
+    Ok((response, outcome))
 }
 
 /// Injects `object`, and the patch that does it.
@@ -149,11 +165,6 @@ fn decide(
     operation: &str,
     opts: &InjectOptions,
 ) -> Verdict {
-    let skip = |outcome: String| Verdict::Allow {
-        patch: Vec::new(),
-        warnings: vec![format!("meshguard: no sidecar: {outcome}")],
-        outcome: format!("skipped: {outcome}"),
-    };
     let workload = matches!(
         kind,
         "Deployment" | "StatefulSet" | "DaemonSet" | "Job" | "CronJob"
@@ -161,11 +172,26 @@ fn decide(
     match operation {
         "CREATE" => {}
         "UPDATE" if workload => {}
-        _ => return skip(format!("operation {operation:?} is not injected")),
+        _ => {
+            let outcome = format!("operation {operation:?} is not injected");
+            return Verdict::Allow {
+                patch: Vec::new(),
+                warnings: vec![format!("meshguard: no sidecar: {outcome}")],
+                outcome: format!("skipped: {outcome}"),
+            };
+        }
     }
-    // The object as sent, with its apiVersion and kind filled in from the
-    // request when it lacks them (inject needs them, the patch must not
-    // touch them).
+    let from = Value::Object(typed(request, object));
+    match injected(&from, opts) {
+        Ok((report, to)) => allow(&report, jsonpatch::diff(&from, &to)),
+        Err(message) => Verdict::Deny(message),
+    }
+}
+
+/// The object as sent, with its apiVersion and kind filled in from the
+/// request when it lacks them (inject needs them, the patch must not
+/// touch them).
+fn typed(request: &Map<String, Value>, object: &Map<String, Value>) -> Map<String, Value> {
     let mut from = object.clone();
     if let Some(k) = request.get("kind").and_then(Value::as_object) {
         let s = |f: &str| k.get(f).and_then(Value::as_str).unwrap_or_default();
@@ -176,20 +202,22 @@ fn decide(
         from.entry("apiVersion").or_insert(json!(api_version));
         from.entry("kind").or_insert(json!(s("kind")));
     }
-    let from = Value::Object(from);
-    let mut value: serde_norway::Value = match serde_norway::to_value(&from) {
-        Ok(v) => v,
-        Err(e) => return Verdict::Deny(format!("cannot read the object: {e}")),
-    };
-    let report = match inject_object(&mut value, opts) {
-        Ok(r) => r,
-        Err(e) => return Verdict::Deny(inject_error(e)),
-    };
-    let to: Value = match serde_json::to_value(&value) {
-        Ok(v) => v,
-        Err(e) => return Verdict::Deny(format!("cannot write the injected object: {e}")),
-    };
-    let patch = jsonpatch::diff(&from, &to);
+    from
+}
+
+/// The injected object and what injection reported, or why it was refused.
+fn injected(from: &Value, opts: &InjectOptions) -> Result<(DocReport, Value), String> {
+    let mut value: serde_norway::Value =
+        serde_norway::to_value(from).map_err(|e| format!("cannot read the object: {e}"))?;
+    let report = inject_object(&mut value, opts).map_err(inject_error)?;
+    let to = serde_json::to_value(&value)
+        .map_err(|e| format!("cannot write the injected object: {e}"))?;
+    Ok((report, to))
+}
+
+/// Injected or skipped, the pod is admitted: with the patch, the report's
+/// warnings and, when skipped, a warning saying why.
+fn allow(report: &DocReport, patch: Vec<Value>) -> Verdict {
     let warnings = report.warnings.iter().map(|w| format!("meshguard: {w}"));
     match report.skipped {
         None => Verdict::Allow {

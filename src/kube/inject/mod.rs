@@ -345,23 +345,12 @@ fn object(
             .to_owned()
     };
     let (api_version, kind) = (field("apiVersion"), field("kind"));
-    let meta = value.get("metadata");
-    let meta_str = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
-    let name = match (meta_str("namespace"), meta_str("name")) {
-        (Some(ns), Some(n)) => format!("{ns}/{n}"),
-        (None, Some(n)) => n.to_owned(),
-        _ => String::new(),
-    };
-    let where_ = match item {
-        Some(i) => format!("item {i}: "),
-        None => String::new(),
-    };
     let mut report = DocReport {
         doc,
         item,
         line: chunk.content_line(),
         kind: kind.clone(),
-        name,
+        name: object_name(value),
         skipped: Some(SkipReason::UnsupportedKind),
         changed: false,
         warnings: Vec::new(),
@@ -370,59 +359,20 @@ fn object(
         return Ok(report);
     };
     if matches!(op, Op::Inject(_)) && !path.is_empty() {
-        let top = value.get("metadata").and_then(|m| m.get("annotations"));
-        let misplaced = top.and_then(Value::as_mapping).is_some_and(|a| {
-            a.keys().any(|k| {
-                k.as_str()
-                    .is_some_and(|k| k.starts_with(annotations::PREFIX))
-            })
-        });
-        if misplaced {
-            report.warnings.push(format!(
-                "{kind} metadata has meshguard.io/ annotations; only the pod template's \
-                 (spec.template.metadata.annotations) are read"
-            ));
-        }
+        report.warnings.extend(misplaced_annotations(value, &kind));
     }
-    let mut template = &mut *value;
-    let mut walked = String::new();
-    for key in path {
-        walked.push_str(key);
-        template = template
-            .get_mut(*key)
-            .filter(|v| v.is_mapping())
-            .ok_or_else(|| InjectError::Malformed {
-                doc,
-                line: chunk.content_line(),
-                message: format!("{where_}{kind} {walked}: expected a mapping"),
-            })?;
-        walked.push('.');
-    }
-    let Some(template) = template.as_mapping_mut() else {
-        return Err(InjectError::Malformed {
-            doc,
-            line: chunk.content_line(),
-            message: format!("{where_}{kind}: expected a mapping"),
-        });
+    let where_ = match item {
+        Some(i) => format!("item {i}: "),
+        None => String::new(),
     };
-    let result = match op {
-        Op::Inject(opts) => pod::inject(template, &kind, opts).map(|o| {
-            report.warnings.extend(o.warnings);
-            report.skipped = o.skipped;
-            o.was_injected
-        }),
-        Op::Uninject => pod::uninject(template).map(|(was, warnings)| {
-            report.warnings.extend(warnings);
-            report.skipped = (!was).then_some(SkipReason::NotInjected);
-            was
-        }),
+    let malformed = |message: String| InjectError::Malformed {
+        doc,
+        line: chunk.content_line(),
+        message: format!("{where_}{kind}{message}"),
     };
-    let was_injected = result.map_err(|e| match e {
-        PodError::Malformed(m) => InjectError::Malformed {
-            doc,
-            line: chunk.content_line(),
-            message: format!("{where_}{kind} pod template: {m}"),
-        },
+    let template = template_at(value, path).map_err(malformed)?;
+    let was_injected = apply(op, template, &kind, &mut report).map_err(|e| match e {
+        PodError::Malformed(m) => malformed(format!(" pod template: {m}")),
         PodError::Annotation(b) => InjectError::Annotation {
             doc,
             line: chunk.line_of(&b.name),
@@ -436,6 +386,75 @@ fn object(
         report.skipped = Some(SkipReason::AlreadyInjected);
     }
     Ok(report)
+}
+
+/// `namespace/name`, `name`, or empty.
+fn object_name(value: &Value) -> String {
+    let meta = value.get("metadata");
+    let meta_str = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+    match (meta_str("namespace"), meta_str("name")) {
+        (Some(ns), Some(n)) => format!("{ns}/{n}"),
+        (None, Some(n)) => n.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A warning when a workload's own metadata carries `meshguard.io/`
+/// annotations: easily mistaken for the pod template's, and ignored.
+fn misplaced_annotations(value: &Value, kind: &str) -> Option<String> {
+    let top = value.get("metadata").and_then(|m| m.get("annotations"));
+    let misplaced = top.and_then(Value::as_mapping).is_some_and(|a| {
+        a.keys().any(|k| {
+            k.as_str()
+                .is_some_and(|k| k.starts_with(annotations::PREFIX))
+        })
+    });
+    misplaced.then(|| {
+        format!(
+            "{kind} metadata has meshguard.io/ annotations; only the pod template's \
+             (spec.template.metadata.annotations) are read"
+        )
+    })
+}
+
+/// The pod template at `path`. The error is the rest of a message that
+/// starts with the object's kind.
+fn template_at<'v>(value: &'v mut Value, path: &[&str]) -> Result<&'v mut Mapping, String> {
+    let mut template = value;
+    let mut walked = String::new();
+    for key in path {
+        walked.push_str(key);
+        template = template
+            .get_mut(*key)
+            .filter(|v| v.is_mapping())
+            .ok_or_else(|| format!(" {walked}: expected a mapping"))?;
+        walked.push('.');
+    }
+    template
+        .as_mapping_mut()
+        .ok_or_else(|| ": expected a mapping".to_owned())
+}
+
+/// Runs `op` on the template and records its outcome in `report`.
+/// Returns whether the template carried an injection before.
+fn apply(
+    op: Op<'_>,
+    template: &mut Mapping,
+    kind: &str,
+    report: &mut DocReport,
+) -> Result<bool, PodError> {
+    match op {
+        Op::Inject(opts) => pod::inject(template, kind, opts).map(|o| {
+            report.warnings.extend(o.warnings);
+            report.skipped = o.skipped;
+            o.was_injected
+        }),
+        Op::Uninject => pod::uninject(template).map(|(was, warnings)| {
+            report.warnings.extend(warnings);
+            report.skipped = (!was).then_some(SkipReason::NotInjected);
+            was
+        }),
+    }
 }
 
 #[cfg(test)]

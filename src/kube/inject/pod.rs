@@ -122,28 +122,54 @@ pub(super) fn inject(
     let (was_injected, mut warnings) = uninject(template)?;
     let settings =
         annotations::settings(meta_annotations(template), opts).map_err(PodError::Annotation)?;
-    let skip = |reason| {
-        Ok(PodOutcome {
-            was_injected,
-            skipped: Some(reason),
-            warnings: warnings.clone(),
-        })
-    };
-    if settings.opted_out {
-        return skip(SkipReason::OptedOut);
-    }
-    let spec = spec_of(template)?;
-    if let Some(reason) = skip_reason(spec, &settings)? {
-        return skip(reason);
-    }
-    let app_port = if settings.config_map.is_some() {
-        None
-    } else {
-        match settings.app_port.or(first_tcp_port(spec)?) {
-            Some(p) => Some(p),
-            None => return skip(SkipReason::NoConfig),
+    let app_port = match target(template, &settings)? {
+        Ok(app_port) => app_port,
+        Err(reason) => {
+            return Ok(PodOutcome {
+                was_injected,
+                skipped: Some(reason),
+                warnings,
+            })
         }
     };
+    warnings.extend(risk_warnings(kind, &settings, app_port));
+    let spec = spec_of(template)?;
+    let records = rewrite_probes(spec, &settings)?;
+    add_sidecar(spec, &settings, opts, app_port, !records.is_empty())?;
+    annotate(template, &settings, &records)?;
+    Ok(PodOutcome {
+        was_injected,
+        skipped: None,
+        warnings,
+    })
+}
+
+/// Where the sidecar forwards inbound traffic (None: where its config
+/// says), or why the pod gets no sidecar.
+fn target(
+    template: &mut Mapping,
+    settings: &Settings,
+) -> Result<Result<Option<u16>, SkipReason>, String> {
+    if settings.opted_out {
+        return Ok(Err(SkipReason::OptedOut));
+    }
+    let spec = spec_of(template)?;
+    if let Some(reason) = skip_reason(spec, settings)? {
+        return Ok(Err(reason));
+    }
+    if settings.config_map.is_some() {
+        return Ok(Ok(None));
+    }
+    Ok(settings
+        .app_port
+        .or(first_tcp_port(spec)?)
+        .map(Some)
+        .ok_or(SkipReason::NoConfig))
+}
+
+/// Injections that work but leave a gap the author likely did not intend.
+fn risk_warnings(kind: &str, settings: &Settings, app_port: Option<u16>) -> Vec<String> {
+    let mut warnings = Vec::new();
     if let Some(p) = app_port {
         if settings
             .capture
@@ -168,9 +194,12 @@ pub(super) fn inject(
             annotations::SHUTDOWN_ENDPOINT
         ));
     }
+    warnings
+}
 
-    // Probes of app containers and of app native sidecars (init containers
-    // with restartPolicy Always, the only init containers with probes).
+/// Probes of app containers and of app native sidecars (init containers
+/// with restartPolicy Always, the only init containers with probes).
+fn rewrite_probes(spec: &mut Mapping, settings: &Settings) -> Result<AppProbes, String> {
     let mut records = AppProbes::new();
     for list in ["initContainers", "containers"] {
         if let Some(Value::Sequence(items)) = spec.get_mut(list) {
@@ -188,24 +217,39 @@ pub(super) fn inject(
             }
         }
     }
+    Ok(records)
+}
 
-    let init = sidecar::init_container(&settings, opts);
-    let proxy = sidecar::sidecar_container(&settings, opts, app_port, !records.is_empty());
-    let inits = child_seq(spec, "initContainers").map_err(|m| format!("spec.{m}"))?;
+fn add_sidecar(
+    spec: &mut Mapping,
+    settings: &Settings,
+    opts: &InjectOptions,
+    app_port: Option<u16>,
+    has_app_probes: bool,
+) -> Result<(), String> {
+    let init = sidecar::init_container(settings, opts);
+    let proxy = sidecar::sidecar_container(settings, opts, app_port, has_app_probes);
+    let inits = child_seq(spec, "initContainers").map_err(in_spec)?;
     // Capture first, so that no other init container opens a connection
     // around the proxy; in native mode the sidecar right after it, so the
     // app's own init containers already run inside the mesh.
     inits.insert(0, init);
     match settings.mode {
         SidecarMode::Native => inits.insert(1, proxy),
-        SidecarMode::Container => child_seq(spec, "containers")
-            .map_err(|m| format!("spec.{m}"))?
-            .push(proxy),
+        SidecarMode::Container => child_seq(spec, "containers").map_err(in_spec)?.push(proxy),
     }
     child_seq(spec, "volumes")
-        .map_err(|m| format!("spec.{m}"))?
-        .extend(sidecar::volumes(&settings));
+        .map_err(in_spec)?
+        .extend(sidecar::volumes(settings));
+    Ok(())
+}
 
+/// The status annotations uninject reads back.
+fn annotate(
+    template: &mut Mapping,
+    settings: &Settings,
+    records: &AppProbes,
+) -> Result<(), String> {
     let meta = child_map(template, "metadata").map_err(|m| format!("template {m}"))?;
     let ann = child_map(meta, "annotations").map_err(|m| format!("metadata.{m}"))?;
     let mode = match settings.mode {
@@ -214,13 +258,9 @@ pub(super) fn inject(
     };
     ann.insert(s(INJECTED), s(mode));
     if !records.is_empty() {
-        ann.insert(s(APP_PROBES), s(&contract::to_json(&records)?));
+        ann.insert(s(APP_PROBES), s(&contract::to_json(records)?));
     }
-    Ok(PodOutcome {
-        was_injected,
-        skipped: None,
-        warnings,
-    })
+    Ok(())
 }
 
 /// The checks that leave a pod without a sidecar, first match wins.
@@ -229,38 +269,51 @@ fn skip_reason(spec: &Mapping, settings: &Settings) -> Result<Option<SkipReason>
         // Capture rules would be written into the node's own namespace.
         return Ok(Some(SkipReason::HostNetwork));
     }
-    let mut containers = seq_maps(spec, "containers").map_err(|m| format!("spec.{m}"))?;
+    let mut containers = seq_maps(spec, "containers").map_err(in_spec)?;
     if containers.is_empty() {
         return Err("spec.containers: a pod needs at least one container".into());
     }
-    containers.extend(seq_maps(spec, "initContainers").map_err(|m| format!("spec.{m}"))?);
+    containers.extend(seq_maps(spec, "initContainers").map_err(in_spec)?);
     let names: Vec<&str> = containers
         .iter()
         .filter_map(|c| get_str(c, "name"))
         .collect();
-    if names.iter().any(|n| OTHER_MESH_CONTAINERS.contains(n)) {
-        return Ok(Some(SkipReason::OtherMesh));
-    }
-    // Still present after undoing our own injection: someone else's.
-    let volumes = seq_maps(spec, "volumes").map_err(|m| format!("spec.{m}"))?;
-    if names.iter().any(|n| *n == SIDECAR_NAME || *n == INIT_NAME)
+    let reason = if names.iter().any(|n| OTHER_MESH_CONTAINERS.contains(n)) {
+        Some(SkipReason::OtherMesh)
+    } else if has_our_names(spec, &names)? {
+        Some(SkipReason::NameConflict)
+    } else if runs_as_proxy(spec, &containers, settings.capture.proxy_uid) {
+        Some(SkipReason::UidConflict)
+    } else if uses_reserved_port(&containers, settings)? {
+        Some(SkipReason::PortConflict)
+    } else {
+        None
+    };
+    Ok(reason)
+}
+
+/// Still present after undoing our own injection: someone else's.
+fn has_our_names(spec: &Mapping, names: &[&str]) -> Result<bool, String> {
+    let volumes = seq_maps(spec, "volumes").map_err(in_spec)?;
+    Ok(names.iter().any(|n| *n == SIDECAR_NAME || *n == INIT_NAME)
         || volumes
             .iter()
-            .any(|v| get_str(v, "name").is_some_and(|n| VOLUMES.contains(&n)))
-    {
-        return Ok(Some(SkipReason::NameConflict));
-    }
-    // An app running as the proxy UID would have its traffic skip capture.
-    let uid = u64::from(settings.capture.proxy_uid);
-    let runs_as_proxy = |m: &Mapping| {
+            .any(|v| get_str(v, "name").is_some_and(|n| VOLUMES.contains(&n))))
+}
+
+/// An app running as the proxy UID would have its traffic skip capture.
+fn runs_as_proxy(spec: &Mapping, containers: &[&Mapping], proxy_uid: u32) -> bool {
+    let uid = u64::from(proxy_uid);
+    let runs_as = |m: &Mapping| {
         m.get("securityContext")
             .and_then(|sc| sc.get("runAsUser"))
             .and_then(Value::as_u64)
             == Some(uid)
     };
-    if runs_as_proxy(spec) || containers.iter().any(|c| runs_as_proxy(c)) {
-        return Ok(Some(SkipReason::UidConflict));
-    }
+    runs_as(spec) || containers.iter().any(|c| runs_as(c))
+}
+
+fn uses_reserved_port(containers: &[&Mapping], settings: &Settings) -> Result<bool, String> {
     let c = &settings.capture;
     let reserved = [
         c.inbound_port,
@@ -269,28 +322,28 @@ fn skip_reason(spec: &Mapping, settings: &Settings) -> Result<Option<SkipReason>
         c.probe_port,
         SHUTDOWN_PORT,
     ];
-    for container in &containers {
+    for container in containers {
         for p in seq_maps(container, "ports").map_err(|m| format!("ports: {m}"))? {
             let number = p.get("containerPort").and_then(Value::as_u64);
             if number.is_some_and(|n| reserved.iter().any(|r| u64::from(*r) == n))
                 || get_str(p, "name") == Some(ADMIN_PORT_NAME)
             {
-                return Ok(Some(SkipReason::PortConflict));
+                return Ok(true);
             }
         }
     }
-    if let Some(p) = settings.app_port {
-        if reserved.contains(&p) {
-            return Ok(Some(SkipReason::PortConflict));
-        }
-    }
-    Ok(None)
+    Ok(settings.app_port.is_some_and(|p| reserved.contains(&p)))
+}
+
+/// Errors of `seq_maps`/`child_seq` name the key; this adds where it is.
+fn in_spec(m: String) -> String {
+    format!("spec.{m}")
 }
 
 /// The first TCP containerPort of the app containers, in order: where an
 /// inbound-only sidecar without a config forwards to.
 fn first_tcp_port(spec: &Mapping) -> Result<Option<u16>, String> {
-    for c in seq_maps(spec, "containers").map_err(|m| format!("spec.{m}"))? {
+    for c in seq_maps(spec, "containers").map_err(in_spec)? {
         for p in seq_maps(c, "ports").map_err(|m| format!("ports: {m}"))? {
             let tcp = matches!(get_str(p, "protocol"), None | Some("TCP"));
             let port = p

@@ -81,87 +81,97 @@ fn forward_for(
     container: &Mapping,
     probe: &Mapping,
 ) -> Result<Option<(&'static str, Forward)>, String> {
-    let timeout_seconds = match probe.get("timeoutSeconds") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .ok_or("timeoutSeconds must be a positive integer")?,
-    };
-    if let Some(h) = probe.get("httpGet").and_then(Value::as_mapping) {
+    let timeout_seconds = timeout_seconds(probe)?;
+    let handler = |field: &str| probe.get(field).and_then(Value::as_mapping);
+    if let Some(h) = handler("httpGet") {
         if has_host(h) {
             return Ok(None);
         }
-        let port = resolve_port(container, h.get("port"))?;
-        let scheme = match get_str(h, "scheme") {
-            None | Some("HTTP") => Scheme::Http,
-            Some("HTTPS") => Scheme::Https,
-            Some(other) => return Err(format!("httpGet.scheme {other:?} is not HTTP or HTTPS")),
-        };
-        // kubelet asks for "/" when no path is given and adds the slash a
-        // relative path lacks; do the same so the sidecar need not.
-        let path = match get_str(h, "path").unwrap_or("") {
-            "" => "/".to_owned(),
-            p if p.starts_with('/') => p.to_owned(),
-            p => format!("/{p}"),
-        };
-        let headers = super::yaml::seq_maps(h, "httpHeaders")
-            .map_err(|m| format!("httpGet.{m}"))?
-            .into_iter()
-            .map(|hd| match (get_str(hd, "name"), get_str(hd, "value")) {
-                (Some(name), Some(value)) => Ok(HttpHeader {
-                    name: name.to_owned(),
-                    value: value.to_owned(),
-                }),
-                _ => Err("httpGet.httpHeaders entries need a name and a string value"),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Some((
-            "httpGet",
-            Forward::Http {
-                port,
-                scheme,
-                path,
-                headers,
-                timeout_seconds,
-            },
-        )));
+        let forward = http_forward(container, h, timeout_seconds)?;
+        return Ok(Some(("httpGet", forward)));
     }
-    if let Some(t) = probe.get("tcpSocket").and_then(Value::as_mapping) {
+    if let Some(t) = handler("tcpSocket") {
         if has_host(t) {
             return Ok(None);
         }
         let port = resolve_port(container, t.get("port"))?;
-        return Ok(Some((
-            "tcpSocket",
-            Forward::Tcp {
-                port,
-                timeout_seconds,
-            },
-        )));
+        let forward = Forward::Tcp {
+            port,
+            timeout_seconds,
+        };
+        return Ok(Some(("tcpSocket", forward)));
     }
-    if let Some(g) = probe.get("grpc").and_then(Value::as_mapping) {
-        // gRPC probes take a number only; Kubernetes refuses names here.
-        let port = match g.get("port") {
-            Some(Value::Number(_)) => resolve_port(container, g.get("port"))?,
-            _ => return Err("grpc.port must be a number".into()),
-        };
-        let service = match g.get("service") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(svc)) => Some(svc.clone()),
-            Some(_) => return Err("grpc.service must be a string".into()),
-        };
-        return Ok(Some((
-            "grpc",
-            Forward::Grpc {
-                port,
-                service,
-                timeout_seconds,
-            },
-        )));
+    if let Some(g) = handler("grpc") {
+        return Ok(Some(("grpc", grpc_forward(container, g, timeout_seconds)?)));
     }
     Ok(None)
+}
+
+/// Kubernetes' default of 1 s when unset.
+fn timeout_seconds(probe: &Mapping) -> Result<u32, String> {
+    match probe.get("timeoutSeconds") {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v
+            .as_u64()
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .ok_or_else(|| "timeoutSeconds must be a positive integer".into()),
+    }
+}
+
+fn http_forward(container: &Mapping, h: &Mapping, timeout_seconds: u32) -> Result<Forward, String> {
+    let port = resolve_port(container, h.get("port"))?;
+    let scheme = match get_str(h, "scheme") {
+        None | Some("HTTP") => Scheme::Http,
+        Some("HTTPS") => Scheme::Https,
+        Some(other) => return Err(format!("httpGet.scheme {other:?} is not HTTP or HTTPS")),
+    };
+    // kubelet asks for "/" when no path is given and adds the slash a
+    // relative path lacks; do the same so the sidecar need not.
+    let path = match get_str(h, "path").unwrap_or("") {
+        "" => "/".to_owned(),
+        p if p.starts_with('/') => p.to_owned(),
+        p => format!("/{p}"),
+    };
+    Ok(Forward::Http {
+        port,
+        scheme,
+        path,
+        headers: http_headers(h)?,
+        timeout_seconds,
+    })
+}
+
+fn http_headers(h: &Mapping) -> Result<Vec<HttpHeader>, String> {
+    super::yaml::seq_maps(h, "httpHeaders")
+        .map_err(|m| format!("httpGet.{m}"))?
+        .into_iter()
+        .map(|hd| match (get_str(hd, "name"), get_str(hd, "value")) {
+            (Some(name), Some(value)) => Ok(HttpHeader {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err("httpGet.httpHeaders entries need a name and a string value".into()),
+        })
+        .collect()
+}
+
+fn grpc_forward(container: &Mapping, g: &Mapping, timeout_seconds: u32) -> Result<Forward, String> {
+    // gRPC probes take a number only; Kubernetes refuses names here.
+    let port = match g.get("port") {
+        Some(Value::Number(_)) => resolve_port(container, g.get("port"))?,
+        _ => return Err("grpc.port must be a number".into()),
+    };
+    let service = match g.get("service") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(svc)) => Some(svc.clone()),
+        Some(_) => return Err("grpc.service must be a string".into()),
+    };
+    Ok(Forward::Grpc {
+        port,
+        service,
+        timeout_seconds,
+    })
 }
 
 fn has_host(handler: &Mapping) -> bool {

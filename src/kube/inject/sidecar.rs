@@ -7,7 +7,7 @@ use super::{InjectOptions, ProxyResources, SidecarMode};
 use crate::kube::contract::{
     ENV_APP_PROBES, ENV_LOG_FORMAT, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN, SHUTDOWN_PORT,
 };
-use crate::kube::iptables::PortRange;
+use crate::kube::iptables::CaptureConfig;
 use serde_norway::{Mapping, Value};
 
 pub const SIDECAR_NAME: &str = "meshguard";
@@ -61,19 +61,50 @@ fn resources(r: &ProxyResources) -> Value {
     Value::Mapping(out)
 }
 
-fn join(ranges: &[PortRange]) -> String {
-    ranges
+fn join<T: ToString>(items: &[T]) -> String {
+    items
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
 }
 
+fn strings(items: &[String]) -> Value {
+    Value::Sequence(items.iter().map(|a| s(a)).collect())
+}
+
 /// The init container that sets up capture. It must run as root with
 /// NET_ADMIN/NET_RAW (nothing else), and it runs first, before any other
 /// init container can open a connection.
 pub(super) fn init_container(settings: &Settings, opts: &InjectOptions) -> Value {
-    let c = &settings.capture;
+    map([
+        ("name", s(INIT_NAME)),
+        ("image", s(&opts.image)),
+        ("args", strings(&init_iptables_args(&settings.capture))),
+        (
+            "resources",
+            resources(&ProxyResources {
+                cpu_request: Some("10m".into()),
+                memory_request: Some("16Mi".into()),
+                cpu_limit: None,
+                memory_limit: Some("64Mi".into()),
+            }),
+        ),
+        ("securityContext", init_security_context()),
+        ("terminationMessagePolicy", s("FallbackToLogsOnError")),
+        (
+            "volumeMounts",
+            Value::Sequence(vec![map([
+                ("mountPath", s("/run")),
+                ("name", s(XTABLES_VOLUME)),
+            ])]),
+        ),
+    ])
+}
+
+/// `meshguard init-iptables` arguments; an empty exclusion list is left
+/// out rather than passed as an empty flag value.
+fn init_iptables_args(c: &CaptureConfig) -> Vec<String> {
     let mut args = vec![
         "init-iptables".to_owned(),
         "--inbound-port".to_owned(),
@@ -90,60 +121,32 @@ pub(super) fn init_container(settings: &Settings, opts: &InjectOptions) -> Value
     for (flag, value) in [
         ("--exclude-inbound-ports", join(&c.exclude_inbound_ports)),
         ("--exclude-outbound-ports", join(&c.exclude_outbound_ports)),
-        (
-            "--exclude-outbound-cidrs",
-            c.exclude_outbound_cidrs
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        ("--exclude-outbound-cidrs", join(&c.exclude_outbound_cidrs)),
     ] {
         if !value.is_empty() {
             args.push(flag.to_owned());
             args.push(value);
         }
     }
+    args
+}
+
+fn init_security_context() -> Value {
     map([
-        ("name", s(INIT_NAME)),
-        ("image", s(&opts.image)),
-        ("args", Value::Sequence(args.iter().map(|a| s(a)).collect())),
+        ("allowPrivilegeEscalation", Value::Bool(false)),
         (
-            "resources",
-            resources(&ProxyResources {
-                cpu_request: Some("10m".into()),
-                memory_request: Some("16Mi".into()),
-                cpu_limit: None,
-                memory_limit: Some("64Mi".into()),
-            }),
-        ),
-        (
-            "securityContext",
+            "capabilities",
             map([
-                ("allowPrivilegeEscalation", Value::Bool(false)),
-                (
-                    "capabilities",
-                    map([
-                        ("add", seq_of_str(&["NET_ADMIN", "NET_RAW"])),
-                        ("drop", seq_of_str(&["ALL"])),
-                    ]),
-                ),
-                ("privileged", Value::Bool(false)),
-                ("readOnlyRootFilesystem", Value::Bool(true)),
-                // Explicit, so a pod-level runAsNonRoot does not block it.
-                ("runAsNonRoot", Value::Bool(false)),
-                ("runAsUser", n(0u32)),
-                ("seccompProfile", map([("type", s("RuntimeDefault"))])),
+                ("add", seq_of_str(&["NET_ADMIN", "NET_RAW"])),
+                ("drop", seq_of_str(&["ALL"])),
             ]),
         ),
-        ("terminationMessagePolicy", s("FallbackToLogsOnError")),
-        (
-            "volumeMounts",
-            Value::Sequence(vec![map([
-                ("mountPath", s("/run")),
-                ("name", s(XTABLES_VOLUME)),
-            ])]),
-        ),
+        ("privileged", Value::Bool(false)),
+        ("readOnlyRootFilesystem", Value::Bool(true)),
+        // Explicit, so a pod-level runAsNonRoot does not block it.
+        ("runAsNonRoot", Value::Bool(false)),
+        ("runAsUser", n(0u32)),
+        ("seccompProfile", map([("type", s("RuntimeDefault"))])),
     ])
 }
 
@@ -210,12 +213,50 @@ pub(super) fn sidecar_container(
     has_app_probes: bool,
 ) -> Value {
     let c = &settings.capture;
+    let mut container = map([
+        ("name", s(SIDECAR_NAME)),
+        ("image", s(&opts.image)),
+        ("args", strings(&run_args(settings, app_port))),
+        (
+            "env",
+            Value::Sequence(sidecar_env(settings, has_app_probes)),
+        ),
+        (
+            "ports",
+            Value::Sequence(vec![map([
+                ("containerPort", n(c.admin_port)),
+                ("name", s(ADMIN_PORT_NAME)),
+                ("protocol", s("TCP")),
+            ])]),
+        ),
+        ("resources", resources(&settings.resources)),
+        ("securityContext", sidecar_security_context(c.proxy_uid)),
+        // Ready means SVID, bundle and every listener are up. The startup
+        // probe holds the app back (native mode) until then: 1 s period,
+        // up to 2 minutes for the CSI driver to issue the first SVID.
+        ("startupProbe", http_probe("/ready", c.admin_port, 1, 120)),
+        ("readinessProbe", http_probe("/ready", c.admin_port, 5, 3)),
+        ("livenessProbe", http_probe("/live", c.admin_port, 10, 3)),
+        ("terminationMessagePolicy", s("FallbackToLogsOnError")),
+        ("volumeMounts", Value::Sequence(sidecar_mounts(settings))),
+    ]);
+    if settings.mode == SidecarMode::Native {
+        if let Value::Mapping(m) = &mut container {
+            // What makes an init container a native sidecar: started in
+            // order before the app, kept running, stopped after it.
+            m.insert(s("restartPolicy"), s("Always"));
+        }
+    }
+    container
+}
+
+fn sidecar_env(settings: &Settings, has_app_probes: bool) -> Vec<Value> {
     let mut env = vec![map([("name", s(ENV_LOG_FORMAT)), ("value", s("json"))])];
     if has_app_probes {
         // Not loopback: kubelet calls the probe port on the pod IP.
         env.push(map([
             ("name", s(ENV_PROBE_LISTEN)),
-            ("value", s(&format!("[::]:{}", c.probe_port))),
+            ("value", s(&format!("[::]:{}", settings.capture.probe_port))),
         ]));
         env.push(map([
             ("name", s(ENV_APP_PROBES)),
@@ -237,73 +278,39 @@ pub(super) fn sidecar_container(
             ("value", s(&format!("127.0.0.1:{SHUTDOWN_PORT}"))),
         ]));
     }
-    let mut mounts = vec![map([
-        ("mountPath", s(IDENTITY_DIR)),
-        ("name", s(IDENTITY_VOLUME)),
-        ("readOnly", Value::Bool(true)),
-    ])];
-    if settings.config_map.is_some() {
-        mounts.push(map([
-            ("mountPath", s(CONFIG_DIR)),
-            ("name", s(CONFIG_VOLUME)),
+    env
+}
+
+fn sidecar_mounts(settings: &Settings) -> Vec<Value> {
+    let read_only = |dir: &str, volume: &str| {
+        map([
+            ("mountPath", s(dir)),
+            ("name", s(volume)),
             ("readOnly", Value::Bool(true)),
-        ]));
+        ])
+    };
+    let mut mounts = vec![read_only(IDENTITY_DIR, IDENTITY_VOLUME)];
+    if settings.config_map.is_some() {
+        mounts.push(read_only(CONFIG_DIR, CONFIG_VOLUME));
     }
     if settings.policy_config_map.is_some() {
-        mounts.push(map([
-            ("mountPath", s(POLICY_DIR)),
-            ("name", s(POLICY_VOLUME)),
-            ("readOnly", Value::Bool(true)),
-        ]));
+        mounts.push(read_only(POLICY_DIR, POLICY_VOLUME));
     }
-    let uid = n(c.proxy_uid);
-    let mut container = map([
-        ("name", s(SIDECAR_NAME)),
-        ("image", s(&opts.image)),
-        (
-            "args",
-            Value::Sequence(run_args(settings, app_port).iter().map(|a| s(a)).collect()),
-        ),
-        ("env", Value::Sequence(env)),
-        (
-            "ports",
-            Value::Sequence(vec![map([
-                ("containerPort", n(c.admin_port)),
-                ("name", s(ADMIN_PORT_NAME)),
-                ("protocol", s("TCP")),
-            ])]),
-        ),
-        ("resources", resources(&settings.resources)),
-        (
-            "securityContext",
-            map([
-                ("allowPrivilegeEscalation", Value::Bool(false)),
-                ("capabilities", map([("drop", seq_of_str(&["ALL"]))])),
-                ("privileged", Value::Bool(false)),
-                ("readOnlyRootFilesystem", Value::Bool(true)),
-                ("runAsGroup", uid.clone()),
-                ("runAsNonRoot", Value::Bool(true)),
-                ("runAsUser", uid),
-                ("seccompProfile", map([("type", s("RuntimeDefault"))])),
-            ]),
-        ),
-        // Ready means SVID, bundle and every listener are up. The startup
-        // probe holds the app back (native mode) until then: 1 s period,
-        // up to 2 minutes for the CSI driver to issue the first SVID.
-        ("startupProbe", http_probe("/ready", c.admin_port, 1, 120)),
-        ("readinessProbe", http_probe("/ready", c.admin_port, 5, 3)),
-        ("livenessProbe", http_probe("/live", c.admin_port, 10, 3)),
-        ("terminationMessagePolicy", s("FallbackToLogsOnError")),
-        ("volumeMounts", Value::Sequence(mounts)),
-    ]);
-    if settings.mode == SidecarMode::Native {
-        if let Value::Mapping(m) = &mut container {
-            // What makes an init container a native sidecar: started in
-            // order before the app, kept running, stopped after it.
-            m.insert(s("restartPolicy"), s("Always"));
-        }
-    }
-    container
+    mounts
+}
+
+fn sidecar_security_context(proxy_uid: u32) -> Value {
+    let uid = n(proxy_uid);
+    map([
+        ("allowPrivilegeEscalation", Value::Bool(false)),
+        ("capabilities", map([("drop", seq_of_str(&["ALL"]))])),
+        ("privileged", Value::Bool(false)),
+        ("readOnlyRootFilesystem", Value::Bool(true)),
+        ("runAsGroup", uid.clone()),
+        ("runAsNonRoot", Value::Bool(true)),
+        ("runAsUser", uid),
+        ("seccompProfile", map([("type", s("RuntimeDefault"))])),
+    ])
 }
 
 /// The pod volumes the two containers mount.
@@ -332,17 +339,13 @@ pub(super) fn volumes(settings: &Settings) -> Vec<Value> {
         ]),
     };
     let mut out = vec![identity];
+    let config_map =
+        |volume: &str, cm: &str| map([("name", s(volume)), ("configMap", map([("name", s(cm))]))]);
     if let Some(cm) = &settings.config_map {
-        out.push(map([
-            ("name", s(CONFIG_VOLUME)),
-            ("configMap", map([("name", s(cm))])),
-        ]));
+        out.push(config_map(CONFIG_VOLUME, cm));
     }
     if let Some(cm) = &settings.policy_config_map {
-        out.push(map([
-            ("name", s(POLICY_VOLUME)),
-            ("configMap", map([("name", s(cm))])),
-        ]));
+        out.push(config_map(POLICY_VOLUME, cm));
     }
     out.push(map([
         ("name", s(XTABLES_VOLUME)),

@@ -100,41 +100,7 @@ async fn http(
     path: &str,
     recorded: &[HttpHeader],
 ) -> Result<(), Failure> {
-    let mut headers = HeaderMap::new();
-    for h in recorded {
-        let name = HeaderName::from_bytes(h.name.as_bytes());
-        let value = HeaderValue::from_str(&h.value);
-        let (Ok(name), Ok(value)) = (name, value) else {
-            return Err(format!("recorded header {:?} is not valid HTTP", h.name));
-        };
-        headers.append(name, value);
-    }
-    // Go (kubelet) takes the first Host value, and the URL's when empty.
-    let host = match headers.remove(HOST) {
-        Some(h) if !h.is_empty() => String::from_utf8_lossy(h.as_bytes()).into_owned(),
-        _ => format!("127.0.0.1:{port}"),
-    };
-    match headers.get(USER_AGENT) {
-        None => {
-            headers.insert(USER_AGENT, HeaderValue::from_static(KUBE_PROBE_USER_AGENT));
-        }
-        Some(v) if v.is_empty() => {
-            headers.remove(USER_AGENT);
-        }
-        Some(_) => {}
-    }
-    match headers.get(ACCEPT) {
-        None => {
-            headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
-        }
-        Some(v) if v.is_empty() => {
-            headers.remove(ACCEPT);
-        }
-        Some(_) => {}
-    }
-    // kubelet's transport disables keep-alive.
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
-
+    let (headers, host) = request_headers(port, recorded)?;
     let mut hop = Hop {
         scheme,
         port,
@@ -157,6 +123,44 @@ async fn http(
         }
     }
     Err(format!("stopped after {MAX_REQUESTS} redirects"))
+}
+
+/// The headers every request of the probe carries, and the Host header
+/// apart, as kubelet builds them from the recorded ones.
+fn request_headers(port: u16, recorded: &[HttpHeader]) -> Result<(HeaderMap, String), Failure> {
+    let mut headers = HeaderMap::new();
+    for h in recorded {
+        let name = HeaderName::from_bytes(h.name.as_bytes());
+        let value = HeaderValue::from_str(&h.value);
+        let (Ok(name), Ok(value)) = (name, value) else {
+            return Err(format!("recorded header {:?} is not valid HTTP", h.name));
+        };
+        headers.append(name, value);
+    }
+    // Go (kubelet) takes the first Host value, and the URL's when empty.
+    let host = match headers.remove(HOST) {
+        Some(h) if !h.is_empty() => String::from_utf8_lossy(h.as_bytes()).into_owned(),
+        _ => format!("127.0.0.1:{port}"),
+    };
+    default_unless_set(&mut headers, USER_AGENT, KUBE_PROBE_USER_AGENT);
+    default_unless_set(&mut headers, ACCEPT, "*/*");
+    // kubelet's transport disables keep-alive.
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    Ok((headers, host))
+}
+
+/// kubelet's rule for its default headers: added when absent, and an
+/// empty recorded value means "send none".
+fn default_unless_set(headers: &mut HeaderMap, name: HeaderName, default: &'static str) {
+    match headers.get(&name) {
+        None => {
+            headers.insert(name, HeaderValue::from_static(default));
+        }
+        Some(v) if v.is_empty() => {
+            headers.remove(name);
+        }
+        Some(_) => {}
+    }
 }
 
 fn judge(status: StatusCode) -> Result<(), Failure> {

@@ -14,7 +14,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 command -v valgrind >/dev/null && command -v wrk >/dev/null && command -v curl >/dev/null ||
   { apt-get update -qq && apt-get install -y -qq valgrind wrk curl >/dev/null; }
 cargo build --release --manifest-path "$REPO/Cargo.toml" >&2
-BIN=$REPO/target/release/meshguard
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/meshguard
 TMP=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
 "$BIN" certs dev --out "$TMP/certs" --workload default/client --workload default/server >/dev/null
 C=$TMP/certs; P=${BASE_PORT:-18700}

@@ -105,15 +105,7 @@ impl Running {
 pub async fn start(config: &Config) -> Result<Running, AppError> {
     let (store, loaded_files) = crate::sidecar::reload::load_credentials(&config.identity)?;
     let own_id = store.own_id();
-    let policy_path = config.inbound.as_ref().and_then(|i| i.policy.clone());
-    let (policy, policy_hash) = match &policy_path {
-        Some(path) => {
-            let (policy, hash) = crate::sidecar::reload::load_policy(path)?;
-            (Some(Arc::new(policy)), hash)
-        }
-        None => (None, [0; 32]),
-    };
-    let policy: PolicySlot = Arc::new(arc_swap::ArcSwapOption::from(policy));
+    let (policy, policy_hash) = load_policy(config)?;
     let known_peers = config
         .outbound
         .iter()
@@ -123,116 +115,168 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let config_json =
         serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     let admin_state = AdminState::new(config_json, metrics.clone(), store.clone());
-    let poll = std::time::Duration::from_millis(config.runtime.poll_interval_ms);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (drain, drain_rx) = watch::channel(false);
-    let connections = ConnectionTracker::default();
-    let mut tasks = JoinSet::new();
-
-    let admin_listener = bind(config.admin.listen).await?;
-    let admin = admin_listener.local_addr().map_err(|source| BindError {
-        addr: config.admin.listen,
-        source,
-    })?;
-    tasks.spawn(admin::serve(
-        admin_listener,
-        admin_state.clone(),
-        shutdown_rx.clone(),
-    ));
-
-    let mut inbound_addr = None;
-    if let Some(cfg) = &config.inbound {
-        let listener = bind(cfg.listen).await?;
-        inbound_addr = Some(listener.local_addr().map_err(|source| BindError {
-            addr: cfg.listen,
-            source,
-        })?);
-        let proxy = Inbound::new(
-            store.clone(),
-            inbound_server_config(&store)?,
-            cfg,
-            policy.clone(),
-            metrics.clone(),
-            config.limits.clone(),
-        );
-        tasks.spawn(proxy.serve(listener, drain_rx.clone(), connections.clone()));
-        if let Some(path) = policy_path {
-            tasks.spawn(crate::sidecar::reload::watch_policy(
-                path,
-                policy.clone(),
-                policy_hash,
-                metrics.clone(),
-                poll,
-                shutdown_rx.clone(),
-            ));
-        }
-    }
-
-    let mut outbound_addr = None;
-    let mut route_listeners = Vec::new();
-    if let Some(cfg) = &config.outbound {
-        let proxy = Outbound::new(&store, cfg, metrics.clone(), config.limits.clone())?;
-        if let Some(listen) = cfg.listen {
-            let listener = bind(listen).await?;
-            outbound_addr = Some(listener.local_addr().map_err(|source| BindError {
-                addr: listen,
-                source,
-            })?);
-            tasks.spawn(
-                proxy
-                    .clone()
-                    .serve(listener, None, drain_rx.clone(), connections.clone()),
-            );
-        }
-        for (listen, route) in &proxy.listener_routes {
-            let listener = bind(*listen).await?;
-            route_listeners.push(listener.local_addr().map_err(|source| BindError {
-                addr: *listen,
-                source,
-            })?);
-            tasks.spawn(proxy.clone().serve(
-                listener,
-                Some(route.clone()),
-                drain_rx.clone(),
-                connections.clone(),
-            ));
-        }
-    }
-
-    tasks.spawn(crate::sidecar::reload::watch_credentials(
-        config.identity.clone(),
-        store.clone(),
-        loaded_files,
-        metrics.clone(),
-        poll,
-        shutdown_rx.clone(),
-    ));
+    let mut parts = Parts {
+        config,
+        store,
+        metrics,
+        policy,
+        poll: std::time::Duration::from_millis(config.runtime.poll_interval_ms),
+        shutdown: shutdown_rx,
+        drain: drain_rx,
+        connections: ConnectionTracker::default(),
+        tasks: JoinSet::new(),
+    };
+    let (admin_listener, admin) = bind_local(config.admin.listen).await?;
+    let served = admin::serve(admin_listener, admin_state.clone(), parts.shutdown.clone());
+    parts.tasks.spawn(served);
+    let inbound = parts.start_inbound(policy_hash).await?;
+    let (outbound, route_listeners) = parts.start_outbound().await?;
+    parts.watch_credentials(loaded_files);
     admin_state.set_ready(true);
     tracing::info!(
         id = %own_id,
         // Plain addresses; a listener that is not configured is left out.
-        inbound = inbound_addr.map(tracing::field::display),
-        outbound = outbound_addr.map(tracing::field::display),
+        inbound = inbound.map(tracing::field::display),
+        outbound = outbound.map(tracing::field::display),
         route_listeners = (!route_listeners.is_empty()).then(|| join_addrs(&route_listeners)),
         admin = %admin,
         "meshguard ready"
     );
     Ok(Running {
         own_id,
-        inbound: inbound_addr,
-        outbound: outbound_addr,
+        inbound,
+        outbound,
         route_listeners,
         admin,
-        store,
-        metrics,
-        policy,
-        connections,
+        store: parts.store,
+        metrics: parts.metrics,
+        policy: parts.policy,
+        connections: parts.connections,
         admin_state,
         shutdown_config: config.shutdown.clone(),
         drain,
         shutdown,
-        tasks,
+        tasks: parts.tasks,
     })
+}
+
+/// The policy file of `inbound.policy`, if any, with the hash its watcher
+/// starts from.
+fn load_policy(config: &Config) -> Result<(PolicySlot, [u8; 32]), AppError> {
+    let path = config.inbound.as_ref().and_then(|i| i.policy.as_deref());
+    let (policy, hash) = match path {
+        Some(path) => {
+            let (policy, hash) = crate::sidecar::reload::load_policy(path)?;
+            (Some(Arc::new(policy)), hash)
+        }
+        None => (None, [0; 32]),
+    };
+    Ok((Arc::new(arc_swap::ArcSwapOption::from(policy)), hash))
+}
+
+/// What the parts of one sidecar share while it starts.
+struct Parts<'c> {
+    config: &'c Config,
+    store: Arc<CredentialStore>,
+    metrics: Arc<Metrics>,
+    policy: PolicySlot,
+    poll: std::time::Duration,
+    shutdown: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+    connections: ConnectionTracker,
+    tasks: JoinSet<()>,
+}
+
+impl Parts<'_> {
+    /// The inbound proxy and its policy watcher; the address it listens on.
+    async fn start_inbound(
+        &mut self,
+        policy_hash: [u8; 32],
+    ) -> Result<Option<SocketAddr>, AppError> {
+        let Some(cfg) = &self.config.inbound else {
+            return Ok(None);
+        };
+        let (listener, addr) = bind_local(cfg.listen).await?;
+        let proxy = Inbound::new(
+            self.store.clone(),
+            inbound_server_config(&self.store)?,
+            cfg,
+            self.policy.clone(),
+            self.metrics.clone(),
+            self.config.limits.clone(),
+        );
+        let served = proxy.serve(listener, self.drain.clone(), self.connections.clone());
+        self.tasks.spawn(served);
+        if let Some(path) = &cfg.policy {
+            self.tasks.spawn(crate::sidecar::reload::watch_policy(
+                path.clone(),
+                self.policy.clone(),
+                policy_hash,
+                self.metrics.clone(),
+                self.poll,
+                self.shutdown.clone(),
+            ));
+        }
+        Ok(Some(addr))
+    }
+
+    /// The outbound proxy: its shared listener's address, if it has one,
+    /// and those of the routes that own a listener, in config order.
+    async fn start_outbound(&mut self) -> Result<(Option<SocketAddr>, Vec<SocketAddr>), AppError> {
+        let Some(cfg) = &self.config.outbound else {
+            return Ok((None, Vec::new()));
+        };
+        let limits = self.config.limits.clone();
+        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits)?;
+        let mut shared = None;
+        if let Some(listen) = cfg.listen {
+            let (listener, addr) = bind_local(listen).await?;
+            shared = Some(addr);
+            let served =
+                proxy
+                    .clone()
+                    .serve(listener, None, self.drain.clone(), self.connections.clone());
+            self.tasks.spawn(served);
+        }
+        let mut route_listeners = Vec::new();
+        for (listen, route) in &proxy.listener_routes {
+            let (listener, addr) = bind_local(*listen).await?;
+            route_listeners.push(addr);
+            let route = Some(route.clone());
+            let served = proxy.clone().serve(
+                listener,
+                route,
+                self.drain.clone(),
+                self.connections.clone(),
+            );
+            self.tasks.spawn(served);
+        }
+        Ok((shared, route_listeners))
+    }
+
+    /// Reloads of our SVID, key and bundles.
+    fn watch_credentials(&mut self, loaded: crate::sidecar::reload::LoadedFiles) {
+        self.tasks.spawn(crate::sidecar::reload::watch_credentials(
+            self.config.identity.clone(),
+            self.store.clone(),
+            loaded,
+            self.metrics.clone(),
+            self.poll,
+            self.shutdown.clone(),
+        ));
+    }
+}
+
+/// Binds `addr`, returning the listener and the address it really got
+/// (port 0 picks one).
+async fn bind_local(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
+    let listener = bind(addr).await?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| BindError { addr, source })?;
+    Ok((listener, local))
 }
 
 /// `a, b, c`: a list of addresses as a log field reads it.

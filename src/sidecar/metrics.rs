@@ -68,6 +68,20 @@ where
     registered(registry, make(Opts::new(name, help), labels))
 }
 
+/// `meshguard_build_info`: a constant series that names the version.
+fn publish_build_info(r: &Registry) {
+    let build: IntGaugeVec = family(
+        r,
+        IntGaugeVec::new,
+        "meshguard_build_info",
+        "Build information (always 1)",
+        &["version", "crypto"],
+    );
+    build
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), "aws-lc-rs"])
+        .set(1);
+}
+
 /// Request durations: 0.5 ms to 30 s, dense where a sidecar hop lives.
 const DURATION_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -134,16 +148,7 @@ impl Metrics {
             "Reloads of configuration, policy and credentials by result",
             &["kind", "result"],
         );
-        let build: IntGaugeVec = family(
-            &r,
-            IntGaugeVec::new,
-            "meshguard_build_info",
-            "Build information (always 1)",
-            &["version", "crypto"],
-        );
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), "aws-lc-rs"])
-            .set(1);
+        publish_build_info(&r);
         Metrics {
             registry: r,
             requests,

@@ -141,6 +141,7 @@ build_image() {
         --user "$uid:$uid" \
         --env PATH=/usr/local/bin:/usr/sbin:/usr/bin \
         --workingdir / \
+        --created-by "deploy/image/build.sh" \
         --os linux --arch "$(dpkg --print-architecture)" \
         --port 15000/tcp --port 15001/tcp --port 15006/tcp --port 15020/tcp \
         --label org.opencontainers.image.title=meshguard \

@@ -15,6 +15,8 @@ pass=0
 fail=0
 ok() { echo "ok: $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL: $*" >&2; fail=$((fail + 1)); }
+# jq -e as a check: true or false, without printing it.
+jqt() { jq -e "$@" >/dev/null; }
 check() {
     local what=$1
     shift
@@ -44,10 +46,11 @@ cleanup() {
 trap cleanup EXIT
 
 install_packages buildah umoci iproute2 iptables curl jq binutils file
+rm -f "$archive" "$sbom"
 check "build.sh builds the image and the SBOM" bash deploy/image/build.sh
 if [ ! -f "$archive" ]; then finish; fi
 check "the SBOM is CycloneDX and lists the crates" \
-    jq -e '.bomFormat == "CycloneDX" and ([.components[].name] | index("rustls") != null)' "$sbom"
+    jqt '.bomFormat == "CycloneDX" and ([.components[].name] | index("rustls") != null)' "$sbom"
 
 # The OCI layout in the archive: index -> manifest -> config.
 layout="$work/layout"
@@ -57,11 +60,11 @@ blob() { echo "$layout/blobs/${1%%:*}/${1#*:}"; }
 manifest="$(blob "$(jq -r '.manifests[0].digest' "$layout/index.json")")"
 config="$(blob "$(jq -r '.config.digest' "$manifest")")"
 check "the image is tagged $tag" \
-    jq -e --arg t "$tag" '.manifests[0].annotations["org.opencontainers.image.ref.name"] == $t' "$layout/index.json"
+    jqt --arg t "$tag" '.manifests[0].annotations["org.opencontainers.image.ref.name"] == $t' "$layout/index.json"
 check "entrypoint meshguard, user $uid:$uid" \
-    jq -e --arg u "$uid:$uid" '.config.Entrypoint == ["/usr/local/bin/meshguard"] and .config.User == $u' "$config"
+    jqt --arg u "$uid:$uid" '.config.Entrypoint == ["/usr/local/bin/meshguard"] and .config.User == $u' "$config"
 check "OCI labels: title, version, revision, source, licenses" \
-    jq -e --arg v "$version" --arg r "$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+    jqt --arg v "$version" --arg r "$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
     '.config.Labels | .["org.opencontainers.image.title"] == "meshguard"
         and .["org.opencontainers.image.version"] == $v
         and .["org.opencontainers.image.revision"] == $r
@@ -74,7 +77,7 @@ rootfs="$bundle/rootfs"
 if [ ! -x "$rootfs/usr/local/bin/meshguard" ]; then finish; fi
 unpacked="$(du -sbx "$rootfs" | cut -f1)"
 check "the layers are gzip-compressed" \
-    jq -e '[.layers[].mediaType] | all(. == "application/vnd.oci.image.layer.v1.tar+gzip")' "$manifest"
+    jqt '[.layers[].mediaType] | all(. == "application/vnd.oci.image.layer.v1.tar+gzip")' "$manifest"
 check "no shell in the image" test -z "$(find "$rootfs" -name sh -o -name bash -o -name dash)"
 check "the binary is stripped" sh -c "! file -L '$rootfs/usr/local/bin/meshguard' | grep -q 'not stripped'"
 # What a container runtime provides: /proc (init-iptables reads
@@ -92,6 +95,20 @@ check "chroot meshguard --version prints 'meshguard $version' (got '$got')" test
 capture_rules() {
     grep -q -- "--uid-owner $uid -j RETURN" <<<"$1" && grep -q -- "--to-ports 15001" <<<"$1"
 }
+
+# The tag is what injection writes for both containers by default.
+pod='apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+  annotations:
+    meshguard.io/config-map: p-meshguard
+spec:
+  containers:
+  - name: app
+    image: busybox'
+images="$("${image_env[@]}" chroot "$rootfs" meshguard inject <<<"$pod" 2>/dev/null | grep -c "image: $tag\$")"
+check "meshguard inject names this image for the init container and the sidecar ($images)" test "$images" = 2
 
 # Capture first, as the pod's init container does: root, in the pod's
 # (here a throwaway) network namespace, with the image's iptables.

@@ -45,6 +45,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$(id -u)" != 0 ]; then
+    bad "tests/image.sh needs root (buildah, umoci, chroot, ip netns): run it as root"
+    finish
+fi
 install_packages buildah umoci iproute2 iptables curl jq binutils file
 rm -f "$archive" "$sbom"
 check "build.sh builds the image and the SBOM" bash deploy/image/build.sh

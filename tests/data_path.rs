@@ -240,6 +240,7 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
         max_idle_per_peer: None,
         destinations: Vec::new(),
         undeclared: Default::default(),
+        keep_underscore_headers: false,
         routes: vec![RouteConfig {
             host: None,
             listen: Some(any_port()),
@@ -271,4 +272,49 @@ async fn readiness_is_green_once_started() {
         "{body}"
     );
     assert!(!body.contains("PRIVATE KEY"));
+}
+
+/// Header names with `_`, which CGI/WSGI/PHP-style apps read as the `-`
+/// spelling, never cross by default; an operator can keep them on both sides.
+#[tokio::test]
+async fn underscored_headers_are_dropped_unless_both_sides_keep_them() {
+    let sent = [
+        (
+            "x_meshguard_client_id",
+            "spiffe://cluster.local/ns/kube-system/sa/admin",
+        ),
+        ("x_forwarded_client_cert", "URI=spiffe://evil"),
+        ("x_tenant", "acme"),
+    ];
+    let p = pair(UpstreamProtocol::Http2).await;
+    let (status, _) = http_get(p.client.outbound.unwrap(), SERVER_HOST, "/", &sent).await;
+    assert_eq!(status, 200);
+    let seen = p.app.last();
+    for (name, _) in sent {
+        assert!(seen.header(name).is_empty(), "{name} reached the app");
+    }
+
+    let pki = Pki::new();
+    let app = RecordingApp::start().await;
+    let mut inbound = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
+    inbound.inbound.as_mut().unwrap().keep_underscore_headers = true;
+    let server = meshguard::sidecar::app::start(&inbound).await.unwrap();
+    let mut outbound = outbound_config(
+        pki.identity("client", &id("default", "client")),
+        SERVER_HOST,
+        server.inbound.unwrap(),
+        id("default", "server"),
+    );
+    outbound.outbound.as_mut().unwrap().keep_underscore_headers = true;
+    let client = meshguard::sidecar::app::start(&outbound).await.unwrap();
+    let (status, _) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &sent).await;
+    assert_eq!(status, 200);
+    let seen = app.last();
+    assert_eq!(seen.header("x_tenant"), vec!["acme"]);
+    // Kept means kept: the identity meshguard set is still the only one
+    // under its own name.
+    assert_eq!(
+        seen.header("x-meshguard-client-id"),
+        vec!["spiffe://cluster.local/ns/default/sa/client"]
+    );
 }

@@ -241,6 +241,8 @@ fn check_sanitised(
             "caller identity header {} survived",
             n
         );
+        // CGI-style frameworks read `_` as `-`: no such name may pass.
+        prop_assert!(!n.contains('_'), "underscored header {} survived", n);
         prop_assert!(
             !HOP_BY_HOP.contains(&n) || n == "te",
             "hop-by-hop {} survived",

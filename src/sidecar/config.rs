@@ -76,6 +76,9 @@ pub struct InboundConfig {
     /// identity and hop-by-hop ones always removed (vendor identity headers).
     #[serde(default)]
     pub strip_headers: Vec<String>,
+    /// Keep request headers whose name contains `_` (dropped by default).
+    #[serde(default)]
+    pub keep_underscore_headers: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -104,6 +107,9 @@ pub struct OutboundConfig {
     /// `passthrough` (forwarded as plain TCP, unauthenticated).
     #[serde(default)]
     pub undeclared: Undeclared,
+    /// Keep request headers whose name contains `_` (dropped by default).
+    #[serde(default)]
+    pub keep_underscore_headers: bool,
 }
 
 /// A declared destination for transparently captured traffic.

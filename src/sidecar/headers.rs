@@ -26,6 +26,15 @@
 //!   `x-client-cert*`, `x-client-verify`, `x-client-dn`, `x-amzn-mtls-*`
 //!   (AWS ALB), `x-arr-clientcert` (IIS ARR).
 //!
+//! # Removed as ambiguous names (requests, both directions)
+//! Every request header whose name contains `_`. CGI, WSGI, PHP and the
+//! frameworks built on them read header names through environment-style
+//! keys where `-` becomes `_`, so `x_forwarded_client_cert` reaches them as
+//! `X-Forwarded-Client-Cert`: no list of names could be complete. Envoy
+//! (`headers_with_underscores_action`) and nginx (`underscores_in_headers
+//! off`) drop them too; `inbound.keep_underscore_headers` /
+//! `outbound.keep_underscore_headers` keep them for an app that needs one.
+//!
 //! A deployment behind a trusted ingress that must keep, say,
 //! `x-forwarded-for` needs an explicit trusted-hop setting (as Envoy's
 //! `xff_num_trusted_hops`); there is none yet, and the default is to trust
@@ -108,6 +117,8 @@ const PROTECTED: &[&str] = &["host", "content-length", "transfer-encoding"];
 pub struct Stripped {
     /// Identity and client-address headers (and `extra` names).
     pub identity: usize,
+    /// Names with `_`, which some frameworks read as the `-` spelling.
+    pub underscored: usize,
     /// Hop-by-hop headers, including those named by `Connection`.
     pub hop_by_hop: usize,
 }
@@ -119,16 +130,35 @@ impl Stripped {
     }
 }
 
-/// Removes every identity and hop-by-hop header from a request arriving
-/// from a peer, plus the `extra` names, before it goes to the app.
+/// What a direction's config adds to the fixed rules for requests.
+#[derive(Debug, Clone, Default)]
+pub struct RequestRules {
+    /// More names to remove (`inbound.strip_headers`).
+    pub extra: Vec<HeaderName>,
+    /// Keep names with `_` (`*.keep_underscore_headers`).
+    pub keep_underscores: bool,
+}
+
+/// Removes every identity, hop-by-hop and underscored header from a
+/// request arriving from a peer, plus the `extra` names, before it goes to
+/// the app.
 pub fn strip_inbound(headers: &mut HeaderMap, extra: &[HeaderName]) -> Stripped {
     strip(headers, Strip::REQUEST, extra)
 }
 
-/// Removes every identity and hop-by-hop header from a request the app
-/// sends, before it goes to a peer.
+/// Removes every identity, hop-by-hop and underscored header from a
+/// request the app sends, before it goes to a peer.
 pub fn strip_outbound(headers: &mut HeaderMap) -> Stripped {
     strip(headers, Strip::REQUEST, &[])
+}
+
+/// A request's strip with a direction's configured rules.
+pub fn strip_request(headers: &mut HeaderMap, rules: &RequestRules) -> Stripped {
+    let strip_rules = Strip {
+        underscores: !rules.keep_underscores,
+        ..Strip::REQUEST
+    };
+    strip(headers, strip_rules, &rules.extra)
 }
 
 /// Removes the hop-by-hop headers of a response (where `te` has no place
@@ -199,6 +229,8 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 #[derive(Clone, Copy)]
 struct Strip {
     identity: bool,
+    /// Remove names with `_` (requests, unless configured otherwise).
+    underscores: bool,
     /// Rewrite TE to exactly `trailers` if the sender asked for trailers.
     keep_te_trailers: bool,
 }
@@ -206,10 +238,12 @@ struct Strip {
 impl Strip {
     const REQUEST: Strip = Strip {
         identity: true,
+        underscores: true,
         keep_te_trailers: true,
     };
     const RESPONSE: Strip = Strip {
         identity: false,
+        underscores: false,
         keep_te_trailers: false,
     };
 }
@@ -218,6 +252,7 @@ impl Strip {
 enum Class {
     Identity,
     HopByHop,
+    Underscored,
 }
 
 fn classify(name: &str, rules: Strip, extra: &[HeaderName]) -> Option<Class> {
@@ -227,7 +262,10 @@ fn classify(name: &str, rules: Strip, extra: &[HeaderName]) -> Option<Class> {
     let identity = IDENTITY_NAMES.contains(&name)
         || IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
         || extra.iter().any(|e| e.as_str() == name);
-    (rules.identity && identity).then_some(Class::Identity)
+    if rules.identity && identity {
+        return Some(Class::Identity);
+    }
+    (rules.underscores && name.contains('_')).then_some(Class::Underscored)
 }
 
 /// Removes without allocating in the common case: each pass finds one name
@@ -251,6 +289,7 @@ fn strip(headers: &mut HeaderMap, rules: Strip, extra: &[HeaderName]) -> Strippe
         match class {
             Class::Identity => stripped.identity += 1,
             Class::HopByHop => stripped.hop_by_hop += 1,
+            Class::Underscored => stripped.underscored += 1,
         }
     }
     if te_trailers {

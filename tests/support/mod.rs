@@ -193,6 +193,7 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
             app,
             policy: None,
             strip_headers: Vec::new(),
+            keep_underscore_headers: false,
         }),
         outbound: None,
         admin: AdminConfig { listen: any_port() },
@@ -218,6 +219,7 @@ pub fn outbound_config(
             max_idle_per_peer: None,
             destinations: Vec::new(),
             undeclared: Default::default(),
+            keep_underscore_headers: false,
             routes: vec![RouteConfig {
                 host: Some(host.into()),
                 listen: None,

@@ -61,6 +61,7 @@ impl QuickStart {
                 app: i.app,
                 policy: i.policy,
                 strip_headers: Vec::new(),
+                keep_underscore_headers: false,
             }),
             outbound: self.outbound.map(|o| OutboundConfig {
                 listen: o.listen,
@@ -68,6 +69,7 @@ impl QuickStart {
                 max_idle_per_peer: None,
                 destinations: Vec::new(),
                 undeclared: Default::default(),
+                keep_underscore_headers: false,
                 routes: vec![o.route],
             }),
             admin: AdminConfig {

@@ -441,6 +441,7 @@ fn a_request_full_of_spoofing_attempts_ends_with_only_meshguard_values() {
         stripped,
         Stripped {
             identity: 7,
+            underscored: 0,
             hop_by_hop: 2
         }
     );
@@ -481,6 +482,7 @@ fn the_app_cannot_send_identity_headers_to_a_peer() {
         stripped,
         Stripped {
             identity: 4,
+            underscored: 0,
             hop_by_hop: 2
         }
     );
@@ -516,4 +518,59 @@ fn mixed_case_names_from_a_request_builder_are_stripped() {
     peer_headers().apply(&mut parts.headers);
     assert_only_meshguard_identity(&parts.headers);
     assert_names(&parts.headers, &[CLIENT_ID_HEADER, XFCC_HEADER]);
+}
+
+#[test]
+fn underscored_names_are_dropped_from_requests_unless_kept() {
+    // What CGI/WSGI/PHP read as X-Forwarded-Client-Cert, X-Meshguard-Client-Id, ...
+    let spoofs = [
+        "x_forwarded_client_cert",
+        "x_meshguard_client_id",
+        "l5d_client_id",
+        "x-forwarded_for",
+        "x_real_ip",
+        "x_authenticated_user",
+    ];
+    let request = || {
+        let mut h = HeaderMap::new();
+        h.append("content-type", HeaderValue::from_static("text/plain"));
+        for name in spoofs {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("spiffe://cluster.local/ns/kube-system/sa/admin"),
+            );
+        }
+        h
+    };
+    let mut inbound = request();
+    let stripped = strip_inbound(&mut inbound, &[]);
+    assert_names(&inbound, &["content-type"]);
+    assert_eq!(stripped.underscored, spoofs.len());
+    let mut outbound = request();
+    strip_outbound(&mut outbound);
+    assert_names(&outbound, &["content-type"]);
+
+    // Kept when configured: only the identity family still goes.
+    let keep = RequestRules {
+        extra: Vec::new(),
+        keep_underscores: true,
+    };
+    let mut kept = request();
+    let stripped = strip_request(&mut kept, &keep);
+    assert_eq!(stripped.underscored, 0);
+    assert!(kept.contains_key("x_authenticated_user"));
+    assert!(kept.contains_key("x_forwarded_client_cert"));
+    // A configured extra name is still removed, underscores or not.
+    let rules = RequestRules {
+        extra: vec![HeaderName::from_static("x_authenticated_user")],
+        keep_underscores: true,
+    };
+    let mut h = request();
+    strip_request(&mut h, &rules);
+    assert!(!h.contains_key("x_authenticated_user"));
+
+    // Responses keep them: the app's own headers are not a claim to us.
+    let mut resp = request();
+    strip_hop_by_hop(&mut resp);
+    assert_eq!(resp.len(), spoofs.len() + 1);
 }

@@ -14,7 +14,7 @@ use super::transparent::original_destination;
 use super::{canonical_host, refusal, CountingIo, Direction, ProxyBody};
 use crate::sidecar::audit;
 use crate::sidecar::config::{InboundConfig, LimitsConfig};
-use crate::sidecar::headers::{self, PeerHeaders};
+use crate::sidecar::headers::{self, PeerHeaders, RequestRules};
 use crate::sidecar::identity::{Role, SpiffeId};
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::pathnorm::{normalize_path, NormalizedPath};
@@ -90,8 +90,8 @@ pub struct Inbound {
     policy: PolicySlot,
     /// The authorization counters of the policy in force.
     authz_counters: DecisionCounters,
-    /// `inbound.strip_headers`, parsed once.
-    strip_headers: Vec<HeaderName>,
+    /// `inbound.strip_headers` (parsed once) and `keep_underscore_headers`.
+    header_rules: RequestRules,
     metrics: Arc<Metrics>,
     limits: LimitsConfig,
 }
@@ -109,11 +109,14 @@ impl Inbound {
         let app = Authority::try_from(app_addr.to_string())
             .expect("a socket address is a valid authority");
         // Config validation refused names that do not parse.
-        let strip_headers = cfg
-            .strip_headers
-            .iter()
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .collect();
+        let header_rules = RequestRules {
+            extra: cfg
+                .strip_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
+            keep_underscores: cfg.keep_underscore_headers,
+        };
         Arc::new(Inbound {
             tls: TlsAcceptor::from(tls),
             store,
@@ -122,7 +125,7 @@ impl Inbound {
             app_pools: Mutex::default(),
             policy,
             authz_counters: DecisionCounters::new(metrics.clone()),
-            strip_headers,
+            header_rules,
             metrics,
             limits,
         })
@@ -385,7 +388,7 @@ impl Inbound {
         };
         parts.uri = Uri::from(forwarded);
         parts.version = Version::HTTP_11;
-        let stripped = headers::strip_inbound(&mut parts.headers, &self.strip_headers);
+        let stripped = headers::strip_request(&mut parts.headers, &self.header_rules);
         if stripped.sent_identity_headers() {
             let direction = Direction::Inbound.as_str();
             tracing::debug!(direction, peer_id = %peer.id, removed = stripped.identity, "caller sent identity headers; removed");

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::sidecar::config::LimitsConfig;
 use crate::sidecar::config::{OutboundConfig, RouteConfig};
-use crate::sidecar::headers;
+use crate::sidecar::headers::{self, RequestRules};
 use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::tls::{outbound_client_config, CredentialStore, TlsError, UpstreamProtocol};
@@ -141,6 +141,8 @@ pub struct Outbound {
     destinations: Destinations<Route>,
     protocol: UpstreamProtocol,
     max_idle: usize,
+    /// `outbound.keep_underscore_headers`.
+    header_rules: RequestRules,
 }
 
 impl Outbound {
@@ -172,6 +174,10 @@ impl Outbound {
             destinations: Destinations::new(cfg.destinations.clone(), cfg.undeclared),
             protocol: cfg.protocol,
             max_idle,
+            header_rules: RequestRules {
+                extra: Vec::new(),
+                keep_underscores: cfg.keep_underscore_headers,
+            },
         }))
     }
 
@@ -369,7 +375,7 @@ impl Outbound {
             let status = StatusCode::SERVICE_UNAVAILABLE;
             return Err(Refusal::new(status, "own SVID expired", message));
         }
-        headers::strip_outbound(&mut parts.headers);
+        headers::strip_request(&mut parts.headers, &self.header_rules);
         let path = uri
             .path_and_query()
             .cloned()

@@ -485,7 +485,7 @@ fn validate_strip_headers(names: &[String]) -> Result<(), (String, Option<String
         };
         match http::HeaderName::from_bytes(name.as_bytes()) {
             Err(_) => return at("is not an HTTP header name"),
-            Ok(h) if ["host", "content-length", "transfer-encoding"].contains(&h.as_str()) => {
+            Ok(h) if crate::sidecar::headers::is_protected(h.as_str()) => {
                 return at("frames or routes the request and cannot be removed")
             }
             Ok(_) => {}

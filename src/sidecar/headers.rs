@@ -111,6 +111,12 @@ const HOP_BY_HOP: &[&str] = &[
 /// Headers a `Connection` header may not remove: framing and routing.
 const PROTECTED: &[&str] = &["host", "content-length", "transfer-encoding"];
 
+/// Whether `name` (lowercase) frames or routes a request, so that no rule,
+/// `Connection` or configured, may remove it.
+pub fn is_protected(name: &str) -> bool {
+    PROTECTED.contains(&name)
+}
+
 /// How many distinct header names a strip removed, so the caller can log a
 /// caller that tried to send identity headers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -318,3 +318,24 @@ async fn underscored_headers_are_dropped_unless_both_sides_keep_them() {
         vec!["spiffe://cluster.local/ns/default/sa/client"]
     );
 }
+
+/// `inbound.strip_headers` reaches the running inbound: a vendor identity
+/// header the operator names is removed before the app, others pass.
+#[tokio::test]
+async fn configured_strip_headers_never_reach_the_app() {
+    let pki = Pki::new();
+    let app = RecordingApp::start().await;
+    let mut inbound = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
+    inbound.inbound.as_mut().unwrap().strip_headers = vec!["X-Vendor-User".into()];
+    let server = meshguard::sidecar::app::start(&inbound).await.unwrap();
+    let client = start_outbound(&pki, SERVER_HOST, &server).await;
+    let sent = [("x-vendor-user", "admin"), ("x-tenant", "acme")];
+    let (status, _) = http_get(client.outbound.unwrap(), SERVER_HOST, "/", &sent).await;
+    assert_eq!(status, 200);
+    let seen = app.last();
+    assert!(
+        seen.header("x-vendor-user").is_empty(),
+        "x-vendor-user reached the app"
+    );
+    assert_eq!(seen.header("x-tenant"), vec!["acme"]);
+}

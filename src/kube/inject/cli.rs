@@ -7,7 +7,7 @@ use super::{
     SkipReason,
 };
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Add the meshguard sidecar to Kubernetes manifests (or remove it).
 #[derive(Debug, Clone, clap::Args)]
@@ -142,23 +142,7 @@ pub fn run(args: &InjectArgs) -> Result<(), InjectCliError> {
     let mut reports = Vec::new();
     let mut dropped_comments = false;
     for file in files {
-        let (label, text) = if file.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|source| InjectCliError::Read {
-                    file: "<stdin>".into(),
-                    source,
-                })?;
-            ("<stdin>".to_owned(), text)
-        } else {
-            let label = file.display().to_string();
-            let text = std::fs::read_to_string(file).map_err(|source| InjectCliError::Read {
-                file: label.clone(),
-                source,
-            })?;
-            (label, text)
-        };
+        let (label, text) = read_source(file)?;
         let processed = if args.uninject {
             uninject(&text)
         } else {
@@ -202,6 +186,26 @@ pub fn run(args: &InjectArgs) -> Result<(), InjectCliError> {
         let _ = writeln!(err, "meshguard inject: {l}");
     }
     Ok(())
+}
+
+/// The text of one input (`-` is stdin) and the label reports name it by.
+fn read_source(file: &Path) -> Result<(String, String), InjectCliError> {
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| InjectCliError::Read {
+                file: "<stdin>".into(),
+                source,
+            })?;
+        return Ok(("<stdin>".to_owned(), text));
+    }
+    let label = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|source| InjectCliError::Read {
+        file: label.clone(),
+        source,
+    })?;
+    Ok((label, text))
 }
 
 /// Said once when the input had comments and a document was rewritten.

@@ -59,6 +59,10 @@ pub const ENV_APP_PROBES: &str = "MESHGUARD_APP_PROBES";
 /// Where the probe forwarder listens (set together with the probes).
 pub const ENV_PROBE_LISTEN: &str = "MESHGUARD_PROBE_LISTEN";
 pub const ENV_SHUTDOWN_LISTEN: &str = "MESHGUARD_SHUTDOWN_LISTEN";
+/// App ports carried as opaque TCP (comma-separated), from the
+/// `meshguard.io/inbound-tcp-ports` annotation; `meshguard run` adds them to
+/// `inbound.tcp_ports`.
+pub const ENV_INBOUND_TCP_PORTS: &str = "MESHGUARD_INBOUND_TCP_PORTS";
 
 /// URL path prefix of rewritten probes on the probe port.
 pub const PROBE_PATH_PREFIX: &str = "/app-probe/";

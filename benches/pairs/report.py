@@ -254,6 +254,14 @@ def render(result):
                 met = v >= bound if op == ">=" else v <= bound
                 shown = f"{v:.3f}×"
             out.append(f"| {label} | {shown} | {'yes' if met else 'no'} |")
+        bare = s.get("bare", {})
+        if bare.get("cpu_us") and mg.get("cpu_us"):
+            # The calibration pair (benches/bare/): the stack without meshguard's features.
+            r = mg["cpu_us"] / bare["cpu_us"]
+            out.append(f"| proxy CPU per request ≤ 0.9× the bare tokio+hyper+rustls pair (issue 21) "
+                       f"| {r:.3f}× | {'yes' if r <= 0.9 else 'no'} |")
+        if bare.get("ka_rps") and mg.get("ka_rps"):
+            out.append(f"| keep-alive throughput × the bare pair (information) | {mg['ka_rps'] / bare['ka_rps']:.3f}× | – |")
         out.append("")
     return "\n".join(out) + "\n"
 

@@ -14,7 +14,9 @@
 #   --rounds N [ROUNDS=3]  --duration S [DURATION=10]  --warmup S [WARMUP=3]
 #   --connections N [CONNS=50]    connections of the keep-alive and new-connection tests
 #   --pairs LIST [PAIRS=direct,nginx,haproxy,stunnel,meshguard]; also meshguard-h1
-#               (HTTP/2 multiplexed on the mTLS hop, outbound from a config file)
+#               (HTTP/1.1 pool on the mTLS hop, outbound from a config file) and
+#               bare (the calibration pair: tokio + hyper + rustls doing only the
+#               forwarding, one multiplexed HTTP/2 connection; benches/bare/)
 #   --base-port P [BASE_PORT=18400]  uses P .. P+53 on 127.0.0.1
 #   --max-foreign C [MAX_FOREIGN=0.10]  foreign CPU (cores) that marks a measurement disturbed
 #   --max-steal C [MAX_STEAL=0.05]      steal (cores) that marks a measurement disturbed
@@ -80,7 +82,7 @@ if [ "$SOAK" != 0 ]; then PAIRS=meshguard; fi
 IFS=, read -r -a PAIR_LIST <<<"$PAIRS"
 has_pair() { local p; for p in "${PAIR_LIST[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 for p in "${PAIR_LIST[@]}"; do
-  case "$p" in direct|nginx|haproxy|stunnel|meshguard|meshguard-h1) ;; *) die "unknown pair $p" ;; esac
+  case "$p" in direct|nginx|haproxy|stunnel|meshguard|meshguard-h1|bare) ;; *) die "unknown pair $p" ;; esac
 done
 
 # ------------------------------------------------------------------ tools
@@ -133,6 +135,14 @@ if [ "$BUILD" = 1 ]; then
   [ "$built" = 1 ] || die "cargo build --release keeps failing"
 fi
 [ -x "$MESHGUARD_BIN" ] || die "no meshguard binary at $MESHGUARD_BIN"
+BARE_BIN=${BARE_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/examples/bare_pair}
+if has_pair bare; then
+  if [ "$BUILD" = 1 ]; then
+    say "cargo build --release --example bare_pair"
+    (cd "$REPO" && cargo build --release --example bare_pair >&2) || die "cannot build the bare pair"
+  fi
+  [ -x "$BARE_BIN" ] || die "no bare_pair binary at $BARE_BIN"
+fi
 
 # ------------------------------------------------------------------ processes
 
@@ -194,7 +204,8 @@ P_HAP_OUT=$((B + 20)) P_HAP_IN=$((B + 21))
 P_ST_OUT=$((B + 30)) P_ST_IN=$((B + 31))
 P_MG_OUT=$((B + 40)) P_MG_IN=$((B + 41)) P_MG_ADMIN_OUT=$((B + 42)) P_MG_ADMIN_IN=$((B + 43))
 P_MG2_OUT=$((B + 50)) P_MG2_IN=$((B + 51)) P_MG2_ADMIN_OUT=$((B + 52)) P_MG2_ADMIN_IN=$((B + 53))
-for p in $P_MG2_OUT $P_MG2_IN $P_MG2_ADMIN_OUT $P_MG2_ADMIN_IN $B $P_NGINX_OUT $P_NGINX_IN $P_HAP_OUT $P_HAP_IN $P_ST_OUT $P_ST_IN $P_MG_OUT $P_MG_IN $P_MG_ADMIN_OUT $P_MG_ADMIN_IN; do
+P_BARE_OUT=$((B + 60)) P_BARE_IN=$((B + 61))
+for p in $P_BARE_OUT $P_BARE_IN $P_MG2_OUT $P_MG2_IN $P_MG2_ADMIN_OUT $P_MG2_ADMIN_IN $B $P_NGINX_OUT $P_NGINX_IN $P_HAP_OUT $P_HAP_IN $P_ST_OUT $P_ST_IN $P_MG_OUT $P_MG_IN $P_MG_ADMIN_OUT $P_MG_ADMIN_IN; do
   port_free "$p" || die "port 127.0.0.1:$p is in use; pick another --base-port"
 done
 
@@ -462,6 +473,14 @@ EOF
   mg_ready "$P_MG2_ADMIN_OUT" meshguard-h1-out
 fi
 
+if has_pair bare; then
+  say "bare pair: 127.0.0.1:$P_BARE_OUT → mTLS (HTTP/2) 127.0.0.1:$P_BARE_IN ($BARE_BIN)"
+  start bare-in "$BARE_BIN" in "127.0.0.1:$P_BARE_IN" "127.0.0.1:$B" "$SC" "$SK" "$CA"
+  wait_port "$P_BARE_IN" bare-in
+  start bare-out "$BARE_BIN" out "127.0.0.1:$P_BARE_OUT" "127.0.0.1:$P_BARE_IN" "$CC" "$CK" "$CA" "$SERVER_DNS"
+  wait_port "$P_BARE_OUT" bare-out
+fi
+
 # ------------------------------------------------------------------ checks
 
 REQ='GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n'
@@ -488,6 +507,7 @@ for pair in "${PAIR_LIST[@]}"; do
     stunnel) in=$P_ST_IN out=$P_ST_OUT ;;
     meshguard) in=$P_MG_IN out=$P_MG_OUT ;;
     meshguard-h1) in=$P_MG2_IN out=$P_MG2_OUT ;;
+    bare) in=$P_BARE_IN out=$P_BARE_OUT ;;
   esac
   r=$(s_client_get "$in" -cert "$CC" -key "$CK")
   check "$pair inbound: TLS 1.3 with the client SVID returns the backend body" \
@@ -520,6 +540,7 @@ pids_json() { # pids_json out-name in-name
       stunnel) url=http://127.0.0.1:$P_ST_OUT/ procs=$(pids_json stunnel-out stunnel-in) ;;
       meshguard) url=http://127.0.0.1:$P_MG_OUT/ procs=$(pids_json meshguard-out meshguard-in) ;;
       meshguard-h1) url=http://127.0.0.1:$P_MG2_OUT/ procs=$(pids_json meshguard-h1-out meshguard-h1-in) ;;
+      bare) url=http://127.0.0.1:$P_BARE_OUT/ procs=$(pids_json bare-out bare-in) ;;
     esac
     printf '%s{"name": "%s", "url": "%s", "proxies": %s}\n' "$sep" "$pair" "$url" "$procs"
     sep=","

@@ -78,3 +78,6 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # server for the metrics tests); iproute2, iptables and util-linux (setpriv)
 # for the network-namespace test; python3 with venv for the offline
 # Kubernetes schema validation.
-install_packages gcc curl openssl ca-certificates prometheus iproute2 iptables util-linux python3 python3-venv
+install_packages gcc curl openssl ca-certificates prometheus iproute2 iptables util-linux python3 python3-venv redis-server redis-tools
 # The package starts a system Prometheus where systemd runs; the tests start
 # their own on loopback ports, so a running one does no harm, but stop it
 # when we can to keep the machine quiet.

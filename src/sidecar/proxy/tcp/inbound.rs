@@ -129,16 +129,18 @@ impl TcpInbound {
         // Subscribed before the decision, so no reload in between is missed.
         let changes = self.policy_changed.subscribe();
         let addr_text = addr.to_string();
+        let named = tls.get_ref().1.alpn_protocol().and_then(port_of_alpn);
         let mut facts = Facts {
             direction: Direction::Inbound,
             peer_addr: &addr_text,
             peer_id: Some(&id),
-            port: 0,
+            // The port asked for, also on the line of a refusal.
+            port: named.unwrap_or(0),
             decision: Disposition::Deny,
             rule: None,
             start: std::time::Instant::now(),
         };
-        let port = match self.port(&tls) {
+        let port = match self.port(&tls, named) {
             Ok(port) => port,
             Err(refused) => return self.refuse(&mut tls, &facts, refused).await,
         };
@@ -181,9 +183,8 @@ impl TcpInbound {
 
     /// The app port of the connection: the one its handshake named, which
     /// must be declared and, under capture, the port the caller dialled.
-    fn port(&self, tls: &PeerTls) -> Result<u16, Refused> {
-        let (tcp, session) = tls.get_ref();
-        let Some(named) = session.alpn_protocol().and_then(port_of_alpn) else {
+    fn port(&self, tls: &PeerTls, named: Option<u16>) -> Result<u16, Refused> {
+        let Some(named) = named else {
             let detail = "the negotiated protocol names no port".to_owned();
             return Err(Refused { end: "bad_alpn", detail });
         };
@@ -193,7 +194,7 @@ impl TcpInbound {
             let detail = format!("port {named} is not in inbound.tcp_ports");
             return Err(Refused { end: "undeclared_port", detail });
         }
-        match original_destination(tcp.get_ref()) {
+        match original_destination(tls.get_ref().0.get_ref()) {
             Some(dialled) if dialled.port() != named => Err(Refused {
                 end: "port_mismatch",
                 detail: format!(

@@ -857,7 +857,11 @@ fn ensure_tcp_tools() {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .output()
         .expect("apt-get runs");
-    assert!(out.status.success(), "apt-get install {missing:?}: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "apt-get install {missing:?}: {}",
+        text(&out.stderr)
+    );
 }
 
 /// Two pods on one bridge (client 10.251.0.2, server 10.251.0.3), IPv4.
@@ -913,7 +917,10 @@ fn wait_audit(
         if let Some(line) = lines.iter().find(|l| pred(l)) {
             return line.clone();
         }
-        assert!(Instant::now() < deadline, "{name}: no such {event} line in {lines:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no such {event} line in {lines:#?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -944,11 +951,20 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
     must(
         BIN,
         &[
-            "certs", "dev", "--out", certs_s, "--workload", "default/client", "--workload",
+            "certs",
+            "dev",
+            "--out",
+            certs_s,
+            "--workload",
+            "default/client",
+            "--workload",
             "default/server",
         ],
     );
-    must("chown", &["-R", &format!("{PROXY_UID}:{PROXY_UID}"), certs_s]);
+    must(
+        "chown",
+        &["-R", &format!("{PROXY_UID}:{PROXY_UID}"), certs_s],
+    );
 
     // The server declares its TCP ports; the client declares the server's
     // redis and banner ports as TCP destinations. Nothing else changes:
@@ -989,11 +1005,25 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
             ns,
             None,
             &[
-                BIN, "init-iptables", "--inbound-port", "15006", "--outbound-port", "15001",
-                "--admin-port", "15000", "--probe-port", "15020", "--proxy-uid", &uid,
+                BIN,
+                "init-iptables",
+                "--inbound-port",
+                "15006",
+                "--outbound-port",
+                "15001",
+                "--admin-port",
+                "15000",
+                "--probe-port",
+                "15020",
+                "--proxy-uid",
+                &uid,
             ],
         );
-        assert!(out.status.success(), "init-iptables in {ns}: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init-iptables in {ns}: {}",
+            text(&out.stderr)
+        );
     }
 
     let redis_port = REDIS_PORT.to_string();
@@ -1002,8 +1032,17 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
         &server_ns,
         APP_UID,
         &[
-            "redis-server", "--port", &redis_port, "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", "/tmp",
+            "redis-server",
+            "--port",
+            &redis_port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/tmp",
         ],
         &[],
     );
@@ -1013,7 +1052,13 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
          c.sendall({BANNER:?}.encode())\n    c.recv(1)\n    c.close()\n"
     );
     // The system interpreter: a user-local one may not be readable by the app UID.
-    lab.spawn("banner", &server_ns, APP_UID, &["/usr/bin/python3", "-c", &banner], &[]);
+    lab.spawn(
+        "banner",
+        &server_ns,
+        APP_UID,
+        &["/usr/bin/python3", "-c", &banner],
+        &[],
+    );
     // The banner's port is declared the way `meshguard inject` does it
     // from the pod's annotation: the variable, beside the file's ports.
     let banner_port = BANNER_PORT.to_string();
@@ -1037,7 +1082,9 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
     let redis_cli = |args: &[&str]| -> String {
         let mut full = vec!["redis-cli", "-h", "127.0.0.1", "-p", &redis_port];
         full.extend(args);
-        text(&Lab::exec(&server_ns, Some(APP_UID), &full).stdout).trim().to_owned()
+        text(&Lab::exec(&server_ns, Some(APP_UID), &full).stdout)
+            .trim()
+            .to_owned()
     };
     while redis_cli(&["PING"]) != "PONG" {
         lab.all_alive();
@@ -1059,10 +1106,21 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
     let out = client_cli(&["SET", "who", "captured"], None);
     assert_eq!(text(&out.stdout).trim(), "OK", "{}", text(&out.stderr));
     let out = client_cli(&["GET", "who"], None);
-    assert_eq!(text(&out.stdout).trim(), "captured", "{}", text(&out.stderr));
-    assert_eq!(redis_cli(&["GET", "who"]), "captured", "redis itself has it");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "captured",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        redis_cli(&["GET", "who"]),
+        "captured",
+        "redis itself has it"
+    );
     // A 3 MiB value read from stdin (`-x`).
-    let value: String = (0..3 * 1024 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let value: String = (0..3 * 1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
     let value_file = lab.write("value.txt", &value);
     let out = client_cli(&["-x", "SET", "big"], Some(&value_file));
     assert_eq!(text(&out.stdout).trim(), "OK", "{}", text(&out.stderr));
@@ -1115,7 +1173,11 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
     .stdin(Stdio::null())
     .output()
     .expect("openssl runs");
-    assert!(!text(&out.stdout).contains("banner"), "{}", text(&out.stdout));
+    assert!(
+        !text(&out.stdout).contains("banner"),
+        "{}",
+        text(&out.stdout)
+    );
     let refused = wait_audit(&lab, "server-sidecar", "tcp_connection", |l| {
         l["end"] == "port_mismatch"
     });
@@ -1129,11 +1191,25 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
         &client_ns,
         Some(PROXY_UID),
         &[
-            "curl", "-q", "-sS", "-k", "--http1.1", "--max-time", "5", "--cert", cert, "--key",
-            key, &url,
+            "curl",
+            "-q",
+            "-sS",
+            "-k",
+            "--http1.1",
+            "--max-time",
+            "5",
+            "--cert",
+            cert,
+            "--key",
+            key,
+            &url,
         ],
     );
-    assert!(!out.status.success(), "curl got an answer: {}", text(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "curl got an answer: {}",
+        text(&out.stdout)
+    );
     let http = wait_audit(&lab, "server-sidecar", "connection_refused", |l| {
         l["reason"] == "http_to_tcp_port"
     });

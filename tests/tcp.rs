@@ -194,7 +194,10 @@ async fn read_to_end(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Stri
     match tokio::time::timeout(limit, s.read_to_end(&mut out)).await {
         Ok(Ok(_)) => Ok(out),
         Ok(Err(e)) => Err(format!("read failed after {} bytes: {e}", out.len())),
-        Err(_) => Err(format!("no EOF within {limit:?} ({} bytes read)", out.len())),
+        Err(_) => Err(format!(
+            "no EOF within {limit:?} ({} bytes read)",
+            out.len()
+        )),
     }
 }
 
@@ -276,20 +279,34 @@ async fn redis_set_and_get_through_the_pair_with_redis_cli_and_raw_resp() {
     let m = mesh(&routes, &routes, None, |_| {}).await;
     let route = m.route(redis.port, &routes).port();
 
-    assert_eq!(redis_cli(route, &["SET", "greeting", "hello over mTLS"]).await, "OK");
-    assert_eq!(redis_cli(route, &["GET", "greeting"]).await, "hello over mTLS");
+    assert_eq!(
+        redis_cli(route, &["SET", "greeting", "hello over mTLS"]).await,
+        "OK"
+    );
+    assert_eq!(
+        redis_cli(route, &["GET", "greeting"]).await,
+        "hello over mTLS"
+    );
     // Redis itself has the value: it crossed to the real server.
-    assert_eq!(redis_cli(redis.port, &["GET", "greeting"]).await, "hello over mTLS");
+    assert_eq!(
+        redis_cli(redis.port, &["GET", "greeting"]).await,
+        "hello over mTLS"
+    );
 
     // A 6 MiB value over raw RESP, both ways on one connection.
-    let big: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..6 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     let mut conn = BufReader::new(TcpStream::connect(("127.0.0.1", route)).await.unwrap());
     conn.get_mut()
         .write_all(&resp(&[b"SET", b"big", &big]))
         .await
         .unwrap();
     assert_eq!(resp_reply(&mut conn).await, b"+OK");
-    conn.get_mut().write_all(&resp(&[b"GET", b"big"])).await.unwrap();
+    conn.get_mut()
+        .write_all(&resp(&[b"GET", b"big"]))
+        .await
+        .unwrap();
     let got = resp_reply(&mut conn).await;
     assert_eq!(got.len(), big.len());
     assert!(got == big, "the value came back changed");
@@ -307,7 +324,10 @@ async fn redis_set_and_get_through_the_pair_with_redis_cli_and_raw_resp() {
         l["direction"] == "inbound" && l["bytes_to_server"].as_u64() > Some(6 << 20)
     })
     .await;
-    assert!(big_line["bytes_to_client"].as_u64() > Some(6 << 20), "{big_line}");
+    assert!(
+        big_line["bytes_to_client"].as_u64() > Some(6 << 20),
+        "{big_line}"
+    );
     assert!(big_line["duration_ms"].as_f64().is_some(), "{big_line}");
     let outbound = tcp_line(redis.port, "outbound").await;
     assert_eq!(outbound["peer_id"], SERVER_ID);
@@ -315,7 +335,11 @@ async fn redis_set_and_get_through_the_pair_with_redis_cli_and_raw_resp() {
     let metrics = scrape(m.server.admin).await;
     let inbound_allowed = [("direction", "inbound"), ("decision", "allow")];
     assert_eq!(
-        series(&metrics, "meshguard_tcp_connections_total", &inbound_allowed),
+        series(
+            &metrics,
+            "meshguard_tcp_connections_total",
+            &inbound_allowed
+        ),
         Some(3.0),
         "{metrics}"
     );
@@ -336,7 +360,9 @@ async fn a_server_that_speaks_first_is_heard_without_any_client_byte() {
     let (got_tx, got_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
-        s.write_all(b"220 banner.test ESMTP ready\r\n").await.unwrap();
+        s.write_all(b"220 banner.test ESMTP ready\r\n")
+            .await
+            .unwrap();
         // Then wait for the client to close, counting what it sent.
         let mut from_client = Vec::new();
         let _ = s.read_to_end(&mut from_client).await;
@@ -408,7 +434,10 @@ async fn half_close_is_passed_on_in_both_directions() {
     assert_eq!(first, b"no more from me");
     let mut more = [0; 1];
     let eof = tokio::time::timeout(Duration::from_secs(5), app.read(&mut more)).await;
-    assert!(matches!(eof, Ok(Ok(0))), "EOF after the server's shutdown: {eof:?}");
+    assert!(
+        matches!(eof, Ok(Ok(0))),
+        "EOF after the server's shutdown: {eof:?}"
+    );
     app.write_all(b"but I still talk").await.unwrap();
     app.shutdown().await.unwrap();
     assert_eq!(rx.await.unwrap(), b"but I still talk");
@@ -436,7 +465,8 @@ async fn a_connection_denied_by_policy_is_closed_after_the_handshake_with_an_aud
     let _ = denied.write_all(b"SELECT secrets").await;
     let got = read_to_end(&mut denied, Duration::from_secs(5)).await;
     assert!(
-        matches!(&got, Ok(b) if b.is_empty()) || got.as_ref().is_err_and(|e| e.contains("read failed")),
+        matches!(&got, Ok(b) if b.is_empty())
+            || got.as_ref().is_err_and(|e| e.contains("read failed")),
         "the denied connection must be closed with nothing sent back: {got:?}"
     );
     let line = tcp_line(closed, "inbound").await;
@@ -445,7 +475,11 @@ async fn a_connection_denied_by_policy_is_closed_after_the_handshake_with_an_aud
     assert_eq!(line["rule"], "no-db", "{line}");
     assert_eq!(line["peer_id"], CLIENT_ID, "{line}");
     assert_eq!(line["bytes_to_server"], 0, "{line}");
-    assert_eq!(closed_accepted.load(Ordering::SeqCst), 0, "nothing reached the app");
+    assert_eq!(
+        closed_accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the app"
+    );
     assert_eq!(open_accepted.load(Ordering::SeqCst), 1);
 
     let metrics = scrape(m.server.admin).await;
@@ -484,24 +518,33 @@ async fn an_undeclared_port_is_refused_in_the_handshake() {
 
     // Through the client sidecar: its handshake fails, the app's
     // connection is closed without a byte.
-    let mut app = TcpStream::connect(m.route(undeclared, &routes)).await.unwrap();
+    let mut app = TcpStream::connect(m.route(undeclared, &routes))
+        .await
+        .unwrap();
     let got = read_to_end(&mut app, Duration::from_secs(5)).await;
     assert!(matches!(&got, Ok(b) if b.is_empty()), "{got:?}");
     let line = tcp_line(undeclared, "outbound").await;
     assert_eq!(line["end"], "peer_unavailable", "{line}");
     assert!(
-        line["detail"].as_str().is_some_and(|d| d.contains("NoApplicationProtocol")),
+        line["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("NoApplicationProtocol")),
         "{line}"
     );
 
     // A TLS client with the client's own SVID asking for the port directly.
     let issued = m.pki.svid(&id("default", "client"));
     let token = format!("meshguard-tcp/{undeclared}");
-    let tls = tls_client(Some((&issued.cert_pem, &issued.key_pem)), &[token.as_bytes()]);
+    let tls = tls_client(
+        Some((&issued.cert_pem, &issued.key_pem)),
+        &[token.as_bytes()],
+    );
     let tcp = TcpStream::connect(m.server.inbound.unwrap()).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("s.test").unwrap();
-    let refused = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await;
-    let err = refused.err().expect("the handshake is refused").to_string();
+    let refused = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await;
+    let err = refused.expect_err("the handshake is refused").to_string();
     assert!(err.contains("NoApplicationProtocol"), "{err}");
 
     let metrics = scrape(m.server.admin).await;
@@ -516,7 +559,9 @@ async fn an_undeclared_port_is_refused_in_the_handshake() {
         "{metrics}"
     );
     // The declared port still works through the same sidecars.
-    let mut ok = TcpStream::connect(m.route(declared, &routes)).await.unwrap();
+    let mut ok = TcpStream::connect(m.route(declared, &routes))
+        .await
+        .unwrap();
     ok.write_all(b"x").await.unwrap();
     let mut b = [0; 1];
     ok.read_exact(&mut b).await.unwrap();
@@ -575,7 +620,10 @@ async fn http_rules_on_a_tcp_port_are_refused_at_start_with_file_and_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("{}:2: rules[0] \"mixed\" has methods", path.display())),
+        stderr.contains(&format!(
+            "{}:2: rules[0] \"mixed\" has methods",
+            path.display()
+        )),
         "{stderr}"
     );
 }
@@ -589,7 +637,13 @@ async fn a_reload_with_http_rules_on_a_tcp_port_keeps_the_policy_in_force() {
     std::fs::write(m.policy.as_ref().unwrap(), bad).unwrap();
     let failure = [("kind", "policy"), ("result", "failure")];
     let deadline = Instant::now() + Duration::from_secs(10);
-    while series(&scrape(m.server.admin).await, "meshguard_reloads_total", &failure).is_none() {
+    while series(
+        &scrape(m.server.admin).await,
+        "meshguard_reloads_total",
+        &failure,
+    )
+    .is_none()
+    {
         assert!(Instant::now() < deadline, "the bad policy was not refused");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -611,7 +665,8 @@ async fn a_policy_change_closes_open_connections_it_no_longer_allows() {
     let mut back = [0; 2];
     app.read_exact(&mut back).await.unwrap();
     // Another rule changes nothing for this connection.
-    let more = format!("{allow}  - name: other\n    action: allow\n    from: [\"*\"]\n    ports: [1]\n");
+    let more =
+        format!("{allow}  - name: other\n    action: allow\n    from: [\"*\"]\n    ports: [1]\n");
     std::fs::write(m.policy.as_ref().unwrap(), more).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     app.write_all(b"on").await.unwrap();
@@ -696,7 +751,10 @@ async fn drain_ends_tcp_connections_before_the_deadline() {
     });
     server.drain().await;
     let drained = started.elapsed();
-    assert!(drained < Duration::from_millis(2000), "drain took {drained:?}");
+    assert!(
+        drained < Duration::from_millis(2000),
+        "drain took {drained:?}"
+    );
     let (got, quiet_at) = quiet_closed.await.unwrap();
     assert!(matches!(&got, Ok(b) if b.is_empty()), "{got:?}");
     let moved = tokio::time::timeout(Duration::from_secs(5), writer)

@@ -92,11 +92,17 @@ pub enum RunError {
 /// Why the ports of `MESHGUARD_INBOUND_TCP_PORTS` could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum TcpPortsError {
-    #[error("{}: {value:?} is not a port (1-65535); give ports separated by commas", ENV_INBOUND_TCP_PORTS)]
+    #[error(
+        "{}: {value:?} is not a port (1-65535); give ports separated by commas",
+        ENV_INBOUND_TCP_PORTS
+    )]
     NotAPort { value: String },
     #[error("{}: not valid UTF-8", ENV_INBOUND_TCP_PORTS)]
     NotUnicode,
-    #[error("{} names TCP ports, but the config has no inbound to carry them", ENV_INBOUND_TCP_PORTS)]
+    #[error(
+        "{} names TCP ports, but the config has no inbound to carry them",
+        ENV_INBOUND_TCP_PORTS
+    )]
     NoInbound,
 }
 

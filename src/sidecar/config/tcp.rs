@@ -43,7 +43,12 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     if let Some(inbound) = &config.inbound {
         let mut seen = HashSet::new();
         for &port in &inbound.tcp_ports {
-            let at = |rule: &str| Err((format!("inbound.tcp_ports: {rule}"), Some("tcp_ports".into())));
+            let at = |rule: &str| {
+                Err((
+                    format!("inbound.tcp_ports: {rule}"),
+                    Some("tcp_ports".into()),
+                ))
+            };
             if port == 0 {
                 return at("port 0 is not a port");
             }

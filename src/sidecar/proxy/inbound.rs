@@ -175,7 +175,10 @@ impl Inbound {
         let session = handshake.tls.get_ref().1;
         // Opaque TCP: the handshake named a declared port (see proxy/tcp.rs).
         if tcp::is_tcp(session.alpn_protocol()) {
-            return self.tcp.serve(handshake.tls, handshake.id, addr, drain).await;
+            return self
+                .tcp
+                .serve(handshake.tls, handshake.id, addr, drain)
+                .await;
         }
         if self.tcp.refuses_http(port, addr, &handshake.id) {
             return;

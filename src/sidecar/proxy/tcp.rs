@@ -357,7 +357,13 @@ struct Facts<'a> {
 impl Facts<'_> {
     /// Records the end of the connection: its duration under how it
     /// ended, and its one audit line.
-    fn record(&self, metrics: &Metrics, bytes: (u64, u64), end: &str, detail: Option<&dyn Display>) {
+    fn record(
+        &self,
+        metrics: &Metrics,
+        bytes: (u64, u64),
+        end: &str,
+        detail: Option<&dyn Display>,
+    ) {
         let duration = self.start.elapsed();
         metrics.tcp_closed(self.direction, end, duration.as_secs_f64());
         audit::tcp_connection(&TcpRecord {

@@ -45,7 +45,10 @@ fn bad_tcp_settings_are_refused_at_their_line() {
     assert_eq!(line, 8);
     assert_eq!(message, "inbound.tcp_ports: port 6379 is listed twice");
     let (line, message) = error_at(&format!("{inbound}  tcp_ports: [0]\n"));
-    assert_eq!((line, message.as_str()), (8, "inbound.tcp_ports: port 0 is not a port"));
+    assert_eq!(
+        (line, message.as_str()),
+        (8, "inbound.tcp_ports: port 0 is not a port")
+    );
     let (line, message) = error_at(&format!("{inbound}  tcp_ports: [70000]\n"));
     assert_eq!(line, 8, "{message}");
 
@@ -57,11 +60,17 @@ fn bad_tcp_settings_are_refused_at_their_line() {
     let id = "spiffe://td/ns/a/sa/b";
     let (line, message) = error_at(&route("redis.shop", id, "6379"));
     assert_eq!(line, 8);
-    assert_eq!(message, "outbound.tcp_routes[0]: peer \"redis.shop\" must be host:port");
+    assert_eq!(
+        message,
+        "outbound.tcp_routes[0]: peer \"redis.shop\" must be host:port"
+    );
     let (_, message) = error_at(&route("r:1", id, "0"));
     assert_eq!(message, "outbound.tcp_routes[0]: port 0 is not a port");
     let (_, message) = error_at(&route("r:1", "spiffe://td", "1"));
-    assert!(message.contains("names a trust domain, not a workload"), "{message}");
+    assert!(
+        message.contains("names a trust domain, not a workload"),
+        "{message}"
+    );
     let (line, message) = error_at(
         "outbound:\n  tcp_routes:\n    - listen: 127.0.0.1:1\n      peer: r:1\n      identity: spiffe://td/ns/a/sa/b\n",
     );

@@ -4,8 +4,8 @@
 //! (source and port), connect to the app, relay, record. A refusal closes
 //! the connection right after the handshake: nothing reaches the app.
 
-use super::{close_peer, port_of_alpn, relay, Facts, Plain, Stop, TallyIo, TcpSettings, Watch};
 use super::APP_CONNECT_TIMEOUT;
+use super::{close_peer, port_of_alpn, relay, Facts, Plain, Stop, TallyIo, TcpSettings, Watch};
 use crate::sidecar::audit;
 use crate::sidecar::config::InboundConfig;
 use crate::sidecar::identity::{Role, SpiffeId};
@@ -150,10 +150,14 @@ impl TcpInbound {
         (facts.decision, facts.rule) = self.authorize(policy.as_ref(), &id, port);
         if facts.decision == Disposition::Deny {
             let detail = "denied by policy".to_owned();
-            let refused = Refused { end: "refused", detail };
+            let refused = Refused {
+                end: "refused",
+                detail,
+            };
             return self.refuse(&mut tls, &facts, refused).await;
         }
-        self.metrics.tcp_connection(Direction::Inbound, facts.decision);
+        self.metrics
+            .tcp_connection(Direction::Inbound, facts.decision);
         let app = SocketAddr::new(self.app_ip, port);
         let app = match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
             Ok(Ok(app)) => app,
@@ -186,13 +190,19 @@ impl TcpInbound {
     fn port(&self, tls: &PeerTls, named: Option<u16>) -> Result<u16, Refused> {
         let Some(named) = named else {
             let detail = "the negotiated protocol names no port".to_owned();
-            return Err(Refused { end: "bad_alpn", detail });
+            return Err(Refused {
+                end: "bad_alpn",
+                detail,
+            });
         };
         // The handshake accepts only declared ports; checked again here
         // because the app is reached on whatever port this returns.
         if !self.is_tcp_port(named) {
             let detail = format!("port {named} is not in inbound.tcp_ports");
-            return Err(Refused { end: "undeclared_port", detail });
+            return Err(Refused {
+                end: "undeclared_port",
+                detail,
+            });
         }
         match original_destination(tls.get_ref().0.get_ref()) {
             Some(dialled) if dialled.port() != named => Err(Refused {
@@ -249,24 +259,22 @@ impl TcpInbound {
 
 /// Completes when a reloaded policy no longer allows `peer` on `port`
 /// (a policy change then closes the connection as a new one would be refused).
-fn recheck(
+async fn recheck(
     slot: PolicySlot,
     mut changes: watch::Receiver<()>,
     peer: SpiffeId,
     port: u16,
-) -> impl Future<Output = Stop> + Send + 'static {
-    async move {
-        loop {
-            if changes.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            let Some(policy) = slot.load_full() else {
-                continue;
-            };
-            let conn = Connection { peer: &peer, port };
-            if policy.evaluate_connection(&conn).permit().is_none() {
-                return Stop::PolicyDenies;
-            }
+) -> Stop {
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let Some(policy) = slot.load_full() else {
+            continue;
+        };
+        let conn = Connection { peer: &peer, port };
+        if policy.evaluate_connection(&conn).permit().is_none() {
+            return Stop::PolicyDenies;
         }
     }
 }

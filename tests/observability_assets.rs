@@ -347,8 +347,27 @@ async fn scrape_after_traffic() -> Exposition {
     let mut cfg = inbound_config(pki.identity("server", &id("shop", "server")), app_down);
     cfg.inbound.as_mut().unwrap().policy = Some(policy.clone());
     cfg.runtime.poll_interval_ms = 20;
+    // An opaque TCP route to a peer that is down: the TCP families get a
+    // connection, its bytes and how it ended.
+    cfg.outbound = Some(meshguard::sidecar::config::OutboundConfig {
+        tcp_routes: vec![meshguard::sidecar::config::TcpRouteConfig {
+            listen: any_port(),
+            peer: app_down.to_string(),
+            identity: id("shop", "db"),
+            port: 5432,
+        }],
+        ..Default::default()
+    });
     let server = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let inbound = server.inbound.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.tcp_route_listeners[0])
+        .await
+        .unwrap();
+    let mut nothing = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut nothing)
+        .await
+        .unwrap();
+    assert!(nothing.is_empty(), "the peer is down: nothing comes back");
 
     let cert = pki.svid(&id("shop", "client"));
     let client = tls_client(Some((&cert.cert_pem, &cert.key_pem)), &[b"http/1.1"]);

@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # openssl for the scripts and TLS checks; prometheus (promtool and a real
 # server for the metrics tests); iproute2, iptables and util-linux (setpriv)
 # for the network-namespace test; python3 with venv for the offline
-# Kubernetes schema validation.
-install_packages gcc curl openssl ca-certificates prometheus iproute2 iptables util-linux python3 python3-venv
+# Kubernetes schema validation; redis-server and redis-tools for the opaque
+# TCP tests (tests/tcp.rs, netns_e2e).
+install_packages gcc curl openssl ca-certificates prometheus iproute2 iptables util-linux python3 python3-venv redis-server redis-tools
 # The package starts a system Prometheus where systemd runs; the tests start
 # their own on loopback ports, so a running one does no harm, but stop it
 # when we can to keep the machine quiet.

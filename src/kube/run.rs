@@ -8,7 +8,7 @@
 //! `kube` because `sidecar` must not depend on `kube`; outside an injected
 //! pod those variables are unset and it is the plain sidecar.
 
-use crate::kube::contract::AppProbes;
+use crate::kube::contract::{AppProbes, ENV_INBOUND_TCP_PORTS};
 use crate::kube::probe::{self, ProbeError};
 use crate::sidecar::app::AppError;
 use crate::sidecar::config::{
@@ -85,6 +85,62 @@ pub enum RunError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Start(#[from] AppError),
+    #[error(transparent)]
+    TcpPorts(#[from] TcpPortsError),
+}
+
+/// Why the ports of `MESHGUARD_INBOUND_TCP_PORTS` could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpPortsError {
+    #[error(
+        "{}: {value:?} is not a port (1-65535); give ports separated by commas",
+        ENV_INBOUND_TCP_PORTS
+    )]
+    NotAPort { value: String },
+    #[error("{}: not valid UTF-8", ENV_INBOUND_TCP_PORTS)]
+    NotUnicode,
+    #[error(
+        "{} names TCP ports, but the config has no inbound to carry them",
+        ENV_INBOUND_TCP_PORTS
+    )]
+    NoInbound,
+}
+
+/// Adds the ports of `value` (`MESHGUARD_INBOUND_TCP_PORTS`, comma-separated,
+/// set by injection from the pod's annotation) to `inbound.tcp_ports`,
+/// each once. An empty value adds nothing; anything that is not a port
+/// refuses to start.
+pub fn add_inbound_tcp_ports(config: &mut Config, value: &str) -> Result<(), TcpPortsError> {
+    if value.trim().is_empty() {
+        return Ok(());
+    }
+    let mut ports = Vec::new();
+    for item in value.split(',').map(str::trim) {
+        match item.parse::<u16>() {
+            Ok(port) if port != 0 && item.bytes().all(|b| b.is_ascii_digit()) => ports.push(port),
+            _ => {
+                return Err(TcpPortsError::NotAPort {
+                    value: item.to_owned(),
+                })
+            }
+        }
+    }
+    let inbound = config.inbound.as_mut().ok_or(TcpPortsError::NoInbound)?;
+    for port in ports {
+        if !inbound.tcp_ports.contains(&port) {
+            inbound.tcp_ports.push(port);
+        }
+    }
+    Ok(())
+}
+
+/// [`add_inbound_tcp_ports`] with the variable's value, when it is set.
+fn add_inbound_tcp_ports_from_env(config: &mut Config) -> Result<(), TcpPortsError> {
+    match std::env::var(ENV_INBOUND_TCP_PORTS) {
+        Ok(value) => add_inbound_tcp_ports(config, &value),
+        Err(std::env::VarError::NotPresent) => Ok(()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(TcpPortsError::NotUnicode),
+    }
 }
 
 impl RunArgs {
@@ -147,7 +203,9 @@ impl RunArgs {
 /// Runs the command: builds the config, reads the probe contract from the
 /// environment, and serves until stopped.
 pub fn run(args: &RunArgs) -> Result<(), RunError> {
-    let config = args.config()?;
+    let mut config = args.config()?;
+    // Injected pods name their opaque TCP ports through the environment.
+    add_inbound_tcp_ports_from_env(&mut config)?;
     // Injected pods hand over the app's kubelet probes and, in
     // classic-container mode, a loopback shutdown endpoint. Bad values
     // refuse to start.
@@ -214,3 +272,6 @@ async fn run_sidecar(
     while extra.join_next().await.is_some() {}
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

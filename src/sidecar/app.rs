@@ -9,6 +9,7 @@ use crate::sidecar::policy::PolicyError;
 use crate::sidecar::policy::PolicySlot;
 use crate::sidecar::proxy::inbound::Inbound;
 use crate::sidecar::proxy::serve::ConnectionTracker;
+use crate::sidecar::proxy::tcp::{self, TcpInbound, TcpOutbound, TcpSettings};
 use crate::sidecar::proxy::{bind, outbound::Outbound, BindError};
 use crate::sidecar::tls::{inbound_server_config, CredentialStore, TlsError};
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub struct Running {
     pub outbound: Option<SocketAddr>,
     /// Listeners of routes that own one, in config order.
     pub route_listeners: Vec<SocketAddr>,
+    /// Listeners of `outbound.tcp_routes`, in config order.
+    pub tcp_route_listeners: Vec<SocketAddr>,
     pub admin: SocketAddr,
     pub store: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
@@ -132,7 +135,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let served = admin::serve(admin_listener, admin_state.clone(), parts.shutdown.clone());
     parts.tasks.spawn(served);
     let inbound = parts.start_inbound(policy_hash).await?;
-    let (outbound, route_listeners) = parts.start_outbound().await?;
+    let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
     parts.watch_credentials(loaded_files);
     admin_state.set_ready(true);
     tracing::info!(
@@ -149,6 +152,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         inbound,
         outbound,
         route_listeners,
+        tcp_route_listeners,
         admin,
         store: parts.store,
         metrics: parts.metrics,
@@ -163,18 +167,23 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
 }
 
 /// The policy file of `inbound.policy`, if any, with the hash its watcher
-/// starts from.
+/// starts from. A rule with methods or paths on a TCP port is refused.
 fn load_policy(config: &Config) -> Result<(PolicySlot, [u8; 32]), AppError> {
     let path = config.inbound.as_ref().and_then(|i| i.policy.as_deref());
     let (policy, hash) = match path {
         Some(path) => {
             let (policy, hash) = crate::sidecar::reload::load_policy(path)?;
+            let tcp_ports = config.inbound.as_ref().map_or(&[][..], |i| &i.tcp_ports);
+            policy.check_tcp_ports(tcp_ports)?;
             (Some(Arc::new(policy)), hash)
         }
         None => (None, [0; 32]),
     };
     Ok((Arc::new(arc_swap::ArcSwapOption::from(policy)), hash))
 }
+
+/// The outbound's shared listener, its route listeners, its TCP route listeners.
+type OutboundListeners = (Option<SocketAddr>, Vec<SocketAddr>, Vec<SocketAddr>);
 
 /// What the parts of one sidecar share while it starts.
 struct Parts<'c> {
@@ -199,13 +208,24 @@ impl Parts<'_> {
             return Ok(None);
         };
         let (listener, addr) = bind_local(cfg.listen).await?;
+        let tcp = TcpInbound::new(
+            cfg,
+            self.policy.clone(),
+            self.store.clone(),
+            self.metrics.clone(),
+            TcpSettings::new(self.config),
+        );
+        if !cfg.tcp_ports.is_empty() {
+            self.tasks.spawn(tcp.watch_policy(self.drain.clone()));
+        }
         let proxy = Inbound::new(
             self.store.clone(),
-            inbound_server_config(&self.store)?,
+            tcp::server_config(inbound_server_config(&self.store)?, &cfg.tcp_ports),
             cfg,
             self.policy.clone(),
             self.metrics.clone(),
             self.config.limits.clone(),
+            tcp,
         );
         let served = proxy.serve(listener, self.drain.clone(), self.connections.clone());
         self.tasks.spawn(served);
@@ -214,6 +234,7 @@ impl Parts<'_> {
                 path.clone(),
                 self.policy.clone(),
                 policy_hash,
+                cfg.tcp_ports.clone(),
                 self.metrics.clone(),
                 self.poll,
                 self.shutdown.clone(),
@@ -223,13 +244,16 @@ impl Parts<'_> {
     }
 
     /// The outbound proxy: its shared listener's address, if it has one,
-    /// and those of the routes that own a listener, in config order.
-    async fn start_outbound(&mut self) -> Result<(Option<SocketAddr>, Vec<SocketAddr>), AppError> {
+    /// those of the routes that own a listener, and those of the TCP
+    /// routes, in config order.
+    async fn start_outbound(&mut self) -> Result<OutboundListeners, AppError> {
         let Some(cfg) = &self.config.outbound else {
-            return Ok((None, Vec::new()));
+            return Ok((None, Vec::new(), Vec::new()));
         };
         let limits = self.config.limits.clone();
-        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits)?;
+        let settings = TcpSettings::new(self.config);
+        let tcp = TcpOutbound::new(&self.store, cfg, self.metrics.clone(), &limits, settings)?;
+        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits, tcp)?;
         let mut shared = None;
         if let Some(listen) = cfg.listen {
             let (listener, addr) = bind_local(listen).await?;
@@ -253,7 +277,19 @@ impl Parts<'_> {
             );
             self.tasks.spawn(served);
         }
-        Ok((shared, route_listeners))
+        let mut tcp_listeners = Vec::new();
+        for (listen, route) in proxy.tcp.listener_routes() {
+            let (listener, addr) = bind_local(*listen).await?;
+            tcp_listeners.push(addr);
+            let served = proxy.tcp.clone().serve(
+                listener,
+                route.clone(),
+                self.drain.clone(),
+                self.connections.clone(),
+            );
+            self.tasks.spawn(served);
+        }
+        Ok((shared, route_listeners, tcp_listeners))
     }
 
     /// Reloads of our SVID, key and bundles.

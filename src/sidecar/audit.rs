@@ -169,3 +169,76 @@ pub fn passthrough(destination: SocketAddr) {
         "forwarding unauthenticated TCP"
     );
 }
+
+/// Everything the audit line of one opaque TCP connection carries; it is
+/// written once, when the connection ends (a refused one ends at once).
+pub struct TcpRecord<'a> {
+    pub direction: Direction,
+    /// The caller inbound, the peer sidecar outbound.
+    pub peer_addr: &'a str,
+    /// The caller's proven identity inbound; outbound, the identity the
+    /// peer had to prove.
+    pub peer_id: Option<&'a SpiffeId>,
+    /// The app port the connection is for.
+    pub port: u16,
+    pub decision: Disposition,
+    /// The policy rule that decided, if any.
+    pub rule: Option<&'a str>,
+    /// Payload bytes from the side that opened the connection.
+    pub bytes_to_server: u64,
+    /// Payload bytes back to it.
+    pub bytes_to_client: u64,
+    pub duration: Duration,
+    /// How it ended, a bounded label (`closed`, `error`, `refused`, `draining`, ...).
+    pub end: &'a str,
+    /// Why, when that needs more than the label (an I/O error, a refusal).
+    pub detail: Option<&'a dyn Display>,
+}
+
+/// Writes the audit line of one opaque TCP connection.
+pub fn tcp_connection(r: &TcpRecord<'_>) {
+    let duration_ms = r.duration.as_secs_f64() * 1000.0;
+    let peer_id = r.peer_id.map(|p| p.as_str());
+    let detail = r.detail.map(tracing::field::display);
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: TARGET,
+                event = "tcp_connection",
+                direction = r.direction.as_str(),
+                peer_addr = r.peer_addr,
+                peer_id,
+                port = r.port,
+                decision = r.decision.as_str(),
+                rule = r.rule,
+                bytes_to_server = r.bytes_to_server,
+                bytes_to_client = r.bytes_to_client,
+                duration_ms,
+                end = r.end,
+                detail,
+                "tcp connection {}",
+                r.decision.as_str()
+            )
+        };
+    }
+    match r.decision {
+        Disposition::Allow => line!(info),
+        Disposition::Deny | Disposition::AuditDeny => line!(warn),
+    }
+}
+
+/// An HTTP connection to an app port declared as opaque TCP: closed after
+/// the handshake, since that port is only reached as TCP.
+pub fn http_to_tcp_port(peer_addr: SocketAddr, peer_id: &SpiffeId, port: u16) {
+    tracing::warn!(
+        target: TARGET,
+        event = "connection_refused",
+        direction = Direction::Inbound.as_str(),
+        peer_addr = %peer_addr,
+        peer_id = peer_id.as_str(),
+        port,
+        decision = "deny",
+        reason = "http_to_tcp_port",
+        "connection refused: HTTP to a port declared as TCP"
+    );
+}

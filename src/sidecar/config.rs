@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod flags;
+mod tcp;
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
+pub use tcp::{DestinationProtocol, TcpRouteConfig};
 
 /// Default admin listener (metrics, health, config view).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
@@ -79,6 +81,10 @@ pub struct InboundConfig {
     /// Keep request headers whose name contains `_` (dropped by default).
     #[serde(default)]
     pub keep_underscore_headers: bool,
+    /// App ports carried as opaque TCP (redis, postgres, ...): reached on
+    /// `app`'s address with that port, authorized per connection.
+    #[serde(default)]
+    pub tcp_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -110,6 +116,9 @@ pub struct OutboundConfig {
     /// Keep request headers whose name contains `_` (dropped by default).
     #[serde(default)]
     pub keep_underscore_headers: bool,
+    /// Opaque TCP routes, each with a listener of its own.
+    #[serde(default)]
+    pub tcp_routes: Vec<TcpRouteConfig>,
 }
 
 /// A declared destination for transparently captured traffic.
@@ -123,6 +132,10 @@ pub struct DestinationConfig {
     pub ports: Option<Vec<u16>>,
     /// The SPIFFE ID the server there must prove.
     pub identity: SpiffeId,
+    /// `http` (default) or `tcp`: opaque TCP to a port the peer declares
+    /// in its `inbound.tcp_ports`.
+    #[serde(default)]
+    pub protocol: DestinationProtocol,
 }
 
 /// The egress rule for undeclared destinations.
@@ -423,6 +436,7 @@ impl Config {
         if let Some(inbound) = &self.inbound {
             validate_strip_headers(&inbound.strip_headers)?;
         }
+        tcp::validate(self)?;
         let Some(out) = &self.outbound else {
             return Ok(());
         };

@@ -28,6 +28,7 @@ pub struct Metrics {
     bytes: IntCounterVec,
     cert_expiry: GaugeVec,
     reloads: IntCounterVec,
+    tcp: TcpMetrics,
     peers: Mutex<PeerLabels>,
 }
 
@@ -149,6 +150,7 @@ impl Metrics {
             &["kind", "result"],
         );
         publish_build_info(&r);
+        let tcp = TcpMetrics::new(&r);
         Metrics {
             registry: r,
             requests,
@@ -160,6 +162,7 @@ impl Metrics {
             bytes,
             cert_expiry,
             reloads,
+            tcp,
             peers: Mutex::new(PeerLabels {
                 known: known_peers.into_iter().collect(),
                 dynamic: HashSet::new(),
@@ -338,5 +341,82 @@ pub struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.gauge.dec();
+    }
+}
+
+/// The families of opaque TCP connections (`proxy/tcp.rs`).
+struct TcpMetrics {
+    connections: IntCounterVec,
+    bytes: IntCounterVec,
+    duration: HistogramVec,
+}
+
+/// Connection durations: 1 ms to 1 h (TCP connections are often pooled).
+const TCP_DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+impl TcpMetrics {
+    fn new(r: &Registry) -> TcpMetrics {
+        let counters = |name, help, labels| family(r, IntCounterVec::new, name, help, labels);
+        let connections = counters(
+            "meshguard_tcp_connections_total",
+            "Opaque TCP connections by authorization decision, counted when it is taken",
+            &["direction", "decision"],
+        );
+        let bytes = counters(
+            "meshguard_tcp_bytes_total",
+            "Payload bytes of opaque TCP connections, by flow (client_to_server: from the side that opened it)",
+            &["direction", "flow"],
+        );
+        let duration = registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "meshguard_tcp_connection_duration_seconds",
+                    "Lifetime of opaque TCP connections, by how they ended",
+                )
+                .buckets(TCP_DURATION_BUCKETS.to_vec()),
+                &["direction", "end"],
+            ),
+        );
+        TcpMetrics {
+            connections,
+            bytes,
+            duration,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one opaque TCP connection under its authorization decision.
+    pub fn tcp_connection(&self, direction: Direction, decision: Disposition) {
+        self.tcp
+            .connections
+            .with_label_values(&[direction.as_str(), decision.as_str()])
+            .inc();
+    }
+
+    /// Payload byte counters of opaque TCP for one direction:
+    /// (client_to_server, server_to_client). Resolve once, add per read.
+    pub fn tcp_byte_counters(&self, direction: Direction) -> (IntCounter, IntCounter) {
+        let direction = direction.as_str();
+        (
+            self.tcp
+                .bytes
+                .with_label_values(&[direction, "client_to_server"]),
+            self.tcp
+                .bytes
+                .with_label_values(&[direction, "server_to_client"]),
+        )
+    }
+
+    /// Records the lifetime of a closed opaque TCP connection; `end` is a
+    /// bounded label (`closed`, `error`, `draining`, `refused`, ...).
+    pub fn tcp_closed(&self, direction: Direction, end: &str, seconds: f64) {
+        self.tcp
+            .duration
+            .with_label_values(&[direction.as_str(), end])
+            .observe(seconds);
     }
 }

@@ -53,12 +53,14 @@ impl Waker {
 }
 
 /// Re-reads the policy file when its contents change or on SIGHUP. A new
-/// policy that does not parse is refused with its file and line, and the
-/// old one stays in force.
+/// policy that does not parse, or has a rule with methods or paths for one
+/// of `tcp_ports`, is refused with its file and line, and the old one stays
+/// in force.
 pub async fn watch_policy(
     path: PathBuf,
     slot: PolicySlot,
     loaded: [u8; 32],
+    tcp_ports: Vec<u16>,
     metrics: Arc<Metrics>,
     interval: Duration,
     shutdown: watch::Receiver<bool>,
@@ -88,7 +90,9 @@ pub async fn watch_policy(
         }
         last_seen = Some(hash);
         let text = String::from_utf8_lossy(&bytes);
-        match Policy::from_yaml(&text, &path.display().to_string()) {
+        let parsed = Policy::from_yaml(&text, &path.display().to_string())
+            .and_then(|policy| policy.check_tcp_ports(&tcp_ports).map(|()| policy));
+        match parsed {
             Ok(policy) => {
                 tracing::info!(kind = "policy", file = %path.display(), rules = policy.rules().len(), mode = policy.mode().as_str(), "policy reloaded");
                 slot.store(Some(Arc::new(policy)));

@@ -194,6 +194,7 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
             policy: None,
             strip_headers: Vec::new(),
             keep_underscore_headers: false,
+            tcp_ports: Vec::new(),
         }),
         outbound: None,
         admin: AdminConfig { listen: any_port() },
@@ -220,6 +221,7 @@ pub fn outbound_config(
             destinations: Vec::new(),
             undeclared: Default::default(),
             keep_underscore_headers: false,
+            tcp_routes: Vec::new(),
             routes: vec![RouteConfig {
                 host: Some(host.into()),
                 listen: None,

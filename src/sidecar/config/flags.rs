@@ -62,6 +62,7 @@ impl QuickStart {
                 policy: i.policy,
                 strip_headers: Vec::new(),
                 keep_underscore_headers: false,
+                tcp_ports: Vec::new(),
             }),
             outbound: self.outbound.map(|o| OutboundConfig {
                 listen: o.listen,
@@ -71,6 +72,7 @@ impl QuickStart {
                 undeclared: Default::default(),
                 keep_underscore_headers: false,
                 routes: vec![o.route],
+                tcp_routes: Vec::new(),
             }),
             admin: AdminConfig {
                 listen: self

@@ -35,6 +35,7 @@
 //! caller's choice, made visible by [`Permit::without_policy`].
 
 pub mod cli;
+mod connection;
 mod counters;
 mod file;
 mod index;
@@ -46,6 +47,7 @@ use http::Method;
 use crate::sidecar::identity::SpiffeId;
 use index::{first_match, SourceIndex};
 
+pub use connection::Connection;
 pub use counters::{DecisionCounters, PolicyCounters};
 pub use file::PolicyError;
 pub use lint::{lint, LintFinding, LintKind};

@@ -1,5 +1,6 @@
 //! Policy tests: semantics here, parsing, linting and scale in submodules.
 
+mod connection;
 mod lint;
 mod parse;
 mod scale;

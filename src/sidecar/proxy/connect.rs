@@ -164,6 +164,14 @@ pub struct PeerStream {
     _open: ConnectionGuard,
 }
 
+impl PeerStream {
+    /// The stream's registration for continuous validation, so a relay
+    /// can close both directions when the peer's proof lapses.
+    pub fn live(&self) -> &Arc<LiveConn> {
+        &self.live
+    }
+}
+
 impl AsyncRead for PeerStream {
     fn poll_read(
         mut self: Pin<&mut Self>,

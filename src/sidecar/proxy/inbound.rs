@@ -10,6 +10,7 @@
 use super::outcome::{self, Answer, Refusal, RequestFacts, Ruling};
 use super::pool::{Http1Pool, TcpDial, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
+use super::tcp::{self, TcpInbound};
 use super::transparent::original_destination;
 use super::{canonical_host, refusal, CountingIo, Direction, ProxyBody};
 use crate::sidecar::audit;
@@ -94,6 +95,8 @@ pub struct Inbound {
     header_rules: RequestRules,
     metrics: Arc<Metrics>,
     limits: LimitsConfig,
+    /// Connections to `inbound.tcp_ports`.
+    tcp: Arc<TcpInbound>,
 }
 
 impl Inbound {
@@ -104,6 +107,7 @@ impl Inbound {
         policy: PolicySlot,
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
+        tcp: Arc<TcpInbound>,
     ) -> Arc<Self> {
         let app_addr = cfg.app;
         let app = Authority::try_from(app_addr.to_string())
@@ -128,6 +132,7 @@ impl Inbound {
             header_rules,
             metrics,
             limits,
+            tcp,
         })
     }
 
@@ -168,6 +173,16 @@ impl Inbound {
             return;
         };
         let session = handshake.tls.get_ref().1;
+        // Opaque TCP: the handshake named a declared port (see proxy/tcp.rs).
+        if tcp::is_tcp(session.alpn_protocol()) {
+            return self
+                .tcp
+                .serve(handshake.tls, handshake.id, addr, drain)
+                .await;
+        }
+        if self.tcp.refuses_http(port, addr, &handshake.id) {
+            return;
+        }
         let h2 = session.alpn_protocol() == Some(crate::sidecar::tls::ALPN_H2);
         let direction = Direction::Inbound.as_str();
         tracing::debug!(direction, peer_addr = %addr, peer_id = %handshake.id, h2, "peer authenticated");

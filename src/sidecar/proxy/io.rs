@@ -29,6 +29,12 @@ impl<T> CountingIo<T> {
         }
     }
 
+    /// The wrapped stream (to read socket options such as the original
+    /// destination after a handshake).
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     fn note(&self, n: usize, rx: bool) {
         if n == 0 {
             return;

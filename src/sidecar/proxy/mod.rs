@@ -7,6 +7,7 @@ pub mod outbound;
 pub mod outcome;
 pub mod pool;
 pub mod serve;
+pub mod tcp;
 pub mod transparent;
 
 pub use crate::sidecar::metrics::Direction;

@@ -9,6 +9,7 @@
 use super::outcome::{self, Answer, Refusal, RequestFacts, Ruling};
 use super::pool::{Http1Pool, Http2Conn, UpstreamBody, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
+use super::tcp::TcpOutbound;
 use super::transparent::{original_destination, passthrough, Destination, Destinations, Routing};
 use super::{
     canonical_host, refusal, ConnectError, CountingIo, Direction, PeerConnector, ProxyBody,
@@ -143,6 +144,8 @@ pub struct Outbound {
     max_idle: usize,
     /// `outbound.keep_underscore_headers`.
     header_rules: RequestRules,
+    /// Opaque TCP: `outbound.tcp_routes` and captured `protocol: tcp` destinations.
+    pub tcp: Arc<TcpOutbound>,
 }
 
 impl Outbound {
@@ -151,6 +154,7 @@ impl Outbound {
         cfg: &OutboundConfig,
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
+        tcp: Arc<TcpOutbound>,
     ) -> Result<Arc<Self>, TlsError> {
         let mut by_host = HashMap::new();
         let mut listener_routes = Vec::new();
@@ -178,6 +182,7 @@ impl Outbound {
                 extra: Vec::new(),
                 keep_underscores: cfg.keep_underscore_headers,
             },
+            tcp,
         }))
     }
 
@@ -221,6 +226,7 @@ impl Outbound {
         let routing = match self.destination(&tcp, fixed) {
             Destination::Http(routing) => routing,
             Destination::Passthrough(dst) => return passthrough(tcp, dst).await,
+            Destination::Tcp(dst, id) => return self.tcp.captured(tcp, dst, id, drain).await,
         };
         let activity = Arc::new(Activity::default());
         let io = TokioIo::new(CountingIo::new(tcp, None, Some(activity.clone())));

@@ -4,7 +4,7 @@
 //! SPIFFE ID declared for it; an undeclared one is refused (egress
 //! allowlist) unless `passthrough` was chosen explicitly.
 
-use crate::sidecar::config::{DestinationConfig, RouteConfig, Undeclared};
+use crate::sidecar::config::{DestinationConfig, DestinationProtocol, RouteConfig, Undeclared};
 use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::metrics::Direction;
 use std::collections::HashMap;
@@ -20,6 +20,9 @@ pub enum Destination<R> {
     Http(Routing<R>),
     /// Captured, destination not declared, policy `passthrough`.
     Passthrough(SocketAddr),
+    /// Captured, declared `protocol: tcp`: opaque TCP over mTLS to this
+    /// destination, whose server must prove this identity.
+    Tcp(SocketAddr, SpiffeId),
 }
 
 /// How the HTTP requests of one app connection find their route.
@@ -62,13 +65,14 @@ impl<R> Destinations<R> {
 
     /// The identity declared for `dst` (first matching rule).
     pub fn identity_for(&self, dst: SocketAddr) -> Option<&SpiffeId> {
-        self.rules
-            .iter()
-            .find(|r| {
-                r.cidr.contains(dst.ip())
-                    && r.ports.as_ref().is_none_or(|p| p.contains(&dst.port()))
-            })
-            .map(|r| &r.identity)
+        self.rule_for(dst).map(|r| &r.identity)
+    }
+
+    /// The first rule that matches `dst`.
+    fn rule_for(&self, dst: SocketAddr) -> Option<&DestinationConfig> {
+        self.rules.iter().find(|r| {
+            r.cidr.contains(dst.ip()) && r.ports.as_ref().is_none_or(|p| p.contains(&dst.port()))
+        })
     }
 
     /// What to do with a connection whose original destination is `dst`.
@@ -79,12 +83,16 @@ impl<R> Destinations<R> {
         dst: SocketAddr,
         make_route: impl FnOnce(&RouteConfig) -> Option<Arc<R>>,
     ) -> Destination<R> {
-        let Some(identity) = self.identity_for(dst) else {
+        let Some(rule) = self.rule_for(dst) else {
             return match self.undeclared {
                 Undeclared::Deny => Destination::Http(Routing::Undeclared(dst)),
                 Undeclared::Passthrough => Destination::Passthrough(dst),
             };
         };
+        let identity = &rule.identity;
+        if rule.protocol == DestinationProtocol::Tcp {
+            return Destination::Tcp(dst, identity.clone());
+        }
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(route) = routes.get(&dst) {
             return Destination::Http(Routing::Route(route.clone()));

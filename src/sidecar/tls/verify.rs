@@ -83,6 +83,9 @@ pub fn handshake_failure(err: &std::io::Error) -> (&'static str, String) {
         Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
         Some(rustls::Error::InvalidMessage(_)) => "not_tls",
         Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        // The client asked for a protocol we do not serve (an opaque TCP
+        // port not in inbound.tcp_ports).
+        Some(rustls::Error::NoApplicationProtocol) => "no_application_protocol",
         Some(_) => "tls_error",
         None if err.kind() == std::io::ErrorKind::UnexpectedEof => "eof",
         None => "io_error",

@@ -5,6 +5,7 @@ fn rule(cidr: &str, ports: Option<Vec<u16>>, id: &str) -> DestinationConfig {
         cidr: cidr.parse().unwrap(),
         ports,
         identity: id.parse().unwrap(),
+        protocol: Default::default(),
     }
 }
 

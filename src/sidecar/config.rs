@@ -68,7 +68,7 @@ pub struct IdentityConfig {
 pub struct InboundConfig {
     /// Where peers connect with mTLS.
     pub listen: SocketAddr,
-    /// The local application (plain HTTP/1.1), normally on loopback.
+    /// The local application (plain HTTP), normally on loopback.
     pub app: SocketAddr,
     /// The allow matrix (YAML). Without one, every authenticated peer is
     /// allowed; with one, anything it does not allow is denied.
@@ -85,6 +85,22 @@ pub struct InboundConfig {
     /// `app`'s address with that port, authorized per connection.
     #[serde(default)]
     pub tcp_ports: Vec<u16>,
+    /// The HTTP version spoken to the app: `auto` (the one the calling app
+    /// spoke, as its sidecar says), or always `http1` or `http2` (h2c).
+    #[serde(default)]
+    pub app_protocol: AppProtocol,
+}
+
+/// How the inbound speaks to its app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/2 (h2c) for requests whose caller spoke HTTP/2, else HTTP/1.1.
+    #[default]
+    Auto,
+    Http1,
+    /// HTTP/2 with prior knowledge, for every request.
+    Http2,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]

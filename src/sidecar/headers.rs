@@ -71,6 +71,16 @@ pub const CLIENT_ID_HEADER: &str = "x-meshguard-client-id";
 /// last, envoy#41658).
 pub const XFCC_HEADER: &str = "x-forwarded-client-cert";
 
+/// Between two sidecars: the protocol the calling app spoke, so the
+/// destination app is spoken to in the same one. Set by the outbound only
+/// (the value [`APP_H2`]; absent means HTTP/1.1), read by the inbound,
+/// and, being `x-meshguard-*`, removed from whatever an app or a caller
+/// sends and never passed to an app.
+pub const APP_PROTOCOL_HEADER: &str = "x-meshguard-app-protocol";
+pub const APP_PROTOCOL: HeaderName = HeaderName::from_static(APP_PROTOCOL_HEADER);
+/// [`APP_PROTOCOL_HEADER`]'s value for an app that spoke HTTP/2.
+pub const APP_H2: &str = "h2";
+
 const CLIENT_ID: HeaderName = HeaderName::from_static(CLIENT_ID_HEADER);
 const XFCC: HeaderName = HeaderName::from_static(XFCC_HEADER);
 

@@ -195,6 +195,7 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
             strip_headers: Vec::new(),
             keep_underscore_headers: false,
             tcp_ports: Vec::new(),
+            app_protocol: Default::default(),
         }),
         outbound: None,
         admin: AdminConfig { listen: any_port() },

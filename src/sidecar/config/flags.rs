@@ -63,6 +63,7 @@ impl QuickStart {
                 strip_headers: Vec::new(),
                 keep_underscore_headers: false,
                 tcp_ports: Vec::new(),
+                app_protocol: Default::default(),
             }),
             outbound: self.outbound.map(|o| OutboundConfig {
                 listen: o.listen,

@@ -7,14 +7,14 @@
 //! normal form), authorize (the policy gives a `Permit`), rewrite (target
 //! and headers), forward (needs the `Permit`), record (metrics + audit line).
 
-use super::outcome::{self, Answer, Refusal, RequestFacts, Ruling};
-use super::pool::{Http1Pool, TcpDial, UpstreamError};
+use super::outcome::{self, Answer, Began, Refusal, RequestFacts, Ruling};
+use super::pool::{Http1Pool, Http2Conn, TcpDial, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
 use super::tcp::{self, TcpInbound};
 use super::transparent::original_destination;
 use super::{canonical_host, refusal, CountingIo, Direction, ProxyBody};
 use crate::sidecar::audit;
-use crate::sidecar::config::{InboundConfig, LimitsConfig};
+use crate::sidecar::config::{AppProtocol, InboundConfig, LimitsConfig};
 use crate::sidecar::headers::{self, PeerHeaders, RequestRules};
 use crate::sidecar::identity::{Role, SpiffeId};
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
@@ -47,7 +47,12 @@ const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per app port.
 const APP_POOL_MAX_IDLE: usize = 1024;
 
-type AppPool = Http1Pool<TcpDial>;
+/// The connections to one app port: a pool of HTTP/1.1 connections and one
+/// multiplexed HTTP/2 (h2c) connection, each opened on first use.
+struct AppPool {
+    http1: Http1Pool<TcpDial>,
+    http2: Http2Conn<TcpDial>,
+}
 
 /// The address the requests of one connection go to, and its pool.
 struct AppTarget {
@@ -95,6 +100,8 @@ pub struct Inbound {
     header_rules: RequestRules,
     metrics: Arc<Metrics>,
     limits: LimitsConfig,
+    /// `inbound.app_protocol`.
+    app_protocol: AppProtocol,
     /// Connections to `inbound.tcp_ports`.
     tcp: Arc<TcpInbound>,
 }
@@ -132,6 +139,7 @@ impl Inbound {
             header_rules,
             metrics,
             limits,
+            app_protocol: cfg.app_protocol,
             tcp,
         })
     }
@@ -311,7 +319,7 @@ impl Inbound {
         peer: Arc<Peer>,
     ) -> Response<ProxyBody> {
         let peer = &*peer;
-        let start = Instant::now();
+        let start = Began::now(req.headers());
         let (mut parts, body) = req.into_parts();
         let uri = match take_canonical_uri(&mut parts) {
             Ok(uri) => uri,
@@ -332,7 +340,8 @@ impl Inbound {
             Ok(authorized) => authorized,
             Err(denied) => return self.record(peer, &method, path, start, denied),
         };
-        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target) {
+        let app_h2 = self.app_speaks_h2(&parts);
+        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, app_h2) {
             return self.record(peer, &method, path, start, refused);
         }
         let answer = self.forward(parts, body, peer, permit, allowed).await;
@@ -374,14 +383,33 @@ impl Inbound {
         Ok((permit, ruling))
     }
 
+    /// Whether this request goes to the app as HTTP/2: as configured, or
+    /// (`auto`) when the calling app spoke HTTP/2, which its sidecar says
+    /// in [`headers::APP_PROTOCOL_HEADER`] (read before `rewrite` strips it).
+    fn app_speaks_h2(&self, parts: &Parts) -> bool {
+        match self.app_protocol {
+            AppProtocol::Http1 => false,
+            AppProtocol::Http2 => true,
+            AppProtocol::Auto => {
+                parts.version == Version::HTTP_2
+                    && parts
+                        .headers
+                        .get(headers::APP_PROTOCOL)
+                        .is_some_and(|v| v.as_bytes() == headers::APP_H2.as_bytes())
+            }
+        }
+    }
+
     /// Rewrite: the app gets the normalised target it was authorized for,
-    /// over HTTP/1.1, with only the identity meshguard authenticated.
+    /// over HTTP/1.1 or (`app_h2`) HTTP/2, with only the identity meshguard
+    /// authenticated.
     fn rewrite(
         &self,
         parts: &mut Parts,
         peer: &Peer,
         uri: &Uri,
         target: &NormalizedPath<'_>,
+        app_h2: bool,
     ) -> Result<(), Refusal<'static>> {
         // Unchanged by normalisation (the common case), the target is the
         // one already parsed, shared rather than copied and parsed again.
@@ -409,6 +437,9 @@ impl Inbound {
             tracing::debug!(direction, peer_id = %peer.id, removed = stripped.identity, "caller sent identity headers; removed");
         }
         peer.headers.apply(&mut parts.headers);
+        if app_h2 {
+            return as_http2(parts, &peer.app.authority);
+        }
         if !parts.headers.contains_key(http::header::HOST) {
             if let Ok(host) = HeaderValue::from_str(peer.app.authority.as_str()) {
                 parts.headers.insert(http::header::HOST, host);
@@ -423,11 +454,14 @@ impl Inbound {
         pools
             .entry(addr.port())
             .or_insert_with(|| {
-                let dial = TcpDial {
+                let dial = || TcpDial {
                     addr,
                     timeout: APP_CONNECT_TIMEOUT,
                 };
-                Arc::new(Http1Pool::new(dial, APP_POOL_MAX_IDLE, APP_POOL_IDLE))
+                Arc::new(AppPool {
+                    http1: Http1Pool::new(dial(), APP_POOL_MAX_IDLE, APP_POOL_IDLE),
+                    http2: Http2Conn::new(dial(), APP_POOL_IDLE, true),
+                })
             })
             .clone()
     }
@@ -444,7 +478,12 @@ impl Inbound {
         ruling: Ruling<'p>,
     ) -> Answer<'p> {
         let direction = Direction::Inbound.as_str();
-        match peer.app.pool.send(Request::from_parts(parts, body)).await {
+        let request = Request::from_parts(parts, body);
+        let sent = match request.version() {
+            Version::HTTP_2 => peer.app.pool.http2.send(request).await,
+            _ => peer.app.pool.http1.send(request).await,
+        };
+        match sent {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
@@ -470,7 +509,7 @@ impl Inbound {
         peer: &Peer,
         method: &Method,
         path: &str,
-        start: Instant,
+        start: Began,
         answer: impl Into<Answer<'a>>,
     ) -> Response<ProxyBody> {
         let facts = RequestFacts {
@@ -505,6 +544,32 @@ fn take_canonical_uri(parts: &mut Parts) -> Result<Uri, Refusal<'static>> {
         ));
     }
     Ok(std::mem::take(&mut parts.uri))
+}
+
+/// The request in HTTP/2's form for an h2c app: the authority (the Host
+/// the caller named, else the app's address) moves into `:authority`.
+fn as_http2(parts: &mut Parts, app: &Authority) -> Result<(), Refusal<'static>> {
+    let authority = parts
+        .headers
+        .remove(http::header::HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| app.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build();
+    parts.uri = uri.map_err(|_| {
+        let message = "invalid request target";
+        Refusal::new(StatusCode::BAD_REQUEST, "invalid path", message)
+    })?;
+    parts.version = Version::HTTP_2;
+    Ok(())
 }
 
 /// Normalise, second half: the path in the normal form the policy matches.

@@ -1,12 +1,14 @@
 //! The two directions of the data path and what they share.
 
 mod connect;
+pub mod grpc;
 pub mod inbound;
 mod io;
 pub mod outbound;
 pub mod outcome;
 pub mod pool;
 pub mod serve;
+mod sniff;
 pub mod tcp;
 pub mod transparent;
 
@@ -35,16 +37,23 @@ pub fn refusal_body(reason: impl Display) -> Bytes {
     Bytes::from(format!("meshguard: {reason}\n"))
 }
 
-/// A refusal response around a body made by [`refusal_body`].
+/// A refusal response around a body made by [`refusal_body`]. The body is
+/// kept in the response's extensions too, so that `outcome::record` can
+/// answer a gRPC caller with the same message in gRPC's form.
 pub fn refusal_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(body)));
+    let mut resp = Response::new(Either::Right(Full::new(body.clone())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp.extensions_mut().insert(RefusalMessage(body));
     resp
 }
+
+/// The text of one of meshguard's own refusals (see [`refusal_response`]).
+#[derive(Clone)]
+pub struct RefusalMessage(pub Bytes);
 
 /// Binds a TCP listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {

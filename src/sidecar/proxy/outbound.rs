@@ -6,9 +6,10 @@
 //! The steps of one request, in order: normalise (one Host), select the
 //! route, rewrite (target and headers), forward, record (metrics + audit line).
 
-use super::outcome::{self, Answer, Refusal, RequestFacts, Ruling};
+use super::outcome::{self, Answer, Began, Refusal, RequestFacts, Ruling};
 use super::pool::{Http1Pool, Http2Conn, UpstreamBody, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
+use super::sniff;
 use super::tcp::TcpOutbound;
 use super::transparent::{original_destination, passthrough, Destination, Destinations, Routing};
 use super::{
@@ -16,20 +17,20 @@ use super::{
 };
 use crate::sidecar::config::LimitsConfig;
 use crate::sidecar::config::{OutboundConfig, RouteConfig};
-use crate::sidecar::headers::{self, RequestRules};
+use crate::sidecar::headers::{self, RequestRules, APP_H2, APP_PROTOCOL};
 use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::tls::{outbound_client_config, CredentialStore, TlsError, UpstreamProtocol};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -49,20 +50,39 @@ pub struct Route {
     counters: RequestCounters,
 }
 
-/// The mTLS connections of one route, by the protocol of the hop.
-enum Upstream {
-    Http1(Http1Pool<PeerConnector>),
-    Http2(Http2Conn<PeerConnector>),
+/// The mTLS connections of one route. A request that left the app as
+/// HTTP/2 always takes the multiplexed HTTP/2 connection: its trailers
+/// (gRPC's status) cannot cross HTTP/1.1. HTTP/1.1 requests take the hop
+/// the route is configured with (`outbound.protocol`).
+struct Upstream {
+    /// Set when the route's hop is HTTP/1.1.
+    pool: Option<Http1Pool<PeerConnector>>,
+    /// Opened on first use; with an HTTP/1.1 hop only HTTP/2 apps use it.
+    mux: Http2Conn<PeerConnector>,
+}
+
+/// Which of a route's connections one request takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    Http1,
+    Http2,
 }
 
 impl Upstream {
-    /// The request target on this hop: origin-form for HTTP/1.1 (the
+    fn hop(&self, app_version: Version) -> Hop {
+        match (&self.pool, app_version) {
+            (Some(_), v) if v != Version::HTTP_2 => Hop::Http1,
+            _ => Hop::Http2,
+        }
+    }
+
+    /// The request target on the hop: origin-form for HTTP/1.1 (the
     /// authority travels in Host), absolute for HTTP/2, where it becomes
     /// `:scheme` and `:authority`.
-    fn uri(&self, authority: Authority, path: PathAndQuery) -> Result<Uri, http::Error> {
-        match self {
-            Upstream::Http1(_) => Ok(Uri::from(path)),
-            Upstream::Http2(_) => Uri::builder()
+    fn uri(hop: Hop, authority: Authority, path: PathAndQuery) -> Result<Uri, http::Error> {
+        match hop {
+            Hop::Http1 => Ok(Uri::from(path)),
+            Hop::Http2 => Uri::builder()
                 .scheme(Scheme::HTTP)
                 .authority(authority)
                 .path_and_query(path)
@@ -72,11 +92,12 @@ impl Upstream {
 
     async fn send(
         &self,
+        hop: Hop,
         mut req: Request<Incoming>,
         authority: Authority,
     ) -> Result<Response<UpstreamBody>, UpstreamError<ConnectError>> {
-        match self {
-            Upstream::Http1(pool) => {
+        match (hop, &self.pool) {
+            (Hop::Http1, Some(pool)) => {
                 if !req.headers().contains_key(header::HOST) {
                     if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                         req.headers_mut().insert(header::HOST, host);
@@ -85,7 +106,13 @@ impl Upstream {
                 *req.version_mut() = http::Version::HTTP_11;
                 pool.send(req).await
             }
-            Upstream::Http2(conn) => conn.send(req).await,
+            _ => {
+                // HTTP/2 carries the authority in :authority; a Host
+                // header beside it is redundant and may disagree.
+                req.headers_mut().remove(header::HOST);
+                *req.version_mut() = http::Version::HTTP_2;
+                self.mux.send(req).await
+            }
         }
     }
 }
@@ -98,22 +125,30 @@ impl Route {
         max_idle: usize,
         metrics: &Arc<Metrics>,
     ) -> Result<Arc<Route>, TlsError> {
-        let tls = outbound_client_config(store, cfg.identity.clone(), protocol)?;
-        let connector = PeerConnector::new(
-            &cfg.peer,
-            tls,
-            CONNECT_TIMEOUT,
-            metrics.clone(),
-            store.clone(),
-        );
-        let upstream = match protocol {
-            UpstreamProtocol::Http1 => {
-                Upstream::Http1(Http1Pool::new(connector, max_idle, PEER_POOL_IDLE))
-            }
-            UpstreamProtocol::Http2 => {
-                Upstream::Http2(Http2Conn::new(connector, PEER_POOL_IDLE, max_idle > 0))
-            }
+        let connector = |protocol| -> Result<PeerConnector, TlsError> {
+            let tls = outbound_client_config(store, cfg.identity.clone(), protocol)?;
+            Ok(PeerConnector::new(
+                &cfg.peer,
+                tls,
+                CONNECT_TIMEOUT,
+                metrics.clone(),
+                store.clone(),
+            ))
         };
+        let pool = match protocol {
+            UpstreamProtocol::Http1 => Some(Http1Pool::new(
+                connector(UpstreamProtocol::Http1)?,
+                max_idle,
+                PEER_POOL_IDLE,
+            )),
+            UpstreamProtocol::Http2 => None,
+        };
+        let mux = Http2Conn::new(
+            connector(UpstreamProtocol::Http2)?,
+            PEER_POOL_IDLE,
+            max_idle > 0,
+        );
+        let upstream = Upstream { pool, mux };
         let counters = metrics.request_counters(
             Direction::Outbound,
             metrics.peer_label(cfg.identity.as_str()),
@@ -228,6 +263,12 @@ impl Outbound {
             Destination::Passthrough(dst) => return passthrough(tcp, dst).await,
             Destination::Tcp(dst, id) => return self.tcp.captured(tcp, dst, id, drain).await,
         };
+        // The app speaks HTTP/1.1 or HTTP/2 with prior knowledge (h2c) on
+        // the same port; its first bytes tell which.
+        let h2 = match sniff::h2_preface(&tcp, self.limits.header_read_timeout()).await {
+            Ok(h2) => h2,
+            Err(_) => return,
+        };
         let activity = Arc::new(Activity::default());
         let io = TokioIo::new(CountingIo::new(tcp, None, Some(activity.clone())));
         let control = Control {
@@ -235,12 +276,12 @@ impl Outbound {
             idle_timeout: self.limits.idle_timeout(),
             activity,
             revoked: None,
-            multiplexed: false,
+            multiplexed: h2,
         };
         let conn = Connection {
             direction: Direction::Outbound,
             peer: addr,
-            h2: false,
+            h2,
             control,
             closing: tracked.closing_flag(),
         };
@@ -301,7 +342,7 @@ impl Outbound {
         routing: Routing<Route>,
     ) -> Response<ProxyBody> {
         let routing = &routing;
-        let start = Instant::now();
+        let start = Began::now(req.headers());
         let (mut parts, body) = req.into_parts();
         if let Err(reason) = canonical_host(&mut parts) {
             let refused = Refusal::new(StatusCode::BAD_REQUEST, "ambiguous host", reason);
@@ -323,7 +364,9 @@ impl Outbound {
             Err(refused) => return self.record(None, &method, path, start, refused),
         };
         let answer = match self.rewrite(&mut parts, route, &uri, authority) {
-            Ok(peer_authority) => Self::forward(route, parts, body, peer_authority).await,
+            Ok((hop, peer_authority)) => {
+                Self::forward(route, hop, parts, body, peer_authority).await
+            }
             Err(refused) => refused.into(),
         };
         self.record(Some(route), &method, path, start, answer)
@@ -365,17 +408,19 @@ impl Outbound {
     }
 
     /// Rewrite: no identity or hop-by-hop header leaves with the request,
-    /// and the target takes the form of the route's hop. Returns the
-    /// authority the peer sees (Host, or :authority over HTTP/2); where the
-    /// request goes is fixed by the route's connector. Refused while our
-    /// own SVID has expired: no peer would accept it.
+    /// the target takes the form of the hop it takes, and a request the
+    /// app sent as HTTP/2 says so to the peer ([`headers::APP_PROTOCOL_HEADER`]), so
+    /// that it reaches the destination app as HTTP/2. Returns the hop and
+    /// the authority the peer sees (Host, or :authority over HTTP/2); where
+    /// the request goes is fixed by the route's connector. Refused while
+    /// our own SVID has expired: no peer would accept it.
     fn rewrite(
         &self,
         parts: &mut Parts,
         route: &Route,
         uri: &Uri,
         authority: Option<&str>,
-    ) -> Result<Authority, Refusal<'static>> {
+    ) -> Result<(Hop, Authority), Refusal<'static>> {
         if !self.store.svid_is_valid_now() {
             let message = "own SVID has expired and no valid replacement is loaded";
             let status = StatusCode::SERVICE_UNAVAILABLE;
@@ -392,19 +437,21 @@ impl Outbound {
                 .and_then(|a| Authority::try_from(a).ok())
                 .unwrap_or_else(|| Authority::from_static("peer")),
         };
-        parts.uri = route
-            .upstream
-            .uri(peer_authority.clone(), path)
-            .map_err(|_| {
-                let reason = "invalid request target";
-                Refusal::new(StatusCode::BAD_REQUEST, reason, reason)
-            })?;
-        Ok(peer_authority)
+        let hop = route.upstream.hop(parts.version);
+        if parts.version == Version::HTTP_2 {
+            parts.headers.insert(APP_PROTOCOL, HeaderValue::from_static(APP_H2));
+        }
+        parts.uri = Upstream::uri(hop, peer_authority.clone(), path).map_err(|_| {
+            let reason = "invalid request target";
+            Refusal::new(StatusCode::BAD_REQUEST, reason, reason)
+        })?;
+        Ok((hop, peer_authority))
     }
 
     /// Forward: sends the request over the route's mTLS connections.
     async fn forward(
         route: &Route,
+        hop: Hop,
         parts: Parts,
         body: Incoming,
         peer_authority: Authority,
@@ -415,7 +462,7 @@ impl Outbound {
             rule: None,
         };
         let request = Request::from_parts(parts, body);
-        match route.upstream.send(request, peer_authority).await {
+        match route.upstream.send(hop, request, peer_authority).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
@@ -444,7 +491,7 @@ impl Outbound {
         route: Option<&Route>,
         method: &Method,
         path: &str,
-        start: Instant,
+        start: Began,
         answer: impl Into<Answer<'a>>,
     ) -> Response<ProxyBody> {
         let counters = route.map_or(&self.unrouted, |r| &r.counters);

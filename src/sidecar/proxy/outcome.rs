@@ -2,7 +2,7 @@
 //! records it: the request counters and the audit line together, for both
 //! directions, so the metrics and the log cannot disagree.
 
-use super::{refusal_body, refusal_response, ProxyBody};
+use super::{grpc, refusal_body, refusal_response, ProxyBody, RefusalMessage};
 use crate::sidecar::audit::{self, RequestRecord};
 use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
@@ -106,7 +106,24 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     /// The normalised path that was authorized (no query string).
     pub path: &'a str,
-    pub start: Instant,
+    pub start: Began,
+}
+
+/// When a request began, and whether it is a gRPC call (whose refusals
+/// must be gRPC-shaped): taken from the request head on arrival.
+#[derive(Debug, Clone, Copy)]
+pub struct Began {
+    pub at: Instant,
+    pub grpc: bool,
+}
+
+impl Began {
+    pub fn now(headers: &http::HeaderMap) -> Began {
+        Began {
+            at: Instant::now(),
+            grpc: grpc::is_grpc(headers),
+        }
+    }
 }
 
 /// Counts the request on `counters` (which name its direction) and writes
@@ -117,7 +134,7 @@ pub fn record(
     facts: &RequestFacts<'_>,
     answer: Answer<'_>,
 ) -> Response<ProxyBody> {
-    let duration = facts.start.elapsed();
+    let duration = facts.start.at.elapsed();
     let outcome = &answer.outcome;
     let status = outcome.status.as_u16();
     metrics.record_request(
@@ -138,5 +155,12 @@ pub fn record(
         duration,
         reason: outcome.reason,
     });
-    answer.response
+    let mut response = answer.response;
+    if facts.start.grpc {
+        if let Some(RefusalMessage(message)) = response.extensions_mut().remove() {
+            let message = String::from_utf8_lossy(&message);
+            response = grpc::refusal(outcome.status, &message);
+        }
+    }
+    response
 }

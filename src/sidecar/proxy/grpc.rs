@@ -128,9 +128,15 @@ mod tests {
     fn grpc_requests_are_recognised_by_content_type() {
         let mut h = HeaderMap::new();
         assert!(!is_grpc(&h));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
         assert!(is_grpc(&h));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         assert!(!is_grpc(&h));
     }
 }

@@ -439,7 +439,9 @@ impl Outbound {
         };
         let hop = route.upstream.hop(parts.version);
         if parts.version == Version::HTTP_2 {
-            parts.headers.insert(APP_PROTOCOL, HeaderValue::from_static(APP_H2));
+            parts
+                .headers
+                .insert(APP_PROTOCOL, HeaderValue::from_static(APP_H2));
         }
         parts.uri = Upstream::uri(hop, peer_authority.clone(), path).map_err(|_| {
             let reason = "invalid request target";

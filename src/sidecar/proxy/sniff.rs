@@ -79,9 +79,15 @@ mod tests {
     #[tokio::test]
     async fn the_preface_is_http2_and_anything_else_http1() {
         assert!(sniff(&[H2_PREFACE]).await.unwrap());
-        assert!(sniff(&[&H2_PREFACE[..5], &H2_PREFACE[5..]]).await.unwrap(), "split preface");
+        assert!(
+            sniff(&[&H2_PREFACE[..5], &H2_PREFACE[5..]]).await.unwrap(),
+            "split preface"
+        );
         assert!(!sniff(&[b"GET / HTTP/1.1\r\n\r\n"]).await.unwrap());
-        assert!(!sniff(&[b"PUT / HTTP/1.1\r\n\r\n"]).await.unwrap(), "P but not PRI");
+        assert!(
+            !sniff(&[b"PUT / HTTP/1.1\r\n\r\n"]).await.unwrap(),
+            "P but not PRI"
+        );
         assert!(!sniff(&[b"PRI * HTTP/1.1\r\n"]).await.unwrap());
     }
 

@@ -242,3 +242,37 @@ pub fn http_to_tcp_port(peer_addr: SocketAddr, peer_id: &SpiffeId, port: u16) {
         "connection refused: HTTP to a port declared as TCP"
     );
 }
+
+/// One connection switched protocols after `101`, when it closes.
+pub struct UpgradeRecord<'a> {
+    pub direction: Direction,
+    pub peer_addr: Option<&'a str>,
+    pub peer_id: Option<&'a SpiffeId>,
+    /// The path the upgrade was authorized for.
+    pub path: &'a str,
+    /// The protocol token, a bounded label (`websocket`, `other`).
+    pub protocol: &'a str,
+    pub bytes_to_server: u64,
+    pub bytes_to_client: u64,
+    pub duration: Duration,
+    /// How it ended (`closed`, `error`, `draining`).
+    pub end: &'a str,
+}
+
+/// Writes the audit line of an upgraded connection that has closed.
+pub fn upgrade_closed(r: &UpgradeRecord<'_>) {
+    tracing::info!(
+        target: TARGET,
+        event = "upgrade_closed",
+        direction = r.direction.as_str(),
+        peer_addr = r.peer_addr,
+        peer_id = r.peer_id.map(|p| p.as_str()),
+        path = r.path,
+        protocol = r.protocol,
+        bytes_to_server = r.bytes_to_server,
+        bytes_to_client = r.bytes_to_client,
+        duration_ms = r.duration.as_secs_f64() * 1000.0,
+        end = r.end,
+        "upgraded connection closed"
+    );
+}

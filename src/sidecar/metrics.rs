@@ -29,6 +29,7 @@ pub struct Metrics {
     cert_expiry: GaugeVec,
     reloads: IntCounterVec,
     tcp: TcpMetrics,
+    upgraded: UpgradeMetrics,
     peers: Mutex<PeerLabels>,
 }
 
@@ -151,6 +152,7 @@ impl Metrics {
         );
         publish_build_info(&r);
         let tcp = TcpMetrics::new(&r);
+        let upgraded = UpgradeMetrics::new(&r);
         Metrics {
             registry: r,
             requests,
@@ -163,6 +165,7 @@ impl Metrics {
             cert_expiry,
             reloads,
             tcp,
+            upgraded,
             peers: Mutex::new(PeerLabels {
                 known: known_peers.into_iter().collect(),
                 dynamic: HashSet::new(),
@@ -417,6 +420,70 @@ impl Metrics {
         self.tcp
             .duration
             .with_label_values(&[direction.as_str(), end])
+            .observe(seconds);
+    }
+}
+
+/// The families of upgraded connections (WebSocket and other `Upgrade`s,
+/// `proxy/upgrade.rs`).
+struct UpgradeMetrics {
+    connections: IntCounterVec,
+    bytes: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl UpgradeMetrics {
+    fn new(r: &Registry) -> UpgradeMetrics {
+        let counters = |name, help, labels| family(r, IntCounterVec::new, name, help, labels);
+        let connections = counters(
+            "meshguard_upgraded_connections_total",
+            "Connections switched to another protocol after 101 (protocol: websocket or other)",
+            &["direction", "protocol"],
+        );
+        let bytes = counters(
+            "meshguard_upgraded_bytes_total",
+            "Bytes spliced on upgraded connections, by flow (client_to_server: from the side that asked)",
+            &["direction", "flow"],
+        );
+        let duration = registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "meshguard_upgraded_connection_duration_seconds",
+                    "Lifetime of upgraded connections after 101, by how they ended",
+                )
+                .buckets(TCP_DURATION_BUCKETS.to_vec()),
+                &["direction", "end"],
+            ),
+        );
+        UpgradeMetrics {
+            connections,
+            bytes,
+            duration,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one connection upgraded to `protocol` (a bounded label).
+    pub fn upgraded(&self, direction: Direction, protocol: &str) {
+        self.upgraded
+            .connections
+            .with_label_values(&[direction.as_str(), protocol])
+            .inc();
+    }
+
+    /// Records the end of an upgraded connection: bytes each way and its lifetime.
+    pub fn upgrade_closed(&self, direction: Direction, bytes: (u64, u64), end: &str, seconds: f64) {
+        let d = direction.as_str();
+        let b = &self.upgraded.bytes;
+        b.with_label_values(&[d, "client_to_server"])
+            .inc_by(bytes.0);
+        b.with_label_values(&[d, "server_to_client"])
+            .inc_by(bytes.1);
+        self.upgraded
+            .duration
+            .with_label_values(&[d, end])
             .observe(seconds);
     }
 }

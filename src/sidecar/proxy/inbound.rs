@@ -12,6 +12,7 @@ use super::pool::{Http1Pool, Http2Conn, TcpDial, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
 use super::tcp::{self, TcpInbound};
 use super::transparent::original_destination;
+use super::upgrade;
 use super::{canonical_host, refusal, CountingIo, Direction, ProxyBody};
 use crate::sidecar::audit;
 use crate::sidecar::config::{AppProtocol, InboundConfig, LimitsConfig};
@@ -50,6 +51,7 @@ const APP_POOL_MAX_IDLE: usize = 1024;
 /// The connections to one app port: a pool of HTTP/1.1 connections and one
 /// multiplexed HTTP/2 (h2c) connection, each opened on first use.
 struct AppPool {
+    addr: SocketAddr,
     http1: Http1Pool<TcpDial>,
     http2: Http2Conn<TcpDial>,
 }
@@ -82,6 +84,8 @@ pub struct Peer {
     app: AppTarget,
     headers: PeerHeaders,
     counters: RequestCounters,
+    /// For upgraded connections, which outlive the connection's serve loop.
+    drain: watch::Receiver<bool>,
 }
 
 /// The inbound proxy of one sidecar.
@@ -200,6 +204,7 @@ impl Inbound {
             session.peer_certificates().unwrap_or_default(),
             Role::Client,
         );
+        let upgrades_drain = drain.clone();
         let control = Control {
             drain,
             idle_timeout: self.limits.idle_timeout(),
@@ -214,7 +219,15 @@ impl Inbound {
             control,
             closing: tracked.closing_flag(),
         };
-        let peer = Arc::new(self.peer(handshake.id, addr, port, app, &handshake.cert_hash));
+        let peer = self.peer(
+            handshake.id,
+            addr,
+            port,
+            app,
+            &handshake.cert_hash,
+            upgrades_drain,
+        );
+        let peer = Arc::new(peer);
         let this = self.clone();
         let io = TokioIo::new(handshake.tls);
         serve(io, &self.limits, conn, move |req| {
@@ -294,6 +307,7 @@ impl Inbound {
         port: u16,
         app: AppTarget,
         cert_hash: &[u8; 32],
+        drain: watch::Receiver<bool>,
     ) -> Peer {
         let headers = PeerHeaders::new(&id, &self.store.own_id(), cert_hash);
         let label = self.metrics.peer_label(id.as_str());
@@ -306,6 +320,7 @@ impl Inbound {
             app,
             headers,
             counters,
+            drain,
         }
     }
 
@@ -321,6 +336,12 @@ impl Inbound {
         let peer = &*peer;
         let start = Began::now(req.headers());
         let (mut parts, body) = req.into_parts();
+        let upgrade = match upgrade::check(&parts) {
+            Ok(upgrade) => upgrade,
+            Err(refused) => {
+                return self.record(peer, &parts.method, parts.uri.path(), start, refused)
+            }
+        };
         let uri = match take_canonical_uri(&mut parts) {
             Ok(uri) => uri,
             Err(refused) => {
@@ -340,11 +361,18 @@ impl Inbound {
             Ok(authorized) => authorized,
             Err(denied) => return self.record(peer, &method, path, start, denied),
         };
-        let app_h2 = self.app_speaks_h2(&parts);
+        let app_h2 = upgrade.is_none() && self.app_speaks_h2(&parts);
         if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, app_h2) {
             return self.record(peer, &method, path, start, refused);
         }
-        let answer = self.forward(parts, body, peer, permit, allowed).await;
+        let answer = match upgrade {
+            None => self.forward(parts, body, peer, permit, allowed).await,
+            Some(up) => {
+                up.restore(&mut parts.headers);
+                let splice = self.splice(peer, path, &up);
+                Self::forward_upgrade(parts, body, peer, permit, allowed, splice).await
+            }
+        };
         self.record(peer, &method, path, start, answer)
     }
 
@@ -459,6 +487,7 @@ impl Inbound {
                     timeout: APP_CONNECT_TIMEOUT,
                 };
                 Arc::new(AppPool {
+                    addr,
                     http1: Http1Pool::new(dial(), APP_POOL_MAX_IDLE, APP_POOL_IDLE),
                     http2: Http2Conn::new(dial(), APP_POOL_IDLE, true),
                 })
@@ -477,7 +506,6 @@ impl Inbound {
         _permit: Permit,
         ruling: Ruling<'p>,
     ) -> Answer<'p> {
-        let direction = Direction::Inbound.as_str();
         let request = Request::from_parts(parts, body);
         let sent = match request.version() {
             Version::HTTP_2 => peer.app.pool.http2.send(request).await,
@@ -489,17 +517,41 @@ impl Inbound {
                 headers::strip_hop_by_hop(&mut parts.headers);
                 ruling.answer(Response::from_parts(parts, Either::Left(body)))
             }
-            Err(UpstreamError::Connect(e)) => {
-                tracing::warn!(direction, error = %e, "local app unavailable");
-                let resp = refusal(StatusCode::SERVICE_UNAVAILABLE, "local app unavailable");
-                ruling.because("local app unavailable").answer(resp)
-            }
-            Err(UpstreamError::Http(e)) => {
-                tracing::warn!(direction, error = %e, "local app failed");
-                let message = "local app closed the connection without a response";
-                let resp = refusal(StatusCode::BAD_GATEWAY, message);
-                ruling.because("local app failed").answer(resp)
-            }
+            Err(e) => app_failed(ruling, e),
+        }
+    }
+
+    /// Who an upgrade from `peer` is between, for its splice and record.
+    fn splice(&self, peer: &Peer, path: &str, up: &upgrade::Upgrade) -> upgrade::Splice {
+        upgrade::Splice {
+            direction: Direction::Inbound,
+            metrics: self.metrics.clone(),
+            peer_addr: Some(Arc::from(peer.addr_text.as_str())),
+            peer_id: Some(peer.id.clone()),
+            path: path.to_owned(),
+            protocol: up.protocol(),
+            drain: peer.drain.clone(),
+        }
+    }
+
+    /// Forward, for an authorized upgrade: to the app on a connection of
+    /// its own; after `101` the two sides are spliced.
+    async fn forward_upgrade<'p>(
+        mut parts: Parts,
+        body: Incoming,
+        peer: &Peer,
+        _permit: Permit,
+        ruling: Ruling<'p>,
+        splice: upgrade::Splice,
+    ) -> Answer<'p> {
+        let caller = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let dial = TcpDial {
+            addr: peer.app.pool.addr,
+            timeout: APP_CONNECT_TIMEOUT,
+        };
+        match upgrade::send(&dial, Request::from_parts(parts, body)).await {
+            Ok(resp) => ruling.answer(upgrade::answer(resp, caller, splice)),
+            Err(e) => app_failed(ruling, e),
         }
     }
 
@@ -520,6 +572,25 @@ impl Inbound {
             start,
         };
         outcome::record(&self.metrics, &peer.counters, &facts, answer.into())
+    }
+}
+
+/// The answer when the app could not answer: meshguard's own 503 (no
+/// connection) or 502 (connection lost), recorded with the reason.
+fn app_failed(ruling: Ruling<'_>, err: UpstreamError<std::io::Error>) -> Answer<'_> {
+    let direction = Direction::Inbound.as_str();
+    match err {
+        UpstreamError::Connect(e) => {
+            tracing::warn!(direction, error = %e, "local app unavailable");
+            let resp = refusal(StatusCode::SERVICE_UNAVAILABLE, "local app unavailable");
+            ruling.because("local app unavailable").answer(resp)
+        }
+        UpstreamError::Http(e) => {
+            tracing::warn!(direction, error = %e, "local app failed");
+            let message = "local app closed the connection without a response";
+            let resp = refusal(StatusCode::BAD_GATEWAY, message);
+            ruling.because("local app failed").answer(resp)
+        }
     }
 }
 

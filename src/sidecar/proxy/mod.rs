@@ -11,6 +11,7 @@ pub mod serve;
 mod sniff;
 pub mod tcp;
 pub mod transparent;
+pub mod upgrade;
 
 pub use crate::sidecar::metrics::Direction;
 pub use connect::{ConnectError, PeerConnector};

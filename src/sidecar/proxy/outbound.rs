@@ -12,6 +12,7 @@ use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, 
 use super::sniff;
 use super::tcp::TcpOutbound;
 use super::transparent::{original_destination, passthrough, Destination, Destinations, Routing};
+use super::upgrade;
 use super::{
     canonical_host, refusal, ConnectError, CountingIo, Direction, PeerConnector, ProxyBody,
 };
@@ -34,6 +35,34 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// How a request the route forwarded is recorded.
+const ALLOWED: Ruling<'static> = Ruling {
+    disposition: Disposition::Allow,
+    reason: "forwarded to peer",
+    rule: None,
+};
+
+/// The answer when the peer could not answer: meshguard's own 502, with
+/// why (connect, handshake, or a connection lost before the response).
+fn peer_failed(route: &Route, err: UpstreamError<ConnectError>) -> Answer<'static> {
+    match err {
+        UpstreamError::Connect(err) => ALLOWED
+            .because(err.reason_label())
+            .answer(refusal(StatusCode::BAD_GATEWAY, &err)),
+        UpstreamError::Http(e) => {
+            let direction = Direction::Outbound.as_str();
+            tracing::warn!(direction, peer = %route.peer, error = %e, "peer failed");
+            let message = format_args!(
+                "peer {} closed the connection without a response",
+                route.peer
+            );
+            ALLOWED
+                .because("peer failed")
+                .answer(refusal(StatusCode::BAD_GATEWAY, message))
+        }
+    }
+}
+
 /// Time allowed for TCP connect plus TLS handshake to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,6 +76,8 @@ pub struct Route {
     pub peer: Arc<str>,
     pub identity: SpiffeId,
     upstream: Upstream,
+    /// HTTP/1.1 mTLS connections, one per upgrade (never pooled).
+    upgrades: PeerConnector,
     counters: RequestCounters,
 }
 
@@ -149,6 +180,7 @@ impl Route {
             max_idle > 0,
         );
         let upstream = Upstream { pool, mux };
+        let upgrades = connector(UpstreamProtocol::Http1)?;
         let counters = metrics.request_counters(
             Direction::Outbound,
             metrics.peer_label(cfg.identity.as_str()),
@@ -157,6 +189,7 @@ impl Route {
             peer: Arc::from(cfg.peer.as_str()),
             identity: cfg.identity.clone(),
             upstream,
+            upgrades,
             counters,
         }))
     }
@@ -181,6 +214,9 @@ pub struct Outbound {
     header_rules: RequestRules,
     /// Opaque TCP: `outbound.tcp_routes` and captured `protocol: tcp` destinations.
     pub tcp: Arc<TcpOutbound>,
+    /// The drain signal, for upgraded connections (they outlive the
+    /// serve loop of their connection); set when serving starts.
+    drain: std::sync::OnceLock<watch::Receiver<bool>>,
 }
 
 impl Outbound {
@@ -218,6 +254,7 @@ impl Outbound {
                 keep_underscores: cfg.keep_underscore_headers,
             },
             tcp,
+            drain: std::sync::OnceLock::new(),
         }))
     }
 
@@ -231,6 +268,7 @@ impl Outbound {
         drain: watch::Receiver<bool>,
         tracker: ConnectionTracker,
     ) {
+        let _ = self.drain.set(drain.clone());
         let max = self.limits.max_connections;
         let this = self.clone();
         accept_loop(
@@ -344,6 +382,12 @@ impl Outbound {
         let routing = &routing;
         let start = Began::now(req.headers());
         let (mut parts, body) = req.into_parts();
+        let upgrade = match upgrade::check(&parts) {
+            Ok(upgrade) => upgrade,
+            Err(refused) => {
+                return self.record(None, &parts.method, parts.uri.path(), start, refused)
+            }
+        };
         if let Err(reason) = canonical_host(&mut parts) {
             let refused = Refusal::new(StatusCode::BAD_REQUEST, "ambiguous host", reason);
             return self.record(None, &parts.method, parts.uri.path(), start, refused);
@@ -363,11 +407,16 @@ impl Outbound {
             Ok(route) => route,
             Err(refused) => return self.record(None, &method, path, start, refused),
         };
-        let answer = match self.rewrite(&mut parts, route, &uri, authority) {
-            Ok((hop, peer_authority)) => {
+        let answer = match (self.rewrite(&mut parts, route, &uri, authority), upgrade) {
+            (Ok((hop, peer_authority)), None) => {
                 Self::forward(route, hop, parts, body, peer_authority).await
             }
-            Err(refused) => refused.into(),
+            (Ok(_), Some(up)) => {
+                up.restore(&mut parts.headers);
+                let splice = self.splice(route, path, &up);
+                Self::forward_upgrade(route, parts, body, splice).await
+            }
+            (Err(refused), _) => refused.into(),
         };
         self.record(Some(route), &method, path, start, answer)
     }
@@ -437,7 +486,11 @@ impl Outbound {
                 .and_then(|a| Authority::try_from(a).ok())
                 .unwrap_or_else(|| Authority::from_static("peer")),
         };
-        let hop = route.upstream.hop(parts.version);
+        // An upgrade (HTTP/1.1 only) takes an HTTP/1.1 connection of its own.
+        let hop = match parts.headers.contains_key(header::UPGRADE) {
+            true => Hop::Http1,
+            false => route.upstream.hop(parts.version),
+        };
         if parts.version == Version::HTTP_2 {
             parts
                 .headers
@@ -471,18 +524,39 @@ impl Outbound {
                 let resp = Response::from_parts(parts, Either::Left(body));
                 allowed("forwarded to peer").answer(resp)
             }
-            Err(UpstreamError::Connect(err)) => {
-                allowed(err.reason_label()).answer(refusal(StatusCode::BAD_GATEWAY, &err))
-            }
-            Err(UpstreamError::Http(e)) => {
-                let direction = Direction::Outbound.as_str();
-                tracing::warn!(direction, peer = %route.peer, error = %e, "peer failed");
-                let message = format_args!(
-                    "peer {} closed the connection without a response",
-                    route.peer
-                );
-                allowed("peer failed").answer(refusal(StatusCode::BAD_GATEWAY, message))
-            }
+            Err(e) => peer_failed(route, e),
+        }
+    }
+
+    /// Who an upgrade on `route` is between, for its splice and record.
+    fn splice(&self, route: &Route, path: &str, up: &upgrade::Upgrade) -> upgrade::Splice {
+        let drain = self.drain.get().cloned();
+        upgrade::Splice {
+            direction: Direction::Outbound,
+            metrics: self.metrics.clone(),
+            peer_addr: Some(route.peer.clone()),
+            peer_id: Some(route.identity.clone()),
+            path: path.to_owned(),
+            protocol: up.protocol(),
+            drain: drain.unwrap_or_else(|| watch::channel(false).1),
+        }
+    }
+
+    /// Forward, for an upgrade: on an mTLS connection of its own
+    /// (HTTP/1.1); after `101` the app and that connection are spliced.
+    async fn forward_upgrade(
+        route: &Route,
+        mut parts: Parts,
+        body: Incoming,
+        splice: upgrade::Splice,
+    ) -> Answer<'static> {
+        let caller = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        parts.version = Version::HTTP_11;
+        match upgrade::send(&route.upgrades, Request::from_parts(parts, body)).await {
+            Ok(resp) => ALLOWED
+                .because("forwarded to peer")
+                .answer(upgrade::answer(resp, caller, splice)),
+            Err(e) => peer_failed(route, e),
         }
     }
 

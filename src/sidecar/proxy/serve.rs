@@ -228,7 +228,10 @@ where
         let conn = http2_builder(limits).serve_connection(io, service);
         until_closed(conn, control, direction, peer).await
     } else {
-        let conn = http1_builder(limits).serve_connection(io, service);
+        // With upgrades: a `101` hands the connection to `proxy/upgrade.rs`.
+        let conn = http1_builder(limits)
+            .serve_connection(io, service)
+            .with_upgrades();
         until_closed(conn, control, direction, peer).await
     };
     if let Err(e) = result {
@@ -239,6 +242,19 @@ where
 /// A hyper server connection of either HTTP version.
 trait Graceful: Future<Output = Result<(), hyper::Error>> {
     fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
 }
 
 impl<I, S, B> Graceful for hyper::server::conn::http1::Connection<I, S>

@@ -26,6 +26,9 @@ pub const POLICY_CONFIG_MAP: &str = "meshguard.io/policy-config-map";
 pub const IDENTITY_SECRET: &str = "meshguard.io/identity-secret";
 /// Without a config map: the app port inbound traffic is forwarded to.
 pub const APP_PORT: &str = "meshguard.io/app-port";
+/// App ports carried as opaque TCP (comma-separated), passed to the
+/// sidecar as `inbound.tcp_ports` (see `contract::ENV_INBOUND_TCP_PORTS`).
+pub const INBOUND_TCP_PORTS: &str = "meshguard.io/inbound-tcp-ports";
 pub const EXCLUDE_INBOUND_PORTS: &str = "meshguard.io/exclude-inbound-ports";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "meshguard.io/exclude-outbound-ports";
 pub const EXCLUDE_OUTBOUND_CIDRS: &str = "meshguard.io/exclude-outbound-cidrs";
@@ -50,6 +53,7 @@ pub const USER_ANNOTATIONS: &[&str] = &[
     POLICY_CONFIG_MAP,
     IDENTITY_SECRET,
     APP_PORT,
+    INBOUND_TCP_PORTS,
     EXCLUDE_INBOUND_PORTS,
     EXCLUDE_OUTBOUND_PORTS,
     EXCLUDE_OUTBOUND_CIDRS,
@@ -77,6 +81,8 @@ pub(super) struct Settings {
     pub policy_config_map: Option<String>,
     pub identity_secret: Option<String>,
     pub app_port: Option<u16>,
+    /// `meshguard.io/inbound-tcp-ports`, validated, as written back.
+    pub inbound_tcp_ports: Option<String>,
     pub capture: CaptureConfig,
     pub resources: ProxyResources,
 }
@@ -98,6 +104,7 @@ pub(super) fn settings(
     let policy_config_map = values.object_name(POLICY_CONFIG_MAP)?;
     let identity_secret = values.object_name(IDENTITY_SECRET)?;
     let app_port = values.app_port(config_map.is_some())?;
+    let inbound_tcp_ports = values.tcp_ports()?;
     let capture = values.capture(opts)?;
     let resources = values.resources(&opts.resources)?;
     Ok(Settings {
@@ -108,6 +115,7 @@ pub(super) fn settings(
         policy_config_map,
         identity_secret,
         app_port,
+        inbound_tcp_ports,
         capture,
         resources,
     })
@@ -226,6 +234,30 @@ impl<'a> Values<'a> {
             ));
         }
         Ok(app_port)
+    }
+
+    /// `meshguard.io/inbound-tcp-ports`: ports 1-65535, each once, in a
+    /// canonical comma-separated form for the sidecar's environment.
+    fn tcp_ports(&self) -> Result<Option<String>, BadAnnotation> {
+        let Some(v) = self.get(INBOUND_TCP_PORTS) else {
+            return Ok(None);
+        };
+        let mut ports: Vec<u16> = Vec::new();
+        for item in v.split(',').map(str::trim) {
+            let port = match item.parse::<u16>() {
+                Ok(p) if p != 0 && item.bytes().all(|b| b.is_ascii_digit()) => p,
+                _ => {
+                    let why = format!("{item:?} is not a port number 1-65535");
+                    return Err(self.bad(INBOUND_TCP_PORTS, why));
+                }
+            };
+            if ports.contains(&port) {
+                return Err(self.bad(INBOUND_TCP_PORTS, format!("port {port} is listed twice")));
+            }
+            ports.push(port);
+        }
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        Ok(Some(list.join(",")))
     }
 
     /// The capture settings: the exclusion lists, parsed and validated.

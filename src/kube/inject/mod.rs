@@ -141,6 +141,18 @@ impl SkipReason {
 
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == SkipReason::NoConfig {
+            // The common case is a client-only workload (a Job, a worker):
+            // it can be meshed, but only with a config that declares where
+            // it may call (default deny has nothing else to go on).
+            return write!(
+                f,
+                "{} (no container port and no {}: a client-only workload needs a config map \
+                 declaring its outbound destinations)",
+                self.as_str(),
+                annotations::CONFIG_MAP
+            );
+        }
         f.write_str(self.as_str())
     }
 }

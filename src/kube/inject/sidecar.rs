@@ -5,7 +5,7 @@ use super::annotations::{Settings, APP_PROBES};
 use super::yaml::{map, n, s, seq_of_str};
 use super::{InjectOptions, ProxyResources, SidecarMode};
 use crate::kube::contract::{
-    ENV_APP_PROBES, ENV_LOG_FORMAT, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN, SHUTDOWN_PORT,
+    ENV_APP_PROBES, ENV_INBOUND_TCP_PORTS, ENV_LOG_FORMAT, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN, SHUTDOWN_PORT,
 };
 use crate::kube::iptables::CaptureConfig;
 use serde_norway::{Mapping, Value};
@@ -270,6 +270,12 @@ fn sidecar_env(settings: &Settings, has_app_probes: bool) -> Vec<Value> {
                     )]),
                 )]),
             ),
+        ]));
+    }
+    if let Some(ports) = &settings.inbound_tcp_ports {
+        env.push(map([
+            ("name", s(ENV_INBOUND_TCP_PORTS)),
+            ("value", s(ports)),
         ]));
     }
     if settings.shutdown_endpoint {

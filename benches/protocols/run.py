@@ -304,10 +304,10 @@ outbound:
     - listen: 127.0.0.1:{PORTS['meshguard-out']}
       peer: 127.0.0.1:{PORTS['meshguard-in']}
       identity: {SERVER_ID}
+  tcp_routes:
     - listen: 127.0.0.1:{PORTS['meshguard-tcp-out']}
       peer: 127.0.0.1:{PORTS['meshguard-in']}
       identity: {SERVER_ID}
-      protocol: tcp
       port: {PORTS['redis']}
 admin: {{listen: 127.0.0.1:{PORTS['meshguard-admin-out']}}}
 runtime: {{workers: 1}}

@@ -643,6 +643,33 @@ fn capture_in_network_namespaces_end_to_end() {
         r.show()
     );
     assert!(!r.body.contains("forged"), "{}", r.show());
+    // 1b. The same call as HTTP/2 with prior knowledge (how gRPC clients
+    //     speak): detected on the captured port, carried on the HTTP/2
+    //     hop, and handed to the app as HTTP/2; HTTP/1.1 stays HTTP/1.1.
+    let r = Lab::curl(
+        &client_ns,
+        Some(APP_UID),
+        &["--http2-prior-knowledge"],
+        &url(server.v4, APP_PORT, "/h2c"),
+    );
+    assert_eq!(r.status, Some(200), "{}", r.show());
+    assert!(
+        r.body
+            .contains("app server-app received: GET /h2c HTTP/2.0"),
+        "{}",
+        r.show()
+    );
+    let r = Lab::curl(
+        &client_ns,
+        Some(APP_UID),
+        &[],
+        &url(server.v4, APP_PORT, "/h1"),
+    );
+    assert!(
+        r.body.contains("app server-app received: GET /h1 HTTP/1.1"),
+        "{}",
+        r.show()
+    );
     // The server's policy is default deny for anything but the client's GET.
     let r = Lab::curl(
         &client_ns,

@@ -6,7 +6,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use tokio::net::TcpListener;
@@ -26,17 +26,24 @@ pub async fn echo_app(listener: TcpListener, name: String) {
                 let name = name.clone();
                 async move { Ok::<_, Infallible>(echo(req, &name).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            // HTTP/1.1 and h2c (prior knowledge) on the same port, as an
+            // app may speak either; the answer names the version it saw.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
         });
     }
 }
 
 async fn echo(req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
     let mut out = String::new();
-    let _ = writeln!(out, "app {name} received: {} {}", req.method(), req.uri());
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let version = req.version();
+    let _ = writeln!(
+        out,
+        "app {name} received: {} {target} {version:?}",
+        req.method()
+    );
     for (k, v) in req.headers() {
         let _ = writeln!(out, "{k}: {}", String::from_utf8_lossy(v.as_bytes()));
     }

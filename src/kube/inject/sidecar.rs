@@ -5,7 +5,8 @@ use super::annotations::{Settings, APP_PROBES};
 use super::yaml::{map, n, s, seq_of_str};
 use super::{InjectOptions, ProxyResources, SidecarMode};
 use crate::kube::contract::{
-    ENV_APP_PROBES, ENV_INBOUND_TCP_PORTS, ENV_LOG_FORMAT, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN, SHUTDOWN_PORT,
+    ENV_APP_PROBES, ENV_INBOUND_TCP_PORTS, ENV_LOG_FORMAT, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN,
+    SHUTDOWN_PORT,
 };
 use crate::kube::iptables::CaptureConfig;
 use serde_norway::{Mapping, Value};

@@ -5,8 +5,7 @@
 //! could apply to a TCP port is refused when the policy is loaded
 //! ([`Policy::check_tcp_ports`]).
 
-use super::index::first_match;
-use super::{Decision, DenyCause, Mode, Policy, PolicyError, Rule};
+use super::{Decision, Policy, PolicyError, Rule};
 use crate::sidecar::identity::SpiffeId;
 
 /// The facts about one opaque TCP connection that authorization looks at.
@@ -42,19 +41,7 @@ impl Policy {
             let rule = &self.rules[i];
             !rule.has_http_conditions() && rule.covers_port(conn.port)
         };
-        let cause = if let Some(i) = first_match(&candidates, true, denies) {
-            DenyCause::Rule(&self.rules[i])
-        } else if let Some(i) = first_match(&candidates, false, allows) {
-            return Decision::Allow {
-                rule: &self.rules[i],
-            };
-        } else {
-            DenyCause::NoRuleMatched
-        };
-        match self.mode {
-            Mode::Enforce => Decision::Deny { cause },
-            Mode::Audit => Decision::AuditWouldDeny { cause },
-        }
+        self.decide(&candidates, denies, allows)
     }
 
     /// Refuses a policy with a rule whose `methods` or `paths` would apply

@@ -313,9 +313,22 @@ impl Policy {
         let candidates = self.index.for_peer(req.peer);
         let method = MethodSet::of(req.method);
         let matches = |i: usize| self.rules[i].matches_target(req, method);
-        let cause = if let Some(i) = first_match(&candidates, true, matches) {
+        self.decide(&candidates, matches, matches)
+    }
+
+    /// The decision over `candidates`: the first deny rule that `denies`
+    /// accepts, else the first allow rule that `allows` accepts, else no
+    /// rule; a denial is only logged in audit mode. One order for requests
+    /// and connections alike.
+    pub(crate) fn decide(
+        &self,
+        candidates: &index::Candidates<'_>,
+        denies: impl FnMut(usize) -> bool,
+        allows: impl FnMut(usize) -> bool,
+    ) -> Decision<'_> {
+        let cause = if let Some(i) = first_match(candidates, true, denies) {
             DenyCause::Rule(&self.rules[i])
-        } else if let Some(i) = first_match(&candidates, false, matches) {
+        } else if let Some(i) = first_match(candidates, false, allows) {
             return Decision::Allow {
                 rule: &self.rules[i],
             };

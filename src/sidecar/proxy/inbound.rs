@@ -8,12 +8,11 @@
 //! and headers), forward (needs the `Permit`), record (metrics + audit line).
 
 use super::outcome::{self, Answer, Began, Refusal, RequestFacts, Ruling};
-use super::pool::{Http1Pool, Http2Conn, TcpDial, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
 use super::tcp::{self, TcpInbound};
 use super::transparent::original_destination;
 use super::upgrade;
-use super::{canonical_host, refusal, CountingIo, Direction, ProxyBody};
+use super::{canonical_host, CountingIo, Direction, ProxyBody};
 use crate::sidecar::audit;
 use crate::sidecar::config::{AppProtocol, InboundConfig, LimitsConfig};
 use crate::sidecar::headers::{self, PeerHeaders, RequestRules};
@@ -22,6 +21,7 @@ use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::pathnorm::{normalize_path, NormalizedPath};
 use crate::sidecar::policy::{self, DecisionCounters, Permit, Policy, PolicySlot};
 use crate::sidecar::tls::{handshake_failure, peer_identity, CredentialStore};
+use app::{app_failed, as_http2, AppPool, AppTarget};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -31,36 +31,14 @@ use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// How long an idle pooled connection to the local app is kept: below the
-/// keep-alive timeouts common app servers use (Node's is 5 s), so we never
-/// send on a connection the app is closing.
-pub const APP_POOL_IDLE: Duration = Duration::from_secs(4);
+mod app;
 
-/// Time allowed to connect to the local app.
-const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Idle connections kept per app port.
-const APP_POOL_MAX_IDLE: usize = 1024;
-
-/// The connections to one app port: a pool of HTTP/1.1 connections and one
-/// multiplexed HTTP/2 (h2c) connection, each opened on first use.
-struct AppPool {
-    addr: SocketAddr,
-    http1: Http1Pool<TcpDial>,
-    http2: Http2Conn<TcpDial>,
-}
-
-/// The address the requests of one connection go to, and its pool.
-struct AppTarget {
-    authority: Authority,
-    pool: Arc<AppPool>,
-}
+pub use app::APP_POOL_IDLE;
 
 /// A TLS handshake that proved a peer identity.
 struct Handshake {
@@ -481,17 +459,7 @@ impl Inbound {
         let mut pools = self.app_pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(addr.port())
-            .or_insert_with(|| {
-                let dial = || TcpDial {
-                    addr,
-                    timeout: APP_CONNECT_TIMEOUT,
-                };
-                Arc::new(AppPool {
-                    addr,
-                    http1: Http1Pool::new(dial(), APP_POOL_MAX_IDLE, APP_POOL_IDLE),
-                    http2: Http2Conn::new(dial(), APP_POOL_IDLE, true),
-                })
-            })
+            .or_insert_with(|| Arc::new(AppPool::new(addr)))
             .clone()
     }
 
@@ -506,12 +474,7 @@ impl Inbound {
         _permit: Permit,
         ruling: Ruling<'p>,
     ) -> Answer<'p> {
-        let request = Request::from_parts(parts, body);
-        let sent = match request.version() {
-            Version::HTTP_2 => peer.app.pool.http2.send(request).await,
-            _ => peer.app.pool.http1.send(request).await,
-        };
-        match sent {
+        match peer.app.pool.send(Request::from_parts(parts, body)).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
@@ -545,11 +508,12 @@ impl Inbound {
         splice: upgrade::Splice,
     ) -> Answer<'p> {
         let caller = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-        let dial = TcpDial {
-            addr: peer.app.pool.addr,
-            timeout: APP_CONNECT_TIMEOUT,
-        };
-        match upgrade::send(&dial, Request::from_parts(parts, body)).await {
+        match peer
+            .app
+            .pool
+            .upgrade(Request::from_parts(parts, body))
+            .await
+        {
             Ok(resp) => ruling.answer(upgrade::answer(resp, caller, splice)),
             Err(e) => app_failed(ruling, e),
         }
@@ -575,25 +539,6 @@ impl Inbound {
     }
 }
 
-/// The answer when the app could not answer: meshguard's own 503 (no
-/// connection) or 502 (connection lost), recorded with the reason.
-fn app_failed(ruling: Ruling<'_>, err: UpstreamError<std::io::Error>) -> Answer<'_> {
-    let direction = Direction::Inbound.as_str();
-    match err {
-        UpstreamError::Connect(e) => {
-            tracing::warn!(direction, error = %e, "local app unavailable");
-            let resp = refusal(StatusCode::SERVICE_UNAVAILABLE, "local app unavailable");
-            ruling.because("local app unavailable").answer(resp)
-        }
-        UpstreamError::Http(e) => {
-            tracing::warn!(direction, error = %e, "local app failed");
-            let message = "local app closed the connection without a response";
-            let resp = refusal(StatusCode::BAD_GATEWAY, message);
-            ruling.because("local app failed").answer(resp)
-        }
-    }
-}
-
 fn ruling<'p>(disposition: Disposition, reason: &'static str, rule: Option<&'p str>) -> Ruling<'p> {
     Ruling {
         disposition,
@@ -615,32 +560,6 @@ fn take_canonical_uri(parts: &mut Parts) -> Result<Uri, Refusal<'static>> {
         ));
     }
     Ok(std::mem::take(&mut parts.uri))
-}
-
-/// The request in HTTP/2's form for an h2c app: the authority (the Host
-/// the caller named, else the app's address) moves into `:authority`.
-fn as_http2(parts: &mut Parts, app: &Authority) -> Result<(), Refusal<'static>> {
-    let authority = parts
-        .headers
-        .remove(http::header::HOST)
-        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-        .unwrap_or_else(|| app.clone());
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path)
-        .build();
-    parts.uri = uri.map_err(|_| {
-        let message = "invalid request target";
-        Refusal::new(StatusCode::BAD_REQUEST, "invalid path", message)
-    })?;
-    parts.version = Version::HTTP_2;
-    Ok(())
 }
 
 /// Normalise, second half: the path in the normal form the policy matches.

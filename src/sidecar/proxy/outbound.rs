@@ -511,18 +511,13 @@ impl Outbound {
         body: Incoming,
         peer_authority: Authority,
     ) -> Answer<'static> {
-        let allowed = |reason| Ruling {
-            disposition: Disposition::Allow,
-            reason,
-            rule: None,
-        };
         let request = Request::from_parts(parts, body);
         match route.upstream.send(hop, request, peer_authority).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let resp = Response::from_parts(parts, Either::Left(body));
-                allowed("forwarded to peer").answer(resp)
+                ALLOWED.answer(resp)
             }
             Err(e) => peer_failed(route, e),
         }
@@ -553,9 +548,7 @@ impl Outbound {
         let caller = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         parts.version = Version::HTTP_11;
         match upgrade::send(&route.upgrades, Request::from_parts(parts, body)).await {
-            Ok(resp) => ALLOWED
-                .because("forwarded to peer")
-                .answer(upgrade::answer(resp, caller, splice)),
+            Ok(resp) => ALLOWED.answer(upgrade::answer(resp, caller, splice)),
             Err(e) => peer_failed(route, e),
         }
     }

@@ -257,19 +257,6 @@ where
     }
 }
 
-impl<I, S, B> Graceful for hyper::server::conn::http1::Connection<I, S>
-where
-    S: HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http1::Connection::graceful_shutdown(self)
-    }
-}
-
 impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
 where
     S: HttpService<Incoming, ResBody = B>,

@@ -265,9 +265,10 @@ async fn raw_status(addr: SocketAddr, request: &str) -> u16 {
 async fn connect_and_h2c_upgrades_are_refused_in_both_directions() {
     let p = pair(None, None).await;
     let out = p.outbound.outbound.unwrap();
-    let connect = "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n";
+    let connect =
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n";
     assert_eq!(raw_status(out, connect).await, 405);
-    let h2c = "GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let h2c = "GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
     assert_eq!(raw_status(out, h2c).await, 400);
 
     // Inbound, from a peer with a valid SVID.

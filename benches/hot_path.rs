@@ -155,7 +155,7 @@ fn header_rewrite(c: &mut C) {
     let peer = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/checkout").unwrap();
     let own = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/orders").unwrap();
     // Built once per connection in the proxy.
-    let peer_headers = PeerHeaders::new(&peer, &own, &[0xab; 32]);
+    let peer_headers = PeerHeaders::new(&peer, &own, &[0xab; 32]).unwrap();
     let headers = request_headers();
     {
         let mut h = headers.clone();

@@ -275,6 +275,7 @@ fn peer_headers() -> PeerHeaders {
         &SpiffeId::parse(OWN).unwrap(),
         &[7; 32],
     )
+    .unwrap()
 }
 
 proptest! {

@@ -26,6 +26,10 @@ pub enum AppError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    AppAddress(#[from] crate::sidecar::proxy::inbound::InvalidAppAddress),
 }
 
 /// A running sidecar: the addresses it actually listens on, and the handle
@@ -113,7 +117,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         .outbound
         .iter()
         .flat_map(|o| o.routes.iter().map(|r| r.identity.to_string()));
-    let metrics = Arc::new(Metrics::new(known_peers));
+    let metrics = Arc::new(Metrics::new(known_peers)?);
     crate::sidecar::reload::publish_cert_expiry(&metrics, &store);
     let config_json =
         serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -226,7 +230,7 @@ impl Parts<'_> {
             self.metrics.clone(),
             self.config.limits.clone(),
             tcp,
-        );
+        )?;
         let served = proxy.serve(listener, self.drain.clone(), self.connections.clone());
         self.tasks.spawn(served);
         if let Some(path) = &cfg.policy {

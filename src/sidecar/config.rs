@@ -16,6 +16,9 @@ pub use tcp::{DestinationProtocol, TcpRouteConfig};
 
 /// Default admin listener (metrics, health, config view).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
+/// [`DEFAULT_ADMIN_ADDR`] as an address.
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15000);
 
 /// A configuration error, always pointing at the file and (where the
 /// parser knows it) the line and column.
@@ -190,7 +193,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: DEFAULT_ADMIN_ADDR.parse().expect("static address"),
+            listen: DEFAULT_ADMIN,
         }
     }
 }

@@ -59,6 +59,7 @@
 //! supporting them means handling the upgrade explicitly after
 //! authorisation, not forwarding the header.
 
+use http::header::InvalidHeaderValue;
 use http::header::{CONNECTION, TE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -194,7 +195,13 @@ pub struct PeerHeaders {
 
 impl PeerHeaders {
     /// `peer_cert_sha256` is the SHA-256 of the peer's leaf certificate DER.
-    pub fn new(peer: &SpiffeId, own: &SpiffeId, peer_cert_sha256: &[u8; 32]) -> Self {
+    /// Fails only if an identity is not a valid header value, which the
+    /// SPIFFE ID rules exclude; the caller then refuses the connection.
+    pub fn new(
+        peer: &SpiffeId,
+        own: &SpiffeId,
+        peer_cert_sha256: &[u8; 32],
+    ) -> Result<Self, InvalidHeaderValue> {
         let mut xfcc = String::with_capacity(
             "By=;Hash=;URI=".len() + own.as_str().len() + 64 + peer.as_str().len(),
         );
@@ -204,10 +211,10 @@ impl PeerHeaders {
         push_hex(&mut xfcc, peer_cert_sha256);
         xfcc.push_str(";URI=");
         xfcc.push_str(peer.as_str());
-        PeerHeaders {
-            client_id: spiffe_value(peer.as_str()),
-            xfcc: spiffe_value(&xfcc),
-        }
+        Ok(PeerHeaders {
+            client_id: HeaderValue::from_str(peer.as_str())?,
+            xfcc: HeaderValue::try_from(xfcc)?,
+        })
     }
 
     /// Sets both headers, replacing whatever is there. Run after
@@ -224,13 +231,6 @@ impl PeerHeaders {
     pub fn xfcc(&self) -> &HeaderValue {
         &self.xfcc
     }
-}
-
-/// A header value made of SPIFFE IDs, hex and ASCII punctuation.
-fn spiffe_value(s: &str) -> HeaderValue {
-    // SpiffeId admits only visible ASCII (letters, digits, ".-_/:"), all
-    // valid in a header value, so this cannot fail for any caller input.
-    HeaderValue::from_str(s).expect("SPIFFE IDs and hex are valid header values")
 }
 
 fn push_hex(out: &mut String, bytes: &[u8]) {

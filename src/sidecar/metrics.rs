@@ -28,8 +28,8 @@ pub struct Metrics {
     bytes: IntCounterVec,
     cert_expiry: GaugeVec,
     reloads: IntCounterVec,
-    tcp: TcpMetrics,
-    upgraded: UpgradeMetrics,
+    tcp: ConnectionFamilies,
+    upgraded: ConnectionFamilies,
     peers: Mutex<PeerLabels>,
 }
 
@@ -49,20 +49,25 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// Registers `metric`. Names and labels are static and unique, so this
+/// fails only on a programming error, which then stops the start.
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: prometheus::Result<T>,
-) -> T {
-    // Names and labels are static and unique, so these cannot fail at runtime.
-    let metric = metric.expect("static metric definition is valid");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+) -> prometheus::Result<T> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 /// A labelled family of one of the vector kinds, registered in `registry`.
-fn family<T, F>(registry: &Registry, make: F, name: &str, help: &str, labels: &[&str]) -> T
+fn family<T, F>(
+    registry: &Registry,
+    make: F,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<T>
 where
     T: prometheus::core::Collector + Clone + 'static,
     F: FnOnce(Opts, &[&str]) -> prometheus::Result<T>,
@@ -71,17 +76,18 @@ where
 }
 
 /// `meshguard_build_info`: a constant series that names the version.
-fn publish_build_info(r: &Registry) {
+fn publish_build_info(r: &Registry) -> prometheus::Result<()> {
     let build: IntGaugeVec = family(
         r,
         IntGaugeVec::new,
         "meshguard_build_info",
         "Build information (always 1)",
         &["version", "crypto"],
-    );
+    )?;
     build
         .with_label_values(&[env!("CARGO_PKG_VERSION"), "aws-lc-rs"])
         .set(1);
+    Ok(())
 }
 
 /// Request durations: 0.5 ms to 30 s, dense where a sidecar hop lives.
@@ -92,14 +98,14 @@ const DURATION_BUCKETS: [f64; 15] = [
 impl Metrics {
     /// `known_peers` are identities named in config or policy: they always
     /// get their own label value.
-    pub fn new(known_peers: impl IntoIterator<Item = String>) -> Metrics {
+    pub fn new(known_peers: impl IntoIterator<Item = String>) -> prometheus::Result<Metrics> {
         let r = Registry::new();
         let counters = |name, help, labels| family(&r, IntCounterVec::new, name, help, labels);
         let requests = counters(
             "meshguard_requests_total",
             "HTTP requests that crossed (or were refused at) the boundary",
             &["direction", "peer", "decision", "status_class"],
-        );
+        )?;
         let request_duration = registered(
             &r,
             HistogramVec::new(
@@ -110,50 +116,50 @@ impl Metrics {
                 .buckets(DURATION_BUCKETS.to_vec()),
                 &["direction", "decision"],
             ),
-        );
+        )?;
         let handshakes = counters(
             "meshguard_tls_handshakes_total",
             "mTLS handshakes by result and failure reason",
             &["direction", "result", "reason"],
-        );
+        )?;
         let authz = counters(
             "meshguard_authz_decisions_total",
             "Authorization decisions by deciding policy rule",
             &["decision", "rule"],
-        );
+        )?;
         let open_connections = family(
             &r,
             IntGaugeVec::new,
             "meshguard_open_connections",
             "Connections currently open",
             &["direction"],
-        );
+        )?;
         let connections = counters(
             "meshguard_connections_total",
             "Connections accepted or opened",
             &["direction"],
-        );
+        )?;
         let bytes = counters(
             "meshguard_bytes_total",
             "Bytes on the wire, by direction and flow (rx = read, tx = written)",
             &["direction", "flow"],
-        );
+        )?;
         let cert_expiry = family(
             &r,
             GaugeVec::new,
             "meshguard_certificate_expiry_timestamp_seconds",
             "notAfter of our SVID and of each trust bundle root, Unix seconds",
             &["kind", "trust_domain", "subject"],
-        );
+        )?;
         let reloads = counters(
             "meshguard_reloads_total",
             "Reloads of configuration, policy and credentials by result",
             &["kind", "result"],
-        );
-        publish_build_info(&r);
-        let tcp = TcpMetrics::new(&r);
-        let upgraded = UpgradeMetrics::new(&r);
-        Metrics {
+        )?;
+        publish_build_info(&r)?;
+        let tcp = ConnectionFamilies::new(&r, &TCP_FAMILIES)?;
+        let upgraded = ConnectionFamilies::new(&r, &UPGRADE_FAMILIES)?;
+        Ok(Metrics {
             registry: r,
             requests,
             request_duration,
@@ -170,7 +176,7 @@ impl Metrics {
                 known: known_peers.into_iter().collect(),
                 dynamic: HashSet::new(),
             }),
-        }
+        })
     }
 
     /// The bounded label value for a peer identity. Called once per
@@ -347,47 +353,80 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// The families of opaque TCP connections (`proxy/tcp.rs`).
-struct TcpMetrics {
-    connections: IntCounterVec,
-    bytes: IntCounterVec,
-    duration: HistogramVec,
-}
-
 /// Connection durations: 1 ms to 1 h (TCP connections are often pooled).
 const TCP_DURATION_BUCKETS: [f64; 12] = [
     0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-impl TcpMetrics {
-    fn new(r: &Registry) -> TcpMetrics {
-        let counters = |name, help, labels| family(r, IntCounterVec::new, name, help, labels);
-        let connections = counters(
-            "meshguard_tcp_connections_total",
-            "Opaque TCP connections by authorization decision, counted when it is taken",
-            &["direction", "decision"],
-        );
-        let bytes = counters(
-            "meshguard_tcp_bytes_total",
-            "Payload bytes of opaque TCP connections, by flow (client_to_server: from the side that opened it)",
-            &["direction", "flow"],
-        );
+/// The three families of one kind of long-lived connection (opaque TCP,
+/// upgraded HTTP): a counter by a bounded kind label, bytes by flow, and
+/// lifetimes by how they ended.
+struct ConnectionFamilies {
+    connections: IntCounterVec,
+    bytes: IntCounterVec,
+    duration: HistogramVec,
+}
+
+/// Names, help texts and the kind label of one [`ConnectionFamilies`].
+struct FamilyNames {
+    connections: (&'static str, &'static str),
+    kind_label: &'static str,
+    bytes: (&'static str, &'static str),
+    duration: (&'static str, &'static str),
+}
+
+const TCP_FAMILIES: FamilyNames = FamilyNames {
+    connections: (
+        "meshguard_tcp_connections_total",
+        "Opaque TCP connections by authorization decision, counted when it is taken",
+    ),
+    kind_label: "decision",
+    bytes: (
+        "meshguard_tcp_bytes_total",
+        "Payload bytes of opaque TCP connections, by flow (client_to_server: from the side that opened it)",
+    ),
+    duration: (
+        "meshguard_tcp_connection_duration_seconds",
+        "Lifetime of opaque TCP connections, by how they ended",
+    ),
+};
+
+const UPGRADE_FAMILIES: FamilyNames = FamilyNames {
+    connections: (
+        "meshguard_upgraded_connections_total",
+        "Connections switched to another protocol after 101 (protocol: websocket or other)",
+    ),
+    kind_label: "protocol",
+    bytes: (
+        "meshguard_upgraded_bytes_total",
+        "Bytes spliced on upgraded connections, by flow (client_to_server: from the side that asked)",
+    ),
+    duration: (
+        "meshguard_upgraded_connection_duration_seconds",
+        "Lifetime of upgraded connections after 101, by how they ended",
+    ),
+};
+
+impl ConnectionFamilies {
+    fn new(r: &Registry, names: &FamilyNames) -> prometheus::Result<ConnectionFamilies> {
+        let (name, help) = names.connections;
+        let kind = ["direction", names.kind_label];
+        let connections = family(r, IntCounterVec::new, name, help, &kind)?;
+        let (name, help) = names.bytes;
+        let bytes = family(r, IntCounterVec::new, name, help, &["direction", "flow"])?;
+        let (name, help) = names.duration;
         let duration = registered(
             r,
             HistogramVec::new(
-                HistogramOpts::new(
-                    "meshguard_tcp_connection_duration_seconds",
-                    "Lifetime of opaque TCP connections, by how they ended",
-                )
-                .buckets(TCP_DURATION_BUCKETS.to_vec()),
+                HistogramOpts::new(name, help).buckets(TCP_DURATION_BUCKETS.to_vec()),
                 &["direction", "end"],
             ),
-        );
-        TcpMetrics {
+        )?;
+        Ok(ConnectionFamilies {
             connections,
             bytes,
             duration,
-        }
+        })
     }
 }
 
@@ -421,46 +460,6 @@ impl Metrics {
             .duration
             .with_label_values(&[direction.as_str(), end])
             .observe(seconds);
-    }
-}
-
-/// The families of upgraded connections (WebSocket and other `Upgrade`s,
-/// `proxy/upgrade.rs`).
-struct UpgradeMetrics {
-    connections: IntCounterVec,
-    bytes: IntCounterVec,
-    duration: HistogramVec,
-}
-
-impl UpgradeMetrics {
-    fn new(r: &Registry) -> UpgradeMetrics {
-        let counters = |name, help, labels| family(r, IntCounterVec::new, name, help, labels);
-        let connections = counters(
-            "meshguard_upgraded_connections_total",
-            "Connections switched to another protocol after 101 (protocol: websocket or other)",
-            &["direction", "protocol"],
-        );
-        let bytes = counters(
-            "meshguard_upgraded_bytes_total",
-            "Bytes spliced on upgraded connections, by flow (client_to_server: from the side that asked)",
-            &["direction", "flow"],
-        );
-        let duration = registered(
-            r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "meshguard_upgraded_connection_duration_seconds",
-                    "Lifetime of upgraded connections after 101, by how they ended",
-                )
-                .buckets(TCP_DURATION_BUCKETS.to_vec()),
-                &["direction", "end"],
-            ),
-        );
-        UpgradeMetrics {
-            connections,
-            bytes,
-            duration,
-        }
     }
 }
 

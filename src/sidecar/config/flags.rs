@@ -4,7 +4,7 @@
 
 use super::{
     AdminConfig, Config, IdentityConfig, InboundConfig, OutboundConfig, RouteConfig, RuntimeConfig,
-    DEFAULT_ADMIN_ADDR,
+    DEFAULT_ADMIN,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ pub struct QuickStart {
     pub bundle: PathBuf,
     pub inbound: Option<QuickInbound>,
     pub outbound: Option<QuickOutbound>,
-    /// The admin listener ([`DEFAULT_ADMIN_ADDR`] if `None`).
+    /// The admin listener ([`DEFAULT_ADMIN`] if `None`).
     pub admin: Option<SocketAddr>,
 }
 
@@ -76,9 +76,7 @@ impl QuickStart {
                 tcp_routes: Vec::new(),
             }),
             admin: AdminConfig {
-                listen: self
-                    .admin
-                    .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.parse().expect("static address")),
+                listen: self.admin.unwrap_or(DEFAULT_ADMIN),
             },
             runtime: RuntimeConfig::default(),
             limits: Default::default(),

@@ -41,6 +41,7 @@ fn peer_headers() -> PeerHeaders {
         &SpiffeId::parse(OWN).unwrap(),
         &HASH,
     )
+    .unwrap()
 }
 
 fn expected_xfcc() -> String {
@@ -85,7 +86,8 @@ fn peer_headers_use_the_envoy_xfcc_format() {
         &SpiffeId::parse(PEER).unwrap(),
         &SpiffeId::parse(OWN).unwrap(),
         &hash,
-    );
+    )
+    .unwrap();
     let xfcc = h.xfcc().to_str().unwrap();
     assert!(
         xfcc.contains(&format!(";Hash=01{}f0;", "00".repeat(30))),
@@ -459,6 +461,7 @@ fn inject_replaces_existing_values_even_without_a_strip() {
         &SpiffeId::parse(OWN).unwrap(),
         &HASH,
     )
+    .unwrap()
     .apply(&mut headers);
     assert_only_meshguard_identity(&headers);
 }

@@ -66,6 +66,12 @@ pub struct Peer {
     drain: watch::Receiver<bool>,
 }
 
+/// `inbound.app` cannot be written as an HTTP authority (it always can:
+/// a socket address is `host:port`; kept typed rather than assumed).
+#[derive(Debug, thiserror::Error)]
+#[error("inbound.app {0} is not a valid HTTP authority")]
+pub struct InvalidAppAddress(pub SocketAddr);
+
 /// The inbound proxy of one sidecar.
 pub struct Inbound {
     tls: TlsAcceptor,
@@ -97,10 +103,10 @@ impl Inbound {
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
         tcp: Arc<TcpInbound>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, InvalidAppAddress> {
         let app_addr = cfg.app;
-        let app = Authority::try_from(app_addr.to_string())
-            .expect("a socket address is a valid authority");
+        let app =
+            Authority::try_from(app_addr.to_string()).map_err(|_| InvalidAppAddress(app_addr))?;
         // Config validation refused names that do not parse.
         let header_rules = RequestRules {
             extra: cfg
@@ -110,7 +116,7 @@ impl Inbound {
                 .collect(),
             keep_underscores: cfg.keep_underscore_headers,
         };
-        Arc::new(Inbound {
+        Ok(Arc::new(Inbound {
             tls: TlsAcceptor::from(tls),
             store,
             app,
@@ -123,7 +129,7 @@ impl Inbound {
             limits,
             app_protocol: cfg.app_protocol,
             tcp,
-        })
+        }))
     }
 
     /// Accepts connections until a drain starts.
@@ -205,6 +211,12 @@ impl Inbound {
             &handshake.cert_hash,
             upgrades_drain,
         );
+        // Fail closed: a peer whose identity cannot be passed on is not served.
+        let Ok(peer) = peer else {
+            let detail = "peer identity is not a valid header value";
+            audit::handshake_refused(Direction::Inbound, addr, "no_identity", detail);
+            return;
+        };
         let peer = Arc::new(peer);
         let this = self.clone();
         let io = TokioIo::new(handshake.tls);
@@ -286,11 +298,11 @@ impl Inbound {
         app: AppTarget,
         cert_hash: &[u8; 32],
         drain: watch::Receiver<bool>,
-    ) -> Peer {
-        let headers = PeerHeaders::new(&id, &self.store.own_id(), cert_hash);
+    ) -> Result<Peer, http::header::InvalidHeaderValue> {
+        let headers = PeerHeaders::new(&id, &self.store.own_id(), cert_hash)?;
         let label = self.metrics.peer_label(id.as_str());
         let counters = self.metrics.request_counters(Direction::Inbound, label);
-        Peer {
+        Ok(Peer {
             id,
             addr,
             addr_text: addr.to_string(),
@@ -299,7 +311,7 @@ impl Inbound {
             headers,
             counters,
             drain,
-        }
+        })
     }
 
     /// One request from an authenticated peer, step by step.

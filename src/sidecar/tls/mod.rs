@@ -129,11 +129,10 @@ pub fn outbound_client_config(
 
 /// The server name handed to rustls when connecting. It is never sent (SNI
 /// is off) and never checked (the verifier checks the SPIFFE ID instead).
+/// An IP address form, so that nothing is parsed and rustls would not send
+/// it as SNI even if SNI were on.
 pub fn placeholder_server_name() -> rustls_pki_types::ServerName<'static> {
-    rustls_pki_types::ServerName::DnsName(
-        rustls_pki_types::DnsName::try_from("peer.meshguard.invalid")
-            .expect("static name is a valid DNS name"),
-    )
+    rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
 }
 
 /// The SPIFFE ID of an already-verified peer certificate (a cheap re-parse

@@ -29,6 +29,7 @@ fn peer_headers() -> &'static PeerHeaders {
             &SpiffeId::parse(OWN).expect("own"),
             &[0xab; 32],
         )
+        .expect("SPIFFE IDs are header values")
     })
 }
 

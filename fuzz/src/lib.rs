@@ -41,8 +41,8 @@ pub fn fixed_store() -> Arc<CredentialStore> {
                 std::fs::write(&path, pem).expect("write bundle");
                 bundles.load_domain(td, &path).expect("fixture bundle");
             }
-            let ca =
-                meshguard::dev::certs::DevCa::generate("cluster.local", time_days(1)).expect("own CA");
+            let ca = meshguard::dev::certs::DevCa::generate("cluster.local", time_days(1))
+                .expect("own CA");
             let own = ca
                 .issue(&meshguard::dev::certs::LeafSpec::svid(
                     "spiffe://cluster.local/ns/fuzz/sa/server",

@@ -66,6 +66,16 @@ pub struct Peer {
     drain: watch::Receiver<bool>,
 }
 
+/// How one request reaches the app.
+#[derive(Clone, Copy)]
+enum AppForm<'u> {
+    Http1,
+    /// h2c (`inbound.app_protocol`, or the caller's app spoke HTTP/2).
+    Http2,
+    /// HTTP/1.1 with its `Upgrade` kept, on a connection of its own.
+    Upgrade(&'u upgrade::Upgrade),
+}
+
 /// `inbound.app` cannot be written as an HTTP authority (it always can:
 /// a socket address is `host:port`; kept typed rather than assumed).
 #[derive(Debug, thiserror::Error)]
@@ -351,14 +361,17 @@ impl Inbound {
             Ok(authorized) => authorized,
             Err(denied) => return self.record(peer, &method, path, start, denied),
         };
-        let app_h2 = upgrade.is_none() && self.app_speaks_h2(&parts);
-        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, app_h2) {
+        let form = match &upgrade {
+            Some(up) => AppForm::Upgrade(up),
+            None if self.app_speaks_h2(&parts) => AppForm::Http2,
+            None => AppForm::Http1,
+        };
+        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, form) {
             return self.record(peer, &method, path, start, refused);
         }
         let answer = match upgrade {
             None => self.forward(parts, body, peer, permit, allowed).await,
             Some(up) => {
-                up.restore(&mut parts.headers);
                 let splice = self.splice(peer, path, &up);
                 Self::forward_upgrade(parts, body, peer, permit, allowed, splice).await
             }
@@ -419,7 +432,7 @@ impl Inbound {
     }
 
     /// Rewrite: the app gets the normalised target it was authorized for,
-    /// over HTTP/1.1 or (`app_h2`) HTTP/2, with only the identity meshguard
+    /// in the form `form` says, with only the identity meshguard
     /// authenticated.
     fn rewrite(
         &self,
@@ -427,7 +440,7 @@ impl Inbound {
         peer: &Peer,
         uri: &Uri,
         target: &NormalizedPath<'_>,
-        app_h2: bool,
+        form: AppForm<'_>,
     ) -> Result<(), Refusal<'static>> {
         // Unchanged by normalisation (the common case), the target is the
         // one already parsed, shared rather than copied and parsed again.
@@ -455,8 +468,10 @@ impl Inbound {
             tracing::debug!(direction, peer_id = %peer.id, removed = stripped.identity, "caller sent identity headers; removed");
         }
         peer.headers.apply(&mut parts.headers);
-        if app_h2 {
-            return as_http2(parts, &peer.app.authority);
+        match form {
+            AppForm::Http2 => return as_http2(parts, &peer.app.authority),
+            AppForm::Upgrade(up) => up.restore(&mut parts.headers),
+            AppForm::Http1 => {}
         }
         if !parts.headers.contains_key(http::header::HOST) {
             if let Ok(host) = HeaderValue::from_str(peer.app.authority.as_str()) {

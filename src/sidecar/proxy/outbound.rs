@@ -407,12 +407,12 @@ impl Outbound {
             Ok(route) => route,
             Err(refused) => return self.record(None, &method, path, start, refused),
         };
-        let answer = match (self.rewrite(&mut parts, route, &uri, authority), upgrade) {
+        let rewritten = self.rewrite(&mut parts, route, &uri, authority, upgrade.as_ref());
+        let answer = match (rewritten, upgrade) {
             (Ok((hop, peer_authority)), None) => {
                 Self::forward(route, hop, parts, body, peer_authority).await
             }
             (Ok(_), Some(up)) => {
-                up.restore(&mut parts.headers);
                 let splice = self.splice(route, path, &up);
                 Self::forward_upgrade(route, parts, body, splice).await
             }
@@ -469,6 +469,7 @@ impl Outbound {
         route: &Route,
         uri: &Uri,
         authority: Option<&str>,
+        upgrade: Option<&upgrade::Upgrade>,
     ) -> Result<(Hop, Authority), Refusal<'static>> {
         if !self.store.svid_is_valid_now() {
             let message = "own SVID has expired and no valid replacement is loaded";
@@ -486,10 +487,14 @@ impl Outbound {
                 .and_then(|a| Authority::try_from(a).ok())
                 .unwrap_or_else(|| Authority::from_static("peer")),
         };
-        // An upgrade (HTTP/1.1 only) takes an HTTP/1.1 connection of its own.
-        let hop = match parts.headers.contains_key(header::UPGRADE) {
-            true => Hop::Http1,
-            false => route.upstream.hop(parts.version),
+        // An upgrade (HTTP/1.1 only) takes an HTTP/1.1 connection of its
+        // own, and keeps the two headers that ask for it.
+        let hop = match upgrade {
+            Some(up) => {
+                up.restore(&mut parts.headers);
+                Hop::Http1
+            }
+            None => route.upstream.hop(parts.version),
         };
         if parts.version == Version::HTTP_2 {
             parts

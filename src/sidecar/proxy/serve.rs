@@ -125,7 +125,7 @@ impl Control {
 pub const DRAIN_QUIET: Duration = Duration::from_millis(300);
 
 /// Completes once no request has been in flight and no byte has moved for `quiet`.
-async fn wait_quiet(activity: &Activity, quiet: Duration) {
+pub(super) async fn wait_quiet(activity: &Activity, quiet: Duration) {
     let step = (quiet / 4).max(Duration::from_millis(10));
     let (mut last_bytes, mut quiet_for) = (activity.bytes.load(Ordering::Relaxed), Duration::ZERO);
     loop {

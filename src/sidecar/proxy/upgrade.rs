@@ -18,7 +18,7 @@
 
 use super::outcome::Refusal;
 use super::pool::{Dial, UpstreamBody, UpstreamError};
-use super::serve::{drained, DRAIN_QUIET};
+use super::serve::{drained, wait_quiet, Activity, DRAIN_QUIET};
 use super::ProxyBody;
 use crate::sidecar::audit::{self, UpgradeRecord};
 use crate::sidecar::headers;
@@ -36,7 +36,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
@@ -186,13 +186,19 @@ impl Splice {
         self.metrics.upgraded(self.direction, self.protocol);
         let to_server = Arc::new(AtomicU64::new(0));
         let to_client = Arc::new(AtomicU64::new(0));
-        let mut client = Tally::new(TokioIo::new(client), to_server.clone());
-        let mut server = Tally::new(TokioIo::new(server), to_client.clone());
+        // For the drain: the same quiet test as every other connection's.
+        let activity = Arc::new(Activity::default());
+        let mut client = Tally::new(TokioIo::new(client), to_server.clone(), activity.clone());
+        let mut server = Tally::new(TokioIo::new(server), to_client.clone(), activity.clone());
+        let quiet_after_drain = async {
+            drained(&mut self.drain).await;
+            wait_quiet(&activity, DRAIN_QUIET).await;
+        };
         let end = tokio::select! {
             copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, SPLICE_BUFFER, SPLICE_BUFFER) => {
                 if copied.is_ok() { "closed" } else { "error" }
             }
-            () = quiet_after_drain(&mut self.drain, &to_server, &to_client) => "draining",
+            () = quiet_after_drain => "draining",
         };
         let bytes = (
             to_server.load(Ordering::Relaxed),
@@ -219,33 +225,21 @@ impl Splice {
     }
 }
 
-/// Completes once a drain has begun and then no byte has moved for
-/// [`DRAIN_QUIET`]: a message in flight is not cut.
-async fn quiet_after_drain(drain: &mut watch::Receiver<bool>, a: &AtomicU64, b: &AtomicU64) {
-    drained(drain).await;
-    let total = || a.load(Ordering::Relaxed) + b.load(Ordering::Relaxed);
-    let step = Duration::from_millis(50);
-    let (mut last, mut quiet) = (total(), Duration::ZERO);
-    while quiet < DRAIN_QUIET {
-        tokio::time::sleep(step).await;
-        let now = total();
-        if now == last {
-            quiet += step;
-        } else {
-            (last, quiet) = (now, Duration::ZERO);
-        }
-    }
-}
-
-/// One side of a splice: counts the bytes read from it.
+/// One side of a splice: counts the bytes read from it (this connection's
+/// tally for its audit line) and notes the activity.
 struct Tally<T> {
     inner: T,
     read: Arc<AtomicU64>,
+    activity: Arc<Activity>,
 }
 
 impl<T> Tally<T> {
-    fn new(inner: T, read: Arc<AtomicU64>) -> Self {
-        Tally { inner, read }
+    fn new(inner: T, read: Arc<AtomicU64>, activity: Arc<Activity>) -> Self {
+        Tally {
+            inner,
+            read,
+            activity,
+        }
     }
 }
 
@@ -260,6 +254,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tally<T> {
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         this.read.fetch_add(n as u64, Ordering::Relaxed);
+        this.activity.moved(n);
         poll
     }
 }

@@ -370,6 +370,16 @@ async fn http1_callers_still_reach_an_http1_app_as_http1() {
     let (status, _) = http_get(outbound.outbound.unwrap(), "app.test", "/hello", &[]).await;
     assert_eq!(status, 200);
     assert_eq!(app.last().target, "/hello");
+
+    // An app cannot claim the hop header itself: sent over HTTP/1.1 it is
+    // stripped, so the inbound still speaks HTTP/1.1 to this HTTP/1.1-only app
+    // (were it believed, the app would get an h2c preface and the call a 502).
+    let claimed = [("x-meshguard-app-protocol", "h2")];
+    let (status, _) = http_get(outbound.outbound.unwrap(), "app.test", "/claimed", &claimed).await;
+    assert_eq!(status, 200);
+    let seen = app.last();
+    assert_eq!(seen.target, "/claimed");
+    assert!(seen.header("x-meshguard-app-protocol").is_empty());
 }
 
 async fn wait_for(cond: impl Fn() -> bool, what: &str) {

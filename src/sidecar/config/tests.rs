@@ -240,3 +240,21 @@ fn inbound_strip_headers_are_header_names() {
         .strip_headers
         .is_empty());
 }
+
+#[test]
+fn an_unknown_app_protocol_is_refused_with_its_line() {
+    let text = GOOD.replace(
+        "  app: 127.0.0.1:8080",
+        "  app: 127.0.0.1:8080\n  app_protocol: http3",
+    );
+    let (line, msg) = error_at(&text);
+    assert_eq!(line, 9, "{msg}");
+    assert!(msg.contains("http3"), "{msg}");
+    for known in ["auto", "http1", "http2"] {
+        let text = GOOD.replace(
+            "  app: 127.0.0.1:8080",
+            &format!("  app: 127.0.0.1:8080\n  app_protocol: {known}"),
+        );
+        assert!(parse(&text).is_ok(), "{known} must be accepted");
+    }
+}

@@ -308,12 +308,7 @@ async fn a_denied_method_is_permission_denied_and_never_reaches_the_server() {
         .call_unary("/test.Echo/Forbidden", Request::new(Msg::text("echo")))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().contains("denied"),
-        "{:?}",
-        status.message()
-    );
+    assert_refused(&status, Code::PermissionDenied, "denied");
     assert_eq!(
         p.observed.calls.load(Ordering::SeqCst),
         1,
@@ -333,12 +328,7 @@ async fn an_app_that_is_down_is_unavailable() {
         .unary(Request::new(Msg::text("echo")))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains("unavailable"),
-        "{:?}",
-        status.message()
-    );
+    assert_refused(&status, Code::Unavailable, "unavailable");
 }
 
 #[tokio::test]
@@ -351,12 +341,7 @@ async fn an_outbound_route_nobody_declared_is_permission_denied_for_grpc() {
         .unary(Request::new(Msg::text("echo")))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().contains("not declared"),
-        "{:?}",
-        status.message()
-    );
+    assert_refused(&status, Code::PermissionDenied, "not declared");
 }
 
 #[tokio::test]
@@ -380,6 +365,12 @@ async fn http1_callers_still_reach_an_http1_app_as_http1() {
     let seen = app.last();
     assert_eq!(seen.target, "/claimed");
     assert!(seen.header("x-meshguard-app-protocol").is_empty());
+}
+
+/// A refusal a gRPC client can read: the code, and a message that says why.
+fn assert_refused(status: &tonic::Status, code: Code, says: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{:?}", status.message());
 }
 
 async fn wait_for(cond: impl Fn() -> bool, what: &str) {

@@ -124,15 +124,26 @@ fn tool_works(program: &str, arg: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Installs what the test needs when it is missing (Debian/Ubuntu).
-fn ensure_tools() {
-    let tools = [
-        ("ip", "-V", "iproute2"),
-        ("iptables", "--version", "iptables"),
-        ("ip6tables", "--version", "iptables"),
-        ("curl", "--version", "curl"),
-        ("setpriv", "--version", "util-linux"),
-    ];
+/// What every test here needs: (program, version argument, Debian package).
+const TOOLS: &[(&str, &str, &str)] = &[
+    ("ip", "-V", "iproute2"),
+    ("iptables", "--version", "iptables"),
+    ("ip6tables", "--version", "iptables"),
+    ("curl", "--version", "curl"),
+    ("setpriv", "--version", "util-linux"),
+];
+
+/// What the TCP test needs beyond `TOOLS`.
+const TCP_TOOLS: &[(&str, &str, &str)] = &[
+    ("redis-server", "--version", "redis-server"),
+    ("redis-cli", "--version", "redis-tools"),
+    ("openssl", "version", "openssl"),
+    ("python3", "--version", "python3"),
+];
+
+/// Installs the packages of the tools that are missing (Debian/Ubuntu) and
+/// checks that each tool then works.
+fn ensure_tools(tools: &[(&str, &str, &str)]) {
     let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(p, arg, _)| !tool_works(p, arg))
@@ -366,7 +377,7 @@ fn capture_in_network_namespaces_end_to_end() {
         return;
     }
     let started = Instant::now();
-    ensure_tools();
+    ensure_tools(TOOLS);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut lab = Lab {
@@ -859,38 +870,6 @@ const BANNER_PORT: u16 = 7000;
 /// The banner's first bytes, written before the client sends anything.
 const BANNER: &str = "220 meshguard banner\r\n";
 
-/// Installs what the TCP test needs beyond `ensure_tools` (Debian).
-fn ensure_tcp_tools() {
-    let tools = [
-        ("redis-server", "--version", "redis-server"),
-        ("redis-cli", "--version", "redis-tools"),
-        ("openssl", "version", "openssl"),
-        ("python3", "--version", "python3"),
-    ];
-    let missing: Vec<&str> = tools
-        .iter()
-        .filter(|(p, arg, _)| !tool_works(p, arg))
-        .map(|(_, _, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    eprintln!("netns_e2e: installing {}", missing.join(" "));
-    must("apt-get", &["update", "-qq"]);
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
-    let out = Command::new("apt-get")
-        .args(&args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .expect("apt-get runs");
-    assert!(
-        out.status.success(),
-        "apt-get install {missing:?}: {}",
-        text(&out.stderr)
-    );
-}
-
 /// Two pods on one bridge (client 10.251.0.2, server 10.251.0.3), IPv4.
 fn tcp_pods(lab: &mut Lab) -> (String, String) {
     let nanos = std::time::SystemTime::now()
@@ -958,8 +937,8 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
         eprintln!("SKIP opaque_tcp_is_carried_over_mtls_under_capture: needs root");
         return;
     }
-    ensure_tools();
-    ensure_tcp_tools();
+    ensure_tools(TOOLS);
+    ensure_tools(TCP_TOOLS);
     let mut lab = Lab {
         namespaces: Vec::new(),
         procs: Vec::new(),

@@ -335,22 +335,8 @@ EOF
 fi
 
 if has_pair haproxy; then
-  hap_common() {
-    cat <<EOF
-global
-  nbthread 1
-  maxconn 4096
-  ssl-default-bind-options ssl-min-ver TLSv1.3
-  ssl-default-server-options ssl-min-ver TLSv1.3
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 75s
-  timeout server 75s
-  timeout http-keep-alive 75s
-EOF
-  }
+  # global and defaults, shared with benches/protocols/run.py
+  hap_common() { cat "$HERE/haproxy-common.cfg"; }
   {
     hap_common
     cat <<EOF

@@ -219,19 +219,9 @@ def start_nginx_pair(procs, tmp, c):
     procs.wait_port("nginx-out", PORTS["nginx-out"])
 
 
-HAPROXY_COMMON = """global
-  nbthread 1
-  maxconn 4096
-  ssl-default-bind-options ssl-min-ver TLSv1.3
-  ssl-default-server-options ssl-min-ver TLSv1.3
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 75s
-  timeout server 75s
-  timeout http-keep-alive 75s
-"""
+# The same global and defaults sections as the pairs benchmark's haproxy.
+with open(os.path.join(HERE, "..", "pairs", "haproxy-common.cfg")) as f:
+    HAPROXY_COMMON = f.read()
 
 
 def start_haproxy_pair(procs, tmp, c):

@@ -241,6 +241,7 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
         destinations: Vec::new(),
         undeclared: Default::default(),
         keep_underscore_headers: false,
+        strip_headers: Vec::new(),
         tcp_routes: Vec::new(),
         routes: vec![RouteConfig {
             host: None,

@@ -276,3 +276,26 @@ pub fn upgrade_closed(r: &UpgradeRecord<'_>) {
         "upgraded connection closed"
     );
 }
+
+/// A claim header from a caller the policy does not let assert it, with
+/// what was done (`strip`: removed, the request goes on; `deny`: refused).
+/// The header's value is never logged: it may carry a user's identity.
+pub fn untrusted_claim_header(
+    peer_addr: &str,
+    peer_id: &SpiffeId,
+    header: &str,
+    action: &str,
+    path: &str,
+) {
+    tracing::warn!(
+        target: TARGET,
+        event = "untrusted_claim_header",
+        direction = Direction::Inbound.as_str(),
+        peer_addr,
+        peer_id = peer_id.as_str(),
+        header,
+        action,
+        path,
+        "claim header from a caller not allowed to assert it"
+    );
+}

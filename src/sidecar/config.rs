@@ -135,6 +135,10 @@ pub struct OutboundConfig {
     /// Keep request headers whose name contains `_` (dropped by default).
     #[serde(default)]
     pub keep_underscore_headers: bool,
+    /// More request headers to remove before a peer sees them, beside the
+    /// identity and hop-by-hop ones always removed.
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
     /// Opaque TCP routes, each with a listener of its own.
     #[serde(default)]
     pub tcp_routes: Vec<TcpRouteConfig>,
@@ -453,7 +457,10 @@ impl Config {
             ));
         }
         if let Some(inbound) = &self.inbound {
-            validate_strip_headers(&inbound.strip_headers)?;
+            validate_strip_headers("inbound", &inbound.strip_headers)?;
+        }
+        if let Some(outbound) = &self.outbound {
+            validate_strip_headers("outbound", &outbound.strip_headers)?;
         }
         tcp::validate(self)?;
         let Some(out) = &self.outbound else {
@@ -506,13 +513,16 @@ impl Config {
     }
 }
 
-/// `inbound.strip_headers`: HTTP header names (any case), never the
+/// `<direction>.strip_headers`: HTTP header names (any case), never the
 /// headers that frame or route the request.
-fn validate_strip_headers(names: &[String]) -> Result<(), (String, Option<String>)> {
+fn validate_strip_headers(
+    direction: &str,
+    names: &[String],
+) -> Result<(), (String, Option<String>)> {
     for name in names {
         let at = |rule: &str| {
             Err((
-                format!("inbound.strip_headers: {name:?} {rule}"),
+                format!("{direction}.strip_headers: {name:?} {rule}"),
                 Some(name.clone()),
             ))
         };

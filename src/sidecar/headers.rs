@@ -25,6 +25,14 @@
 //!   `client-cert-chain` (RFC 9440), `x-ssl-*`, `ssl-client-*`,
 //!   `x-client-cert*`, `x-client-verify`, `x-client-dn`, `x-amzn-mtls-*`
 //!   (AWS ALB), `x-arr-clientcert` (IIS ARR).
+//! - SPIFFE IDs as other meshes and integrations pass them on (the
+//!   sources are by each name in `IDENTITY_PREFIXES`/`IDENTITY_NAMES`):
+//!   Istio's Mixer-era `x-istio-attributes`, Kuma's
+//!   `x-kuma-forwarded-client-cert`, `x-spiffe-*` (`x-spiffe-id`,
+//!   `-identity`, `-cert`) set by gateways in front of apps, and
+//!   `x-client-spiffe-id` / `x-peer-spiffe-id` / `x-source-spiffe-id`. Consul's Envoy and ghostunnel need nothing
+//!   more: Consul passes identity in XFCC (covered above), ghostunnel
+//!   proxies TCP and sets no header.
 //!
 //! # Removed as ambiguous names (requests, both directions)
 //! Every request header whose name contains `_`. CGI, WSGI, PHP and the
@@ -38,8 +46,9 @@
 //! A deployment behind a trusted ingress that must keep, say,
 //! `x-forwarded-for` needs an explicit trusted-hop setting (as Envoy's
 //! `xff_num_trusted_hops`); there is none yet, and the default is to trust
-//! no one. Vendor headers not listed here can be added with the config key
-//! `inbound.strip_headers` (the `extra` names of [`strip_inbound`]).
+//! no one. Vendor headers not listed here can be added with the config keys
+//! `inbound.strip_headers` and `outbound.strip_headers` (the `extra` names
+//! of [`RequestRules`]), removed like the identity family in that direction.
 //!
 //! # Removed as hop-by-hop (RFC 9110 §7.6.1)
 //! `connection`, `proxy-connection`, `keep-alive`, `te`, `upgrade`,
@@ -94,6 +103,14 @@ const IDENTITY_PREFIXES: &[&str] = &[
     "ssl-client-",
     "x-client-cert",
     "x-amzn-mtls-",
+    // Kuma: an Envoy Lua filter used with Kuma copies XFCC's `URI=` into
+    // `X-Kuma-Forwarded-Client-Cert` (envoy_on_request in public Kuma setups).
+    "x-kuma-",
+    // `X-SPIFFE-ID` (FastAPI `APIKeyHeader(name="X-Spiffe-ID")` behind
+    // Caddy, which sets it from the verified peer certificate),
+    // `X-SPIFFE-Identity`, `X-SPIFFE-Cert`, `X-SPIFFE-ID-Peer-Cert`: the
+    // SPIFFE ID or SVID as gateways in front of apps pass them on.
+    "x-spiffe-",
 ];
 
 const IDENTITY_NAMES: &[&str] = &[
@@ -107,6 +124,18 @@ const IDENTITY_NAMES: &[&str] = &[
     "x-client-verify",
     "x-client-dn",
     "x-arr-clientcert",
+    // Istio's Mixer filter forwards the caller's attributes, among them
+    // `source.principal`, in this header (istio/proxy src/envoy/mixer,
+    // `forward_attributes`); old sidecars still read it.
+    "x-istio-attributes",
+    // The caller's SPIFFE ID as apps read it "from the mesh sidecar after
+    // mTLS termination" (Python services configured with
+    // `spiffe_header = "x-client-spiffe-id"`; Caddy configs strip a
+    // caller's copy with `header_up -X-Client-SPIFFE-ID`). The peer/source
+    // spellings are the same claim under the other usual role names.
+    "x-client-spiffe-id",
+    "x-peer-spiffe-id",
+    "x-source-spiffe-id",
 ];
 
 const HOP_BY_HOP: &[&str] = &[
@@ -126,6 +155,15 @@ const PROTECTED: &[&str] = &["host", "content-length", "transfer-encoding"];
 /// `Connection` or configured, may remove it.
 pub fn is_protected(name: &str) -> bool {
     PROTECTED.contains(&name)
+}
+
+/// Whether a request header of this (lowercase) name is always removed
+/// whatever the config: the identity family and hop-by-hop headers.
+pub fn is_always_removed(name: &str) -> bool {
+    matches!(
+        classify(name, Strip::REQUEST, &[]),
+        Some(Class::Identity | Class::HopByHop)
+    )
 }
 
 /// How many distinct header names a strip removed, so the caller can log a
@@ -150,7 +188,7 @@ impl Stripped {
 /// What a direction's config adds to the fixed rules for requests.
 #[derive(Debug, Clone, Default)]
 pub struct RequestRules {
-    /// More names to remove (`inbound.strip_headers`).
+    /// More names to remove (`inbound.strip_headers`, `outbound.strip_headers`).
     pub extra: Vec<HeaderName>,
     /// Keep names with `_` (`*.keep_underscore_headers`).
     pub keep_underscores: bool,

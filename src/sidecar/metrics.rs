@@ -28,6 +28,9 @@ pub struct Metrics {
     bytes: IntCounterVec,
     cert_expiry: GaugeVec,
     reloads: IntCounterVec,
+    /// Per-identity limits and claim headers (`limits/`, `policy/claims.rs`).
+    rate_limited: IntCounterVec,
+    claim_headers: IntCounterVec,
     tcp: ConnectionFamilies,
     upgraded: ConnectionFamilies,
     peers: Mutex<PeerLabels>,
@@ -156,6 +159,16 @@ impl Metrics {
             "Reloads of configuration, policy and credentials by result",
             &["kind", "result"],
         )?;
+        let rate_limited = counters(
+            "meshguard_rate_limited_total",
+            "Requests refused with 429 by a per-identity limit, by limit, peer and kind",
+            &["limit", "peer", "kind"],
+        )?;
+        let claim_headers = counters(
+            "meshguard_untrusted_claim_headers_total",
+            "Claim headers from callers not allowed to assert them, by header and action",
+            &["header", "action"],
+        )?;
         publish_build_info(&r)?;
         let tcp = ConnectionFamilies::new(&r, &TCP_FAMILIES)?;
         let upgraded = ConnectionFamilies::new(&r, &UPGRADE_FAMILIES)?;
@@ -170,6 +183,8 @@ impl Metrics {
             bytes,
             cert_expiry,
             reloads,
+            rate_limited,
+            claim_headers,
             tcp,
             upgraded,
             peers: Mutex::new(PeerLabels {
@@ -229,6 +244,22 @@ impl Metrics {
                     .with_label_values(&[counters.direction.as_str(), decision.as_str()])
             })
             .observe(seconds);
+    }
+
+    /// A request over limit `limit` (`kind`: rate or concurrency); `peer`
+    /// is the connection's bounded peer label.
+    pub fn rate_limited(&self, limit: &str, peer: &str, kind: &str) {
+        self.rate_limited
+            .with_label_values(&[limit, peer, kind])
+            .inc();
+    }
+
+    /// A claim header (a name the policy declares, so bounded) from a
+    /// caller that may not assert it; `action`: strip or deny.
+    pub fn untrusted_claim_header(&self, header: &str, action: &str) {
+        self.claim_headers
+            .with_label_values(&[header, action])
+            .inc();
     }
 
     pub fn handshake(&self, direction: Direction, ok: bool, reason: &str) {
@@ -339,6 +370,11 @@ impl RequestCounters {
     /// The direction these requests cross, the one their audit lines name.
     pub fn direction(&self) -> Direction {
         self.direction
+    }
+
+    /// The bounded peer label these requests are counted under.
+    pub fn peer(&self) -> &str {
+        &self.peer
     }
 }
 

@@ -47,6 +47,8 @@
 
 use std::borrow::Cow;
 
+pub mod strict;
+
 /// Why a request target cannot be normalised. Each variant is one rule, so a
 /// refusal can be logged and counted precisely. Any of them means the request
 /// is malformed or hostile; the caller answers 400.

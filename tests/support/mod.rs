@@ -222,6 +222,7 @@ pub fn outbound_config(
             destinations: Vec::new(),
             undeclared: Default::default(),
             keep_underscore_headers: false,
+            strip_headers: Vec::new(),
             tcp_routes: Vec::new(),
             routes: vec![RouteConfig {
                 host: Some(host.into()),

@@ -72,6 +72,7 @@ impl QuickStart {
                 destinations: Vec::new(),
                 undeclared: Default::default(),
                 keep_underscore_headers: false,
+                strip_headers: Vec::new(),
                 routes: vec![o.route],
                 tcp_routes: Vec::new(),
             }),

@@ -14,6 +14,7 @@ use std::str::FromStr;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use super::boundary::{Boundary, RawBoundary};
 use super::pattern::{
     deserialize_parsed, MethodName, MethodSet, NonEmpty, PathPattern, Port, Source,
 };
@@ -94,6 +95,14 @@ struct RawPolicy {
     #[serde(default)]
     mode: Mode,
     rules: Vec<RawRule>,
+    // The boundary sections (`boundary.rs`); not flattened, since serde
+    // cannot flatten under `deny_unknown_fields`.
+    #[serde(default)]
+    limits: Vec<super::limits::RawLimit>,
+    #[serde(default)]
+    claim_headers: Option<super::claims::RawClaimHeaders>,
+    #[serde(default)]
+    path_profile: super::boundary::PathProfile,
 }
 
 #[derive(Deserialize)]
@@ -112,7 +121,7 @@ struct RawRule {
 
 /// Rule names end up in logs and as a metric label, so they are kept short
 /// and free of characters that need quoting anywhere.
-struct RuleName(Box<str>);
+pub(super) struct RuleName(pub(super) Box<str>);
 
 const MAX_RULE_NAME_LEN: usize = 128;
 
@@ -143,7 +152,7 @@ impl<'de> Deserialize<'de> for RuleName {
 }
 
 /// Parses and validates `text`; rules come back in file order.
-pub(super) fn parse(text: &str, file: &str) -> Result<(Mode, Vec<Rule>), PolicyError> {
+pub(super) fn parse(text: &str, file: &str) -> Result<(Mode, Vec<Rule>, Boundary), PolicyError> {
     let raw: RawPolicy = serde_norway::from_str(text).map_err(|e| invalid(file, &e))?;
     let mut lines = rule_lines(text);
     lines.resize(raw.rules.len(), None);
@@ -163,14 +172,23 @@ pub(super) fn parse(text: &str, file: &str) -> Result<(Mode, Vec<Rule>), PolicyE
         first_use.insert(&rule.name.0, index);
     }
 
-    let rules = raw
+    let mut rules: Vec<Rule> = raw
         .rules
         .into_iter()
         .zip(lines)
         .enumerate()
         .map(|(position, (raw, line))| build_rule(raw, position, line))
         .collect();
-    Ok((raw.mode, rules))
+    if raw.path_profile.case_insensitive() {
+        rules.iter_mut().for_each(super::boundary::fold_path_case);
+    }
+    let boundary = RawBoundary {
+        limits: raw.limits,
+        claim_headers: raw.claim_headers,
+        path_profile: raw.path_profile,
+    }
+    .build(&rules, text, file)?;
+    Ok((raw.mode, rules, boundary))
 }
 
 fn build_rule(raw: RawRule, position: usize, line: Option<usize>) -> Rule {

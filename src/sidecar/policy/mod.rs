@@ -34,11 +34,14 @@
 //! Whether a workload without a policy file accepts everything is the
 //! caller's choice, made visible by [`Permit::without_policy`].
 
+mod boundary;
+mod claims;
 pub mod cli;
 mod connection;
 mod counters;
 mod file;
 mod index;
+mod limits;
 mod lint;
 mod pattern;
 
@@ -47,9 +50,12 @@ use http::Method;
 use crate::sidecar::identity::SpiffeId;
 use index::{first_match, SourceIndex};
 
+pub use boundary::{source_matches, Boundary, PathProfile};
+pub use claims::{ClaimHeader, ClaimHeaders, OnUntrusted, Untrusted};
 pub use connection::Connection;
 pub use counters::{DecisionCounters, PolicyCounters};
 pub use file::PolicyError;
+pub use limits::{KeyBy, LimitRule, Rate, DEFAULT_MAX_KEYS};
 pub use lint::{lint, LintFinding, LintKind};
 pub use pattern::{MethodError, MethodSet, PathPattern, PathPatternError, Source, SourceError};
 
@@ -267,18 +273,21 @@ pub struct Policy {
     mode: Mode,
     rules: Box<[Rule]>,
     index: SourceIndex,
+    /// Limits, claim headers, path profile (`boundary.rs`).
+    boundary: Boundary,
 }
 
 impl Policy {
     /// Parses and validates a policy; `file_name` is used in messages only.
     pub fn from_yaml(text: &str, file_name: &str) -> Result<Policy, PolicyError> {
-        let (mode, rules) = file::parse(text, file_name)?;
+        let (mode, rules, boundary) = file::parse(text, file_name)?;
         let index = SourceIndex::build(&rules);
         Ok(Policy {
             file: file_name.into(),
             mode,
             rules: rules.into_boxed_slice(),
             index,
+            boundary,
         })
     }
 
@@ -304,6 +313,11 @@ impl Policy {
     /// The rules in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Limits, claim headers and path profile of this policy.
+    pub fn boundary(&self) -> &Boundary {
+        &self.boundary
     }
 
     /// Authorises one request. Looks only at the rules indexed under the

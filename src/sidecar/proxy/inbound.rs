@@ -17,6 +17,7 @@ use crate::sidecar::audit;
 use crate::sidecar::config::{AppProtocol, InboundConfig, LimitsConfig};
 use crate::sidecar::headers::{self, PeerHeaders, RequestRules};
 use crate::sidecar::identity::{Role, SpiffeId};
+use crate::sidecar::limits::Limiter;
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::pathnorm::{normalize_path, NormalizedPath};
 use crate::sidecar::policy::{self, DecisionCounters, Permit, Policy, PolicySlot};
@@ -37,6 +38,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 mod app;
+mod boundary;
 
 pub use app::APP_POOL_IDLE;
 
@@ -102,6 +104,8 @@ pub struct Inbound {
     app_protocol: AppProtocol,
     /// Connections to `inbound.tcp_ports`.
     tcp: Arc<TcpInbound>,
+    /// The buckets of the policy's `limits:`, kept across reloads.
+    limiter: Limiter,
 }
 
 impl Inbound {
@@ -139,6 +143,7 @@ impl Inbound {
             limits,
             app_protocol: cfg.app_protocol,
             tcp,
+            limiter: Limiter::default(),
         }))
     }
 
@@ -357,10 +362,23 @@ impl Inbound {
         // Held (one reference count) until the request is recorded, so the
         // deciding rule's name is logged as is.
         let policy = self.policy.load_full();
-        let (permit, allowed) = match self.authorize(policy.as_ref(), peer, &method, path) {
+        let matched = match Self::strict_path(policy.as_ref(), path) {
+            Ok(matched) => matched,
+            Err(refused) => return self.record(peer, &method, path, start, refused),
+        };
+        let (permit, allowed) = match self.authorize(policy.as_ref(), peer, &method, &matched) {
             Ok(authorized) => authorized,
             Err(denied) => return self.record(peer, &method, path, start, denied),
         };
+        // `None`: no verified end-user subject yet (a token step feeds it).
+        let admitted = match self.limit(policy.as_ref(), peer, &allowed, None) {
+            Ok(admitted) => admitted,
+            Err(limited) => return self.record(peer, &method, path, start, limited),
+        };
+        let claims = self.claim_headers(policy.as_ref(), peer, path, &mut parts.headers);
+        if let Err(refused) = claims {
+            return self.record(peer, &method, path, start, refused);
+        }
         let form = match &upgrade {
             Some(up) => AppForm::Upgrade(up),
             None if self.app_speaks_h2(&parts) => AppForm::Http2,
@@ -376,6 +394,7 @@ impl Inbound {
                 Self::forward_upgrade(parts, body, peer, permit, allowed, splice).await
             }
         };
+        let answer = boundary::hold_until_body_ends(answer, admitted);
         self.record(peer, &method, path, start, answer)
     }
 

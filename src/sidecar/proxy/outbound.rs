@@ -210,7 +210,7 @@ pub struct Outbound {
     destinations: Destinations<Route>,
     protocol: UpstreamProtocol,
     max_idle: usize,
-    /// `outbound.keep_underscore_headers`.
+    /// `outbound.strip_headers` (parsed once) and `keep_underscore_headers`.
     header_rules: RequestRules,
     /// Opaque TCP: `outbound.tcp_routes` and captured `protocol: tcp` destinations.
     pub tcp: Arc<TcpOutbound>,
@@ -250,7 +250,12 @@ impl Outbound {
             protocol: cfg.protocol,
             max_idle,
             header_rules: RequestRules {
-                extra: Vec::new(),
+                // Config validation refused names that do not parse.
+                extra: cfg
+                    .strip_headers
+                    .iter()
+                    .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+                    .collect(),
                 keep_underscores: cfg.keep_underscore_headers,
             },
             tcp,

@@ -66,6 +66,8 @@ pub struct Refusal<'a> {
     status: StatusCode,
     ruling: Ruling<'a>,
     body: Bytes,
+    /// `Retry-After` seconds (a 429 of a rate limit).
+    retry_after: Option<u32>,
 }
 
 impl Refusal<'static> {
@@ -88,13 +90,28 @@ impl<'a> Refusal<'a> {
             status,
             ruling,
             body: refusal_body(message),
+            retry_after: None,
+        }
+    }
+
+    /// The same refusal, telling the caller when to try again.
+    pub fn retry_after(self, seconds: u32) -> Self {
+        Refusal {
+            retry_after: Some(seconds),
+            ..self
         }
     }
 }
 
 impl<'a> From<Refusal<'a>> for Answer<'a> {
     fn from(r: Refusal<'a>) -> Answer<'a> {
-        r.ruling.answer(refusal_response(r.status, r.body))
+        let mut response = refusal_response(r.status, r.body);
+        if let Some(seconds) = r.retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        r.ruling.answer(response)
     }
 }
 

@@ -191,6 +191,9 @@ impl Checkin {
 pub struct UpstreamBody {
     body: Incoming,
     checkin: Option<Checkin>,
+    /// Kept until the body ends, fails or is dropped (a request's slots
+    /// under a concurrency limit).
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 impl UpstreamBody {
@@ -199,6 +202,14 @@ impl UpstreamBody {
         UpstreamBody {
             body,
             checkin: None,
+            held: None,
+        }
+    }
+
+    /// Keeps `value` alive until the body ends (or fails, or is dropped).
+    pub fn hold_until_end(&mut self, value: Box<dyn Send + Sync>) {
+        if !self.body.is_end_stream() {
+            self.held = Some(value);
         }
     }
 
@@ -206,6 +217,7 @@ impl UpstreamBody {
         let mut this = UpstreamBody {
             body,
             checkin: Some(checkin),
+            held: None,
         };
         // A response without a body may never be polled: release now.
         if this.body.is_end_stream() {
@@ -215,6 +227,7 @@ impl UpstreamBody {
     }
 
     fn release(&mut self) {
+        self.held = None;
         if let Some(checkin) = self.checkin.take() {
             checkin.release();
         }
@@ -233,7 +246,10 @@ impl Body for UpstreamBody {
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            Poll::Ready(Some(Err(_))) => {
+                self.checkin = None;
+                self.held = None;
+            }
             _ => {}
         }
         polled

@@ -577,3 +577,49 @@ fn underscored_names_are_dropped_from_requests_unless_kept() {
     strip_hop_by_hop(&mut resp);
     assert_eq!(resp.len(), spoofs.len() + 1);
 }
+
+/// The SPIFFE-ID spellings of other meshes and gateways, in any case, are
+/// removed in both directions and never reach an app or a peer.
+#[test]
+fn spiffe_id_headers_of_other_meshes_and_gateways_are_removed_both_ways() {
+    let spoofs = [
+        "X-Spiffe-Id",
+        "x-spiffe-identity",
+        "X-SPIFFE-Cert",
+        "x-spiffe-id-peer-cert",
+        "X-Client-Spiffe-Id",
+        "x-peer-spiffe-id",
+        "x-source-spiffe-id",
+        "X-Istio-Attributes",
+        "X-Kuma-Forwarded-Client-Cert",
+        // Already in the family before; kept here so the table is whole.
+        "x-envoy-peer-metadata",
+        "l5d-client-id",
+        "x-forwarded-client-cert",
+        "ssl-client-subject-dn",
+        "x-ssl-client-s-dn",
+        "x-client-cert",
+    ];
+    let raw: Vec<(&str, &str)> = spoofs
+        .iter()
+        .map(|n| (*n, "spiffe://cluster.local/ns/kube-system/sa/admin"))
+        .chain([("content-type", "text/plain")])
+        .collect();
+    let (inbound, stripped) = inbound(&raw);
+    assert_names(&inbound, &["content-type", CLIENT_ID_HEADER, XFCC_HEADER]);
+    assert_eq!(stripped.identity, spoofs.len());
+    let mut outbound = map(&raw);
+    assert_eq!(
+        strip_request(&mut outbound, &RequestRules::default()).identity,
+        spoofs.len()
+    );
+    assert_names(&outbound, &["content-type"]);
+    for name in spoofs {
+        assert!(is_always_removed(&name.to_ascii_lowercase()), "{name}");
+    }
+    assert!(!is_always_removed("x-authenticated-user-id"));
+    assert!(
+        !is_always_removed("x_underscored"),
+        "kept when configured, so not always"
+    );
+}

@@ -1,5 +1,6 @@
 //! Policy tests: semantics here, parsing, linting and scale in submodules.
 
+mod boundary;
 mod connection;
 mod lint;
 mod parse;

@@ -73,30 +73,31 @@ impl ClaimHeaders {
     }
 
     /// Removes every claim header `peer` may not assert, calling `removed`
-    /// for each; stops at the first one whose rule is `deny` and returns it
-    /// (the caller refuses the request, so what else it carried is moot).
+    /// for each; but if one of them is under `deny`, returns it first and
+    /// touches nothing (the request is refused, so the rest is moot).
     pub fn enforce<'p>(
         &'p self,
         peer: &SpiffeId,
         request: &mut HeaderMap,
         mut removed: impl FnMut(Untrusted<'p>),
     ) -> Result<(), Untrusted<'p>> {
-        for claim in self.headers.iter() {
-            if !request.contains_key(&claim.name) {
-                continue;
-            }
-            if claim.from.iter().any(|s| source_matches(s, peer)) {
-                continue;
-            }
-            let untrusted = Untrusted {
-                header: claim.name.as_str(),
-                action: claim.on_untrusted,
-            };
-            if claim.on_untrusted == OnUntrusted::Deny {
-                return Err(untrusted);
-            }
-            request.remove(&claim.name);
-            removed(untrusted);
+        let untrusted = || {
+            self.headers
+                .iter()
+                .filter(|claim| request.contains_key(&claim.name))
+                .filter(|claim| !claim.from.iter().any(|s| source_matches(s, peer)))
+                .map(|claim| Untrusted {
+                    header: claim.name.as_str(),
+                    action: claim.on_untrusted,
+                })
+        };
+        if let Some(denied) = untrusted().find(|u| u.action == OnUntrusted::Deny) {
+            return Err(denied);
+        }
+        let strip: Vec<Untrusted<'p>> = untrusted().collect();
+        for claim in strip {
+            request.remove(claim.header);
+            removed(claim);
         }
         Ok(())
     }

@@ -242,6 +242,26 @@ fn inbound_strip_headers_are_header_names() {
 }
 
 #[test]
+fn outbound_strip_headers_are_header_names_too() {
+    let with = |names: &str| {
+        GOOD.replace(
+            "  listen: 127.0.0.1:15001\n",
+            &format!("  listen: 127.0.0.1:15001\n  strip_headers: {names}\n"),
+        )
+    };
+    let c = parse(&with("[X-Debug-Token]")).unwrap();
+    assert_eq!(c.outbound.unwrap().strip_headers, ["X-Debug-Token"]);
+    let (line, msg) = error_at(&with(r#"["bad header"]"#));
+    assert_eq!(line, 11, "{msg}");
+    assert!(
+        msg.starts_with("outbound.strip_headers: \"bad header\""),
+        "{msg}"
+    );
+    let (_, msg) = error_at(&with("[Host]"));
+    assert!(msg.contains("cannot be removed"), "{msg}");
+}
+
+#[test]
 fn an_unknown_app_protocol_is_refused_with_its_line() {
     let text = GOOD.replace(
         "  app: 127.0.0.1:8080",

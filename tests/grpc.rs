@@ -380,3 +380,27 @@ async fn wait_for(cond: impl Fn() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A per-identity limit in force: the calls beyond the burst are
+/// RESOURCE_EXHAUSTED (the 429 of the inbound in gRPC's form) and never
+/// reach the server, on either hop.
+#[tokio::test]
+async fn calls_beyond_a_rate_limit_are_resource_exhausted() {
+    const LIMITED: &str = "rules:\n  - name: all\n    action: allow\n    from: [\"*\"]\nlimits:\n  - name: per-caller\n    rate: 0.001\n    burst: 3\n";
+    for hop in HOPS {
+        let mut p = pair_with(hop, Some(LIMITED), None).await;
+        let mut codes = Vec::new();
+        for _ in 0..5 {
+            match p.client.unary(Request::new(Msg::text("echo"))).await {
+                Ok(_) => codes.push(Code::Ok),
+                Err(status) => {
+                    assert_refused(&status, Code::ResourceExhausted, "rate limited");
+                    codes.push(status.code());
+                }
+            }
+        }
+        let exhausted = [Code::ResourceExhausted; 2];
+        assert_eq!(codes, [[Code::Ok; 3].as_slice(), &exhausted].concat(), "{hop:?}");
+        assert_eq!(p.observed.calls.load(Ordering::SeqCst), 3, "{hop:?}");
+    }
+}

@@ -400,7 +400,11 @@ async fn calls_beyond_a_rate_limit_are_resource_exhausted() {
             }
         }
         let exhausted = [Code::ResourceExhausted; 2];
-        assert_eq!(codes, [[Code::Ok; 3].as_slice(), &exhausted].concat(), "{hop:?}");
+        assert_eq!(
+            codes,
+            [[Code::Ok; 3].as_slice(), &exhausted].concat(),
+            "{hop:?}"
+        );
         assert_eq!(p.observed.calls.load(Ordering::SeqCst), 3, "{hop:?}");
     }
 }

@@ -368,6 +368,15 @@ claim_headers:
       on_untrusted: deny
 "#;
 
+/// (caller ns, sa, headers sent, status, user id the app sees)
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    u16,
+    Option<&'a str>,
+);
+
 /// Callers × claim headers, over both HTTP versions: what the app gets.
 #[tokio::test]
 async fn claim_headers_reach_the_app_only_from_the_callers_allowed_to_assert_them() {
@@ -375,8 +384,7 @@ async fn claim_headers_reach_the_app_only_from_the_callers_allowed_to_assert_the
     let g = guarded(CLAIMS, app.addr).await;
     let user = ("x-authenticated-user-id", "alice");
     let roles = ("x-user-roles", "admin");
-    // (caller ns, sa, headers sent, status, user id the app sees)
-    let table: [(&str, &str, &[(&str, &str)], u16, Option<&str>); 5] = [
+    let table: [Row; 5] = [
         ("edge", "gateway", &[user, roles], 200, Some("alice")),
         ("edge", "gateway", &[user], 200, Some("alice")),
         ("edge", "metrics", &[user], 200, None),

@@ -41,7 +41,8 @@
 //! `\` (`%21` vs `!`) are kept distinct as RFC 3986 requires, so a rule on a
 //! path containing a sub-delimiter names one spelling only; and double
 //! encoding (`%252e`) stays `%252e`, which only an app that decodes twice
-//! would read as `.`. Escaped control characters other than `%00` (such as
+//! would read as `.` (the opt-in strict profile, [`strict`], refuses such
+//! spellings). Escaped control characters other than `%00` (such as
 //! `%0A`) stay escaped: they are data to the app, which must not decode
 //! them into logs or headers.
 

@@ -141,7 +141,17 @@ impl Limiter {
         if limits.is_empty() {
             return Ok(Admitted::default());
         }
-        let generation = self.generation(policy);
+        // A borrowed load (no reference count) on the hot path; the rebuild
+        // after a reload hands back an owned one.
+        let current = self.current.load();
+        let rebuilt;
+        let generation: &Generation = match current.as_deref() {
+            Some(g) if Arc::ptr_eq(&g.policy, policy) => g,
+            _ => {
+                rebuilt = self.generation(policy);
+                &rebuilt
+            }
+        };
         let now = Instant::now();
         let mut admitted = Admitted::default();
         for (limit, buckets) in limits.iter().zip(generation.buckets.iter()) {

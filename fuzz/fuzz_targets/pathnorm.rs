@@ -2,6 +2,7 @@
 //! path and as a whole forwarded target), has no empty, `.` or `..`
 //! segment but a final one, no parameter, no escape of an unreserved byte;
 //! and what hyper accepted as a target stays acceptable once rewritten.
+//! The strict profile on top of it never panics and keeps its promises.
 #![no_main]
 
 use http::uri::PathAndQuery;
@@ -40,6 +41,28 @@ fn check_shape(path: &str) {
     }
 }
 
+/// The strict profile on a normal form: never a panic; what it accepts has
+/// no `%25HH`, no segment ending in `.`; folded, it is the lowercase path.
+fn check_strict_profile(path: &str) {
+    use meshguard::sidecar::pathnorm::strict::check_strict;
+    let Ok(kept) = check_strict(path, false) else {
+        assert!(check_strict(path, true).is_err(), "{path:?}");
+        return;
+    };
+    assert_eq!(kept, path);
+    assert!(path.split('/').all(|s| !s.ends_with('.')), "{path:?}");
+    let bytes = path.as_bytes();
+    for (i, _) in path.match_indices("%25") {
+        let next = &bytes[i + 3..];
+        assert!(
+            next.len() < 2 || !next[..2].iter().all(u8::is_ascii_hexdigit),
+            "{path:?}"
+        );
+    }
+    let folded = check_strict(path, true).expect("folding refuses nothing more");
+    assert_eq!(folded, path.to_ascii_lowercase());
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
@@ -49,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let path = normal.as_path();
     check_shape(path);
+    check_strict_profile(path);
 
     let again = normalize_path(path).expect("the normal form is a valid path");
     assert_eq!(again.as_path(), path, "not a fixed point: {raw:?}");

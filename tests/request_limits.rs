@@ -462,3 +462,38 @@ async fn the_strict_profile_refuses_what_a_lenient_app_would_read_as_another_pat
     }
     assert_eq!(app.count(), 2);
 }
+
+/// `meshguard policy check` applies the policy's path profile as the
+/// sidecar does: a strict refusal is bad input (exit 2, the 400), and
+/// case-insensitive matching decides by the folded path.
+#[test]
+fn policy_check_applies_the_path_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, STRICT).unwrap();
+    let check = |path: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+            .args(["policy", "check", "--policy", file.to_str().unwrap()])
+            .args([
+                "--from",
+                "spiffe://cluster.local/ns/default/sa/caller",
+                "--path",
+                path,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = check("/ADMIN/users");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no-admin"), "{text}");
+    let (code, text) = check("/admin./users");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("strict profile") && text.contains("ends in '.'"),
+        "{text}"
+    );
+    assert_eq!(check("/Public/x").0, Some(0));
+}

@@ -76,12 +76,22 @@ fn check(args: &CheckArgs) -> Result<u8, String> {
     let path = &args.path;
     let target = crate::sidecar::pathnorm::normalize_path(path)
         .map_err(|e| format!("--path {path:?}: {e} (the sidecar answers 400)"))?;
+    // The policy's path profile, as the sidecar applies it before the rules.
+    let profile = policy.boundary().path_profile;
+    let matched = if profile.is_strict() {
+        crate::sidecar::pathnorm::strict::check_strict(target.as_path(), profile.case_insensitive())
+            .map_err(|e| {
+                format!("--path {path:?}: {e} (the sidecar answers 400, strict profile)")
+            })?
+    } else {
+        std::borrow::Cow::Borrowed(target.as_path())
+    };
     let port = args.port;
     let decision = policy.evaluate(&Request {
         peer: &peer,
         port,
         method: &method,
-        path: target.as_path(),
+        path: &matched,
     });
     let rule = match decision.rule() {
         Some(rule) => format!(

@@ -245,7 +245,15 @@ async fn run_sidecar(
         drop(trigger);
     }
     let mut signals = runtime::StopSignals::install();
-    let running = crate::sidecar::app::start(&config).await?;
+    // With an identity from the Workload API the start waits for the
+    // first SVID, for as long as the agent takes: stopping must still work.
+    let running = tokio::select! {
+        running = crate::sidecar::app::start(&config) => running?,
+        _ = signals.next() => {
+            tracing::info!("stopped before the sidecar was ready");
+            return Ok(());
+        }
+    };
     let shutdown_requested = async move {
         match requested.recv().await {
             Some(()) => (),

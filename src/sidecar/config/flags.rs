@@ -55,6 +55,7 @@ impl QuickStart {
                 key: self.key,
                 bundle: self.bundle,
                 federated_bundles: Default::default(),
+                workload_api: None,
             },
             inbound: self.inbound.map(|i| InboundConfig {
                 listen: i.listen,

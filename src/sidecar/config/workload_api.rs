@@ -88,7 +88,8 @@ pub(super) fn validate(
             let at = Some("workload_api".to_owned());
             if any_file {
                 return Err((
-                    "identity: give either the cert/key/bundle files or workload_api, not both".into(),
+                    "identity: give either the cert/key/bundle files or workload_api, not both"
+                        .into(),
                     at,
                 ));
             }

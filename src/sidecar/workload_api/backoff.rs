@@ -24,9 +24,7 @@ impl Backoff {
     /// The next delay: `FIRST * 2^n` capped at `MAX`, then a random point
     /// in its upper half.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = FIRST
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(MAX);
+        let ceiling = FIRST.saturating_mul(1u32 << self.attempt.min(16)).min(MAX);
         self.attempt = self.attempt.saturating_add(1);
         jittered(ceiling, random_fraction())
     }

@@ -38,7 +38,11 @@ impl tower_service::Service<http::Uri> for UnixConnector {
 
     fn call(&mut self, _: http::Uri) -> Self::Future {
         let path = self.0.clone();
-        Box::pin(async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) })
+        Box::pin(async move {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map(TokioIo::new)
+        })
     }
 }
 

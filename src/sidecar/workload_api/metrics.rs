@@ -70,7 +70,9 @@ impl ApiMetrics {
     }
 
     pub fn accepted(&self, kind: &str) {
-        self.updates.with_label_values(&[kind, "accepted", ""]).inc();
+        self.updates
+            .with_label_values(&[kind, "accepted", ""])
+            .inc();
         self.last_update
             .with_label_values(&[kind])
             .set(crate::sidecar::tls::unix_now());

@@ -171,11 +171,8 @@ impl WorkloadApi {
             Ok(channel) => channel,
             Err(e) => return SessionEnd::Connect(e),
         };
-        let (svids, bundles, jwt) = tokio::join!(
-            client::x509_svids(&channel),
-            client::x509_bundles(&channel),
-            client::jwt_bundles(&channel),
-        );
+        let (svids, bundles) =
+            tokio::join!(client::x509_svids(&channel), client::x509_bundles(&channel),);
         let mut svids = match svids {
             Ok(s) => s,
             Err(status) => return SessionEnd::Status(status),
@@ -184,8 +181,10 @@ impl WorkloadApi {
             Ok(s) => s,
             Err(status) => return SessionEnd::Status(status),
         };
-        // JWT bundles never hold the X.509 identity hostage.
-        let mut jwt = optional(jwt, "FetchJWTBundles", &self.label).unwrap_or(None);
+        // JWT bundles never hold the X.509 identity hostage: opened
+        // alongside, and a failure only ends that stream.
+        let mut jwt_opening = std::pin::pin!(client::jwt_bundles(&channel));
+        let (mut jwt, mut jwt_pending) = (None, true);
         self.api.set_up(true);
         tracing::info!(socket = %self.label, "Workload API streams open");
         loop {
@@ -200,6 +199,13 @@ impl WorkloadApi {
                     Ok(None) => return SessionEnd::Closed,
                     Err(status) => return SessionEnd::Status(status),
                 },
+                opened = &mut jwt_opening, if jwt_pending => {
+                    jwt_pending = false;
+                    jwt = optional(opened, "FetchJWTBundles", &self.label).unwrap_or_else(|status| {
+                        tracing::warn!(socket = %self.label, error = %status, "FetchJWTBundles refused; no JWT bundles from this connection");
+                        None
+                    });
+                }
                 msg = next(&mut jwt) => match msg {
                     Ok(Some(msg)) => self.on_jwt_bundles(&msg),
                     Ok(None) => jwt = None,
@@ -318,10 +324,7 @@ impl WorkloadApi {
 
 impl State {
     /// Our trust domain's roots plus every federated one but ours.
-    fn trust_bundles(
-        &self,
-        own_td: &str,
-    ) -> Result<TrustBundles, crate::sidecar::tls::TlsError> {
+    fn trust_bundles(&self, own_td: &str) -> Result<TrustBundles, crate::sidecar::tls::TlsError> {
         let mut out = TrustBundles::new();
         if let Some(own) = &self.own_bundle {
             out.insert(own_td, own.clone())?;
@@ -383,11 +386,13 @@ pub async fn sweep_expired(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let expired = store
-            .live()
-            .sweep_expired(crate::sidecar::tls::unix_now());
+        let expired = store.live().sweep_expired(crate::sidecar::tls::unix_now());
         if expired > 0 {
-            tracing::info!(closed = expired, reason = "peer_certificate_expired", "closing connections whose peer certificate expired");
+            tracing::info!(
+                closed = expired,
+                reason = "peer_certificate_expired",
+                "closing connections whose peer certificate expired"
+            );
         }
         let valid = store.svid_is_valid_now();
         if was_valid && !valid {

@@ -14,7 +14,10 @@ fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn map_entry(number: u8, key: &str, value: &[u8]) -> Vec<u8> {
-    field(number, &[field(1, key.as_bytes()), field(2, value)].concat())
+    field(
+        number,
+        &[field(1, key.as_bytes()), field(2, value)].concat(),
+    )
 }
 
 #[test]
@@ -93,9 +96,18 @@ fn the_hint_picks_the_svid_else_the_first() {
 
 #[test]
 fn bundle_keys_are_trust_domains() {
-    assert_eq!(trust_domain_of("spiffe://example.org").unwrap(), "example.org");
+    assert_eq!(
+        trust_domain_of("spiffe://example.org").unwrap(),
+        "example.org"
+    );
     assert_eq!(trust_domain_of("example.org").unwrap(), "example.org");
-    for bad in ["spiffe://example.org/ns/x", "Example.org", "spiffe://", "", "a b"] {
+    for bad in [
+        "spiffe://example.org/ns/x",
+        "Example.org",
+        "spiffe://",
+        "",
+        "a b",
+    ] {
         assert!(trust_domain_of(bad).is_err(), "{bad:?}");
     }
 }
@@ -105,13 +117,22 @@ fn concatenated_der_that_is_not_certificates_is_refused() {
     assert!(split_der(&[], Path::new("x")).unwrap().is_empty());
     let err = split_der(b"\x30\x03abc-not-a-cert", Path::new("agent")).unwrap_err();
     assert_eq!(err.reason_label(), "invalid");
-    assert!(err.to_string().starts_with("agent: certificate #0"), "{err}");
+    assert!(
+        err.to_string().starts_with("agent: certificate #0"),
+        "{err}"
+    );
 }
 
 #[test]
 fn backoff_grows_caps_and_resets_with_jitter_in_the_upper_half() {
-    assert_eq!(jittered(Duration::from_secs(2), 0.0), Duration::from_secs(1));
-    assert_eq!(jittered(Duration::from_secs(2), 1.0), Duration::from_secs(2));
+    assert_eq!(
+        jittered(Duration::from_secs(2), 0.0),
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        jittered(Duration::from_secs(2), 1.0),
+        Duration::from_secs(2)
+    );
     let mut b = Backoff::new();
     let first = b.next_delay();
     assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
@@ -119,7 +140,10 @@ fn backoff_grows_caps_and_resets_with_jitter_in_the_upper_half() {
     for _ in 0..20 {
         last = b.next_delay();
     }
-    assert!(last >= Duration::from_secs(15) && last <= Duration::from_secs(30), "{last:?}");
+    assert!(
+        last >= Duration::from_secs(15) && last <= Duration::from_secs(30),
+        "{last:?}"
+    );
     b.reset();
     assert!(b.next_delay() <= Duration::from_millis(200));
 }

@@ -25,7 +25,9 @@ pub enum UpdateError {
     Tls(#[from] TlsError),
     #[error("the message names {field}, but its certificate is {cert}")]
     IdMismatch { field: String, cert: SpiffeId },
-    #[error("new SVID is for {new}, but this sidecar is {own}; an identity change needs a restart")]
+    #[error(
+        "new SVID is for {new}, but this sidecar is {own}; an identity change needs a restart"
+    )]
     IdentityChanged { new: SpiffeId, own: SpiffeId },
     #[error("new SVID does not chain to its trust domain's bundle: {0}")]
     Untrusted(VerifyError),
@@ -108,7 +110,8 @@ pub fn check_svid(
         }
     }
     let bundle_source = PathBuf::from(format!("{source}: bundle of {}", svid.id.trust_domain()));
-    let own_bundle = DomainBundle::from_certs(split_der(&chosen.bundle, &bundle_source)?, &bundle_source)?;
+    let own_bundle =
+        DomainBundle::from_certs(split_der(&chosen.bundle, &bundle_source)?, &bundle_source)?;
     check_chain(&svid, &own_bundle)?;
     let federated = bundle_set(&msg.federated_bundles, source)?;
     Ok(SvidUpdate {
@@ -123,11 +126,10 @@ pub fn check_svid(
 fn check_chain(svid: &Svid, bundle: &DomainBundle) -> Result<(), UpdateError> {
     let mut bundles = TrustBundles::new();
     bundles.insert(svid.id.trust_domain(), bundle.clone())?;
-    let (leaf, intermediates) = svid
-        .key
-        .cert
-        .split_first()
-        .ok_or_else(|| UpdateError::Untrusted(VerifyError::InvalidCert("empty chain".into())))?;
+    let (leaf, intermediates) =
+        svid.key.cert.split_first().ok_or_else(|| {
+            UpdateError::Untrusted(VerifyError::InvalidCert("empty chain".into()))
+        })?;
     let algorithms = crate::sidecar::tls::crypto_provider().signature_verification_algorithms;
     verify_peer(
         &bundles,
@@ -175,13 +177,17 @@ pub fn trust_domain_of(key: &str) -> Result<String, UpdateError> {
 
 /// Splits concatenated DER certificates (the Workload API's encoding of
 /// chains and bundles).
-pub fn split_der(mut der: &[u8], source: &Path) -> Result<Vec<CertificateDer<'static>>, UpdateError> {
+pub fn split_der(
+    mut der: &[u8],
+    source: &Path,
+) -> Result<Vec<CertificateDer<'static>>, UpdateError> {
     let mut out = Vec::new();
     while !der.is_empty() {
-        let (rest, _) = x509_parser::parse_x509_certificate(der).map_err(|e| UpdateError::BadDer {
-            origin: source.display().to_string(),
-            reason: format!("certificate #{} is not DER X.509: {e}", out.len()),
-        })?;
+        let (rest, _) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| UpdateError::BadDer {
+                origin: source.display().to_string(),
+                reason: format!("certificate #{} is not DER X.509: {e}", out.len()),
+            })?;
         let len = der.len() - rest.len();
         out.push(CertificateDer::from(der[..len].to_vec()));
         der = rest;

@@ -81,7 +81,10 @@ fn the_socket_comes_from_the_environment_when_the_file_gives_none() {
     let err = api.socket_path(None).unwrap_err();
     assert!(err.contains(ENDPOINT_ENV), "{err}");
     let err = api.socket_path(Some("/no/scheme")).unwrap_err();
-    assert!(err.contains(ENDPOINT_ENV) && err.contains("unix:///"), "{err}");
+    assert!(
+        err.contains(ENDPOINT_ENV) && err.contains("unix:///"),
+        "{err}"
+    );
     // The file wins over the environment.
     let api = WorkloadApiConfig {
         socket: Some("unix:/from/file".into()),
@@ -95,8 +98,14 @@ fn the_socket_comes_from_the_environment_when_the_file_gives_none() {
 
 #[test]
 fn unix_uris_follow_the_workload_endpoint_standard() {
-    assert_eq!(parse_unix_uri("unix:///a/b.sock").unwrap(), PathBuf::from("/a/b.sock"));
-    assert_eq!(parse_unix_uri("unix:/a/b.sock").unwrap(), PathBuf::from("/a/b.sock"));
+    assert_eq!(
+        parse_unix_uri("unix:///a/b.sock").unwrap(),
+        PathBuf::from("/a/b.sock")
+    );
+    assert_eq!(
+        parse_unix_uri("unix:/a/b.sock").unwrap(),
+        PathBuf::from("/a/b.sock")
+    );
     for bad in [
         "unix://host/a.sock",
         "unix:relative.sock",

@@ -1,0 +1,602 @@
+//! Identity from the SPIFFE Workload API, against a test server that plays
+//! the SPIRE agent over a unix socket (`workload_api_support`): SVIDs
+//! minted by our rcgen code, rotated, pushed with bundles, the agent
+//! stopped and restarted. The sidecar under test is the real app started
+//! in-process; its clients are real mTLS clients that record which
+//! certificate (by serial) each handshake was served.
+
+mod support;
+mod workload_api_support;
+
+use meshguard::dev::certs::{DevCa, Issued, LeafSpec};
+use meshguard::sidecar::app::Running;
+use meshguard::sidecar::config::{Config, IdentityConfig, WorkloadApiConfig};
+use meshguard::sidecar::identity::SpiffeId;
+use meshguard::sidecar::workload_api::proto::{X509Svid, X509SvidResponse};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{id, inbound_config, series, tls_client, Pki, RecordingApp};
+use workload_api_support::{bundles_message, svid_entry, svid_message, Agent};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The sidecar's SPIFFE ID in every test.
+fn server_id() -> SpiffeId {
+    id("default", "server")
+}
+
+/// One test's world: a CA, the agent, the app behind the sidecar.
+struct World {
+    pki: Pki,
+    agent: Agent,
+    app: RecordingApp,
+}
+
+impl World {
+    async fn new() -> World {
+        let pki = Pki::new();
+        let agent = Agent::new(&pki.dir.path().join("agent.sock"));
+        World {
+            agent,
+            pki,
+            app: RecordingApp::start().await,
+        }
+    }
+
+    fn config(&self, hint: Option<&str>) -> Config {
+        let identity = IdentityConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            bundle: PathBuf::new(),
+            federated_bundles: Default::default(),
+            workload_api: Some(WorkloadApiConfig {
+                socket: Some(format!("unix://{}", self.agent.socket.display())),
+                hint: hint.map(str::to_owned),
+            }),
+        };
+        let mut cfg = inbound_config(identity, self.app.addr);
+        cfg.runtime.poll_interval_ms = 50;
+        cfg
+    }
+
+    /// A fresh SVID of the sidecar, as the agent would send it.
+    fn mint(&self) -> (Issued, X509Svid) {
+        let issued = self.pki.svid(&server_id());
+        let entry = svid_entry(server_id().as_str(), &issued, &self.pki.ca, "");
+        (issued, entry)
+    }
+
+    /// Pushes a fresh SVID (no federation) and returns its serial.
+    fn rotate(&self) -> Vec<u8> {
+        let (issued, entry) = self.mint();
+        self.agent.push_svid(svid_message(entry, &[]));
+        serial(&issued.der)
+    }
+
+    /// An mTLS client of `default/client` in our trust domain.
+    fn client(&self) -> Arc<rustls::ClientConfig> {
+        let issued = self.pki.svid(&id("default", "client"));
+        tls_client(Some((&issued.cert_pem, &issued.key_pem)), &[b"http/1.1"])
+    }
+}
+
+fn serial(der: &[u8]) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.raw_serial().to_vec()
+}
+
+/// The serial of the SVID the sidecar presents now.
+fn presented(running: &Running) -> Vec<u8> {
+    serial(running.store.svid().key.cert[0].as_ref())
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn metric(running: &Running, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(&running.metrics.render(), name, labels).unwrap_or(0.0)
+}
+
+/// One new connection: handshake, one GET. The serial the server presented
+/// and the status, or what failed.
+async fn handshake_get(
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<(Vec<u8>, u16), String> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("server.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let served = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or("no server certificate")?[0]
+        .clone();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header("host", "server.test")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((serial(served.as_ref()), status))
+}
+
+/// Clients making new connections in a loop, recording every failure and
+/// every handshake served an SVID older than the newest one applied when
+/// it started.
+struct Load {
+    stop: Arc<AtomicBool>,
+    /// serial -> generation, filled by the rotator before it pushes.
+    generations: Arc<Mutex<HashMap<Vec<u8>, usize>>>,
+    /// The newest generation the sidecar is known to present.
+    applied: Arc<AtomicUsize>,
+    served: Arc<Mutex<HashMap<usize, usize>>>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, client: Arc<rustls::ClientConfig>, first: Vec<u8>) -> Load {
+        let load = Load {
+            stop: Arc::default(),
+            generations: Arc::new(Mutex::new(HashMap::from([(first, 0)]))),
+            applied: Arc::default(),
+            served: Arc::default(),
+            ok: Arc::default(),
+            failures: Arc::default(),
+            tasks: Vec::new(),
+        };
+        let tasks = (0..4)
+            .map(|_| {
+                let (stop, generations, applied, served, ok, failures, client) = (
+                    load.stop.clone(),
+                    load.generations.clone(),
+                    load.applied.clone(),
+                    load.served.clone(),
+                    load.ok.clone(),
+                    load.failures.clone(),
+                    client.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let newest = applied.load(Ordering::SeqCst);
+                        match handshake_get(addr, client.clone()).await {
+                            Ok((serial, 200)) => {
+                                let generation = generations.lock().unwrap().get(&serial).copied();
+                                match generation {
+                                    Some(g) if g >= newest => {
+                                        *served.lock().unwrap().entry(g).or_default() += 1;
+                                        ok.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    other => failures.lock().unwrap().push(format!(
+                                        "served generation {other:?} after {newest} was applied"
+                                    )),
+                                }
+                            }
+                            Ok((_, status)) => {
+                                failures.lock().unwrap().push(format!("status {status}"))
+                            }
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { tasks, ..load }
+    }
+
+    fn served(&self, generation: usize) -> usize {
+        self.served
+            .lock()
+            .unwrap()
+            .get(&generation)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Pushes generation `g` and waits until the sidecar presents it and a
+    /// client was served it.
+    async fn rotate_to(&self, world: &World, running: &Running, g: usize) {
+        let (issued, entry) = world.mint();
+        let serial = serial(&issued.der);
+        self.generations.lock().unwrap().insert(serial.clone(), g);
+        world.agent.push_svid(svid_message(entry, &[]));
+        until("the new SVID is presented", || presented(running) == serial).await;
+        self.applied.store(g, Ordering::SeqCst);
+        until("a handshake on the new SVID", || self.served(g) > 0).await;
+    }
+
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::SeqCst), failures)
+    }
+}
+
+async fn started(world: &mut World) -> (Running, Vec<u8>) {
+    world.agent.start().await;
+    world
+        .agent
+        .push_bundles(bundles_message(&[(support::TD, &world.pki.ca)]));
+    let first = world.rotate();
+    let running = tokio::time::timeout(WAIT, meshguard::sidecar::app::start(&world.config(None)))
+        .await
+        .expect("the first SVID arrives")
+        .unwrap();
+    assert_eq!(presented(&running), first);
+    (running, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_rotations_under_load_fail_no_request_and_new_handshakes_get_the_newest() {
+    let mut world = World::new().await;
+    let (running, first) = started(&mut world).await;
+    let load = Load::start(running.inbound.unwrap(), world.client(), first);
+    for g in 1..=100 {
+        load.rotate_to(&world, &running, g).await;
+    }
+    let (ok, failures) = load.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok >= 101, "every generation was served at least once: {ok}");
+    let accepted = [("kind", "svid"), ("result", "accepted")];
+    assert_eq!(
+        metric(&running, "meshguard_workload_api_updates_total", &accepted),
+        101.0
+    );
+    assert!(
+        metric(
+            &running,
+            "meshguard_workload_api_last_update_timestamp_seconds",
+            &[("kind", "svid")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric(&running, "meshguard_workload_api_stream_up", &[]),
+        1.0
+    );
+    println!("100 rotations: {ok} requests on new connections, 0 failed");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_mid_load_fails_no_request_and_is_reconnected() {
+    let mut world = World::new().await;
+    let (running, first) = started(&mut world).await;
+    let load = Load::start(running.inbound.unwrap(), world.client(), first);
+    until("load running", || load.served(0) > 5).await;
+    world.agent.stop().await;
+    until("the stream is seen down", || {
+        metric(&running, "meshguard_workload_api_stream_up", &[]) == 0.0
+    })
+    .await;
+    // The last SVID keeps serving while the agent is away.
+    let before = load.served(0);
+    until("requests while the agent is down", || {
+        load.served(0) > before + 20
+    })
+    .await;
+    world.agent.start().await;
+    until("reconnected", || {
+        metric(&running, "meshguard_workload_api_stream_up", &[]) == 1.0
+            && metric(&running, "meshguard_workload_api_reconnects_total", &[]) >= 1.0
+    })
+    .await;
+    // The new stream delivers: the next SVID is presented.
+    load.rotate_to(&world, &running, 1).await;
+    let (ok, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    println!(
+        "agent restart: {ok} requests, 0 failed, reconnects {}",
+        metric(&running, "meshguard_workload_api_reconnects_total", &[])
+    );
+    running.stop().await;
+}
+
+/// Pushes `msg` and waits for its refusal under `reason`.
+async fn refused(world: &World, running: &Running, msg: X509SvidResponse, reason: &str) {
+    let labels = [("kind", "svid"), ("result", "refused"), ("reason", reason)];
+    let before = metric(running, "meshguard_workload_api_updates_total", &labels);
+    world.agent.push_svid(msg);
+    until(reason, || {
+        metric(running, "meshguard_workload_api_updates_total", &labels) > before
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_updates_are_refused_and_the_last_good_svid_keeps_serving() {
+    let mut world = World::new().await;
+    let (running, first) = started(&mut world).await;
+    let ca = &world.pki.ca;
+    // Another workload's SVID: the agent may not change who we are.
+    let other = world.pki.svid(&id("default", "other"));
+    let entry = svid_entry(id("default", "other").as_str(), &other, ca, "");
+    refused(
+        &world,
+        &running,
+        svid_message(entry, &[]),
+        "identity_changed",
+    )
+    .await;
+    // Expired.
+    let now = time::OffsetDateTime::now_utc();
+    let mut spec = LeafSpec::svid(server_id().as_str(), time::Duration::hours(1));
+    spec.not_before = now - time::Duration::hours(2);
+    spec.not_after = now - time::Duration::hours(1);
+    let expired = ca.issue(&spec).unwrap();
+    let entry = svid_entry(server_id().as_str(), &expired, ca, "");
+    refused(&world, &running, svid_message(entry, &[]), "invalid").await;
+    // A certificate with another certificate's key.
+    let (a, b) = (world.pki.svid(&server_id()), world.pki.svid(&server_id()));
+    let mut entry = svid_entry(server_id().as_str(), &a, ca, "");
+    entry.x509_svid_key = workload_api_support::key_der_of(&b.key_pem);
+    refused(&world, &running, svid_message(entry, &[]), "invalid").await;
+    // Signed by a CA outside our bundle.
+    let rogue = DevCa::generate(support::TD, time::Duration::days(1)).unwrap();
+    let forged = rogue
+        .issue(&LeafSpec::svid(
+            server_id().as_str(),
+            time::Duration::hours(1),
+        ))
+        .unwrap();
+    let entry = svid_entry(server_id().as_str(), &forged, ca, "");
+    refused(&world, &running, svid_message(entry, &[]), "untrusted").await;
+    // A message whose spiffe_id field disagrees with its certificate.
+    let (_, mut entry) = world.mint();
+    entry.spiffe_id = id("default", "liar").to_string();
+    refused(&world, &running, svid_message(entry, &[]), "invalid").await;
+    // Bundles without our own trust domain.
+    let before = metric(
+        &running,
+        "meshguard_workload_api_updates_total",
+        &[("kind", "bundles"), ("reason", "no_own_bundle")],
+    );
+    world
+        .agent
+        .push_bundles(bundles_message(&[("other.org", &rogue)]));
+    until("bundles refused", || {
+        metric(
+            &running,
+            "meshguard_workload_api_updates_total",
+            &[("kind", "bundles"), ("reason", "no_own_bundle")],
+        ) > before
+    })
+    .await;
+    // Through all of it, the first SVID is presented and handshakes work.
+    assert_eq!(presented(&running), first);
+    let (served, status) = handshake_get(running.inbound.unwrap(), world.client())
+        .await
+        .unwrap();
+    assert_eq!((served, status), (first, 200));
+    assert_eq!(
+        metric(
+            &running,
+            "meshguard_reloads_total",
+            &[("kind", "svid"), ("result", "failure")]
+        ),
+        5.0
+    );
+    // And a good update after them is taken.
+    let next = world.rotate();
+    until("the good SVID after the bad ones", || {
+        presented(&running) == next
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_trust_domain_added_then_removed_closes_its_live_connections() {
+    use http_body_util::BodyExt;
+    let mut world = World::new().await;
+    let (running, _) = started(&mut world).await;
+    let addr = running.inbound.unwrap();
+    let other = Pki::for_domain("other.org");
+    let foreign_id = SpiffeId::parse("spiffe://other.org/ns/default/sa/client").unwrap();
+    let foreign = other.svid(&foreign_id);
+    let foreign_client = tls_client(Some((&foreign.cert_pem, &foreign.key_pem)), &[b"http/1.1"]);
+    assert!(
+        handshake_get(addr, foreign_client.clone()).await.is_err(),
+        "other.org is not trusted yet"
+    );
+
+    world.agent.push_bundles(bundles_message(&[
+        (support::TD, &world.pki.ca),
+        ("other.org", &other.ca),
+    ]));
+    until("other.org trusted", || {
+        running.store.bundles().get("other.org").is_some()
+    })
+    .await;
+    let (_, status) = handshake_get(addr, foreign_client.clone()).await.unwrap();
+    assert_eq!(status, 200);
+    // Two keep-alive connections: one from other.org, one from our own domain.
+    let mut live = Vec::new();
+    for client in [foreign_client.clone(), world.client()] {
+        let tls = support::tls_connect(addr, client).await;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = || {
+            http::Request::get("/")
+                .header("host", "server.test")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap()
+        };
+        let resp = sender.send_request(req()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+        live.push((sender, conn, req));
+    }
+
+    world
+        .agent
+        .push_bundles(bundles_message(&[(support::TD, &world.pki.ca)]));
+    let (mut own_sender, own_conn, req) = live.pop().unwrap();
+    let (_foreign_sender, foreign_conn, _) = live.pop().unwrap();
+    // The other.org connection is closed by the sidecar...
+    tokio::time::timeout(WAIT, foreign_conn)
+        .await
+        .expect("the other.org connection is closed")
+        .unwrap()
+        .ok();
+    // ...a new one is refused, and our own domain's connection lives on.
+    assert!(
+        handshake_get(addr, foreign_client).await.is_err(),
+        "other.org is no longer trusted"
+    );
+    let resp = own_sender.send_request(req()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(!own_conn.is_finished());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_first_svid_with_the_agent_down_at_start() {
+    let mut world = World::new().await;
+    let cfg: &'static Config = Box::leak(Box::new(world.config(None)));
+    let starting = meshguard::sidecar::app::begin(cfg).await.unwrap();
+    let admin = starting.admin;
+    let finish = tokio::spawn(starting.finish());
+    let ready = || support::http_get(admin, "admin", "/ready", &[]);
+    let (status, body) = ready().await;
+    assert_eq!(status, 503);
+    assert!(body.contains("waiting for the first SVID"), "{body}");
+    // Up, but with no identity for us yet (SPIRE: PermissionDenied).
+    world.agent.start().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ready().await.0, 503);
+    let text = support::scrape(admin).await;
+    assert_eq!(
+        series(&text, "meshguard_workload_api_stream_up", &[]),
+        Some(0.0)
+    );
+    assert!(
+        series(&text, "meshguard_workload_api_reconnects_total", &[]).unwrap() >= 1.0,
+        "{text}"
+    );
+    world
+        .agent
+        .push_bundles(bundles_message(&[(support::TD, &world.pki.ca)]));
+    let first = world.rotate();
+    let running = tokio::time::timeout(WAIT, finish)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(presented(&running), first);
+    assert_eq!(ready().await, (http::StatusCode::OK, "ready\n".to_owned()));
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_calls_without_the_security_header_and_meshguard_sends_it() {
+    let mut world = World::new().await;
+    let (running, _) = started(&mut world).await;
+    // A client of the same agent without the header, as the agent sees it.
+    let channel = workload_api_support::channel_to(&world.agent.socket).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<
+        meshguard::sidecar::workload_api::proto::X509SvidRequest,
+        meshguard::sidecar::workload_api::proto::X509SvidResponse,
+    >::default();
+    let path = http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID");
+    let refused = grpc
+        .server_streaming(tonic::Request::new(Default::default()), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "security header missing from request");
+    // meshguard's three calls all carried it (and it got its SVID).
+    assert_eq!(
+        world.agent.observed.without_header.load(Ordering::SeqCst),
+        1
+    );
+    let with = &world.agent.observed.with_header;
+    until("the three calls", || with.load(Ordering::SeqCst) >= 3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(with.load(Ordering::SeqCst), 3);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hint_chooses_among_several_svids_and_jwt_bundles_reach_the_seam() {
+    let mut world = World::new().await;
+    world.agent.start().await;
+    let external = world.pki.svid(&id("default", "server-external"));
+    let internal = world.pki.svid(&server_id());
+    let mut msg = svid_message(
+        svid_entry(
+            id("default", "server-external").as_str(),
+            &external,
+            &world.pki.ca,
+            "external",
+        ),
+        &[],
+    );
+    msg.svids.push(svid_entry(
+        server_id().as_str(),
+        &internal,
+        &world.pki.ca,
+        "internal",
+    ));
+    world.agent.push_svid(msg);
+    world.agent.push_jwt(
+        meshguard::sidecar::workload_api::proto::JwtBundlesResponse {
+            bundles: HashMap::from([(
+                format!("spiffe://{}", support::TD),
+                b"{\"keys\":[]}".to_vec(),
+            )]),
+        },
+    );
+    let start = meshguard::sidecar::app::start(&world.config(Some("internal")));
+    let running = tokio::time::timeout(WAIT, start).await.unwrap().unwrap();
+    assert_eq!(running.own_id, server_id());
+    let (served, _) = handshake_get(running.inbound.unwrap(), world.client())
+        .await
+        .unwrap();
+    assert_eq!(served, serial(&internal.der));
+    let mut jwt = running.jwt_bundles.clone().expect("the Workload API seam");
+    let bundles = jwt.wait_for(|b| !b.is_empty()).await.unwrap().clone();
+    assert_eq!(bundles[support::TD].as_ref(), b"{\"keys\":[]}");
+    running.stop().await;
+}

@@ -588,7 +588,8 @@ async fn the_hint_chooses_among_several_svids_and_jwt_bundles_reach_the_seam() {
             )]),
         },
     );
-    let start = meshguard::sidecar::app::start(&world.config(Some("internal")));
+    let cfg = world.config(Some("internal"));
+    let start = meshguard::sidecar::app::start(&cfg);
     let running = tokio::time::timeout(WAIT, start).await.unwrap().unwrap();
     assert_eq!(running.own_id, server_id());
     let (served, _) = handshake_get(running.inbound.unwrap(), world.client())

@@ -85,6 +85,15 @@ impl QuickStart {
         }
     }
 
+    /// As [`QuickStart::validated`], with the identity from the Workload API
+    /// at `SPIFFE_ENDPOINT_SOCKET` instead of the (empty) file paths.
+    pub fn validated_from_workload_api(self) -> Result<Config, QuickStartError> {
+        let mut config = self.into_config();
+        config.identity.workload_api = Some(super::WorkloadApiConfig::default());
+        config.validate().map_err(|(msg, _)| QuickStartError(msg))?;
+        Ok(config)
+    }
+
     /// The config, checked by the same rules as a file's.
     pub fn validated(self) -> Result<Config, QuickStartError> {
         let config = self.into_config();

@@ -601,3 +601,66 @@ async fn the_hint_chooses_among_several_svids_and_jwt_bundles_reach_the_seam() {
     assert_eq!(bundles[support::TD].as_ref(), b"{\"keys\":[]}");
     running.stop().await;
 }
+
+#[test]
+fn run_with_workload_api_and_no_socket_refuses_to_start_naming_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args([
+            "run",
+            "--workload-api",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:1",
+        ])
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SPIFFE_ENDPOINT_SOCKET"), "{stderr}");
+    // With --cert as well: one identity source only.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args([
+            "run",
+            "--workload-api",
+            "--cert",
+            "a",
+            "--key",
+            "b",
+            "--bundle",
+            "c",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
+/// The SPIRE example in deploy/spire, injected: the socket the injector
+/// mounts and names in SPIFFE_ENDPOINT_SOCKET is the one the config uses.
+#[test]
+fn the_spire_example_injected_mounts_the_socket_its_config_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .arg("inject")
+        .arg(root.join("deploy/spire/20-server.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("driver: csi.spiffe.io"), "{text}");
+    assert!(text.contains("mountPath: /spiffe-workload-api"), "{text}");
+    let socket = "unix:///spiffe-workload-api/spire-agent.sock";
+    assert!(
+        text.contains(&format!(
+            "- name: SPIFFE_ENDPOINT_SOCKET\n          value: {socket}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("socket: {socket}")), "{text}");
+}

@@ -353,7 +353,10 @@ pub(super) fn volumes(settings: &Settings) -> Vec<Value> {
             ("name", s(IDENTITY_VOLUME)),
             (
                 "csi",
-                map([("driver", s(SPIFFE_CSI_DRIVER)), ("readOnly", Value::Bool(true))]),
+                map([
+                    ("driver", s(SPIFFE_CSI_DRIVER)),
+                    ("readOnly", Value::Bool(true)),
+                ]),
             ),
         ]),
         None => map([

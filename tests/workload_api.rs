@@ -664,3 +664,52 @@ fn the_spire_example_injected_mounts_the_socket_its_config_names() {
     );
     assert!(text.contains(&format!("socket: {socket}")), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_svid_that_expires_while_the_agent_is_away_is_never_presented() {
+    let mut world = World::new().await;
+    world.agent.start().await;
+    world
+        .agent
+        .push_bundles(bundles_message(&[(support::TD, &world.pki.ca)]));
+    let short = world
+        .pki
+        .ca
+        .issue(&LeafSpec::svid(
+            server_id().as_str(),
+            time::Duration::seconds(3),
+        ))
+        .unwrap();
+    let entry = svid_entry(server_id().as_str(), &short, &world.pki.ca, "");
+    world.agent.push_svid(svid_message(entry, &[]));
+    let cfg = world.config(None);
+    let running = tokio::time::timeout(WAIT, meshguard::sidecar::app::start(&cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = running.inbound.unwrap();
+    let ready = || support::http_get(running.admin, "admin", "/ready", &[]);
+    assert_eq!(ready().await.0, 200);
+    world.agent.stop().await;
+    // Served while valid, even with the agent gone...
+    let (served, status) = handshake_get(addr, world.client()).await.unwrap();
+    assert_eq!((served, status), (serial(&short.der), 200));
+    // ...never once expired: handshakes fail closed, readiness goes false.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while running.store.svid_is_valid_now() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(handshake_get(addr, world.client()).await.is_err());
+    let (status, body) = ready().await;
+    assert_eq!(status, 503);
+    assert!(body.contains("expired"), "{body}");
+    // The agent back with a fresh SVID: served and ready again.
+    world.agent.start().await;
+    let fresh = world.rotate();
+    until("the fresh SVID", || presented(&running) == fresh).await;
+    let (served, status) = handshake_get(addr, world.client()).await.unwrap();
+    assert_eq!((served, status), (fresh, 200));
+    assert_eq!(ready().await.0, 200);
+    running.stop().await;
+}

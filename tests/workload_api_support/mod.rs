@@ -7,6 +7,8 @@
 //! while it has no identity for the caller. Every message is the full
 //! state; the test pushes a new state, stops and restarts the agent.
 
+pub mod load;
+
 use meshguard::dev::certs::{DevCa, Issued};
 use meshguard::sidecar::workload_api::proto::{
     JwtBundlesResponse, X509BundlesResponse, X509Svid, X509SvidResponse, FETCH_JWT_BUNDLES,

@@ -554,3 +554,99 @@ async fn an_svid_that_expires_while_the_agent_is_away_is_never_presented() {
     assert_eq!(ready().await.0, 200);
     running.stop().await;
 }
+
+/// Both sidecars of a call on the Workload API (each its own agent socket,
+/// as a node agent tells workloads apart): the caller's identity, proved
+/// with its streamed SVID, is what the server's app is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_between_two_sidecars_both_on_the_workload_api() {
+    let mut world = World::new().await;
+    let (server, _) = started(&mut world).await;
+    let mut client_agent = Agent::new(&world.pki.dir.path().join("client-agent.sock"));
+    client_agent.start().await;
+    let client_id = id("default", "client");
+    let issued = world.pki.svid(&client_id);
+    let entry = svid_entry(client_id.as_str(), &issued, &world.pki.ca, "");
+    client_agent.push_svid(svid_message(entry, &[]));
+    let mut cfg = support::outbound_config(
+        world.config(None).identity,
+        "server.test",
+        server.inbound.unwrap(),
+        server_id(),
+    );
+    cfg.identity.workload_api.as_mut().unwrap().socket =
+        Some(format!("unix://{}", client_agent.socket.display()));
+    let client = tokio::time::timeout(WAIT, meshguard::sidecar::app::start(&cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(client.own_id, client_id);
+    let (status, _) =
+        support::http_get(client.outbound.unwrap(), "server.test", "/hello", &[]).await;
+    assert_eq!(status, 200);
+    let seen = world.app.last();
+    assert_eq!(
+        seen.header("x-meshguard-client-id"),
+        vec![client_id.as_str()]
+    );
+    client.stop().await;
+    server.stop().await;
+}
+
+/// The real binary, agent unreachable: it serves `/ready` 503 while it
+/// waits, and SIGTERM stops it cleanly before any SVID came.
+#[test]
+fn the_binary_waits_for_the_agent_not_ready_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args([
+            "run",
+            "--workload-api",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:1",
+        ])
+        .args(["--admin", &admin.to_string()])
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}/no-agent.sock", dir.path().display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let body = loop {
+        assert!(std::time::Instant::now() < deadline, "admin never answered");
+        if std::net::TcpStream::connect(admin).is_ok() {
+            let (status, body) = rt.block_on(support::http_get(admin, "admin", "/ready", &[]));
+            assert_eq!(status, 503);
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("waiting for the first SVID"), "{body}");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM did not stop a sidecar waiting for its SVID");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

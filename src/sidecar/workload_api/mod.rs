@@ -12,13 +12,15 @@
 //! accepted SVID on, so readiness is false until then. A stream that ends
 //! or fails is reopened with exponential backoff and jitter.
 //!
-//! Bundles: the SVID message's own bundle becomes our trust domain's roots
-//! (the SVID is checked against it, so a CA rotation is never refused for
-//! arriving on one stream before the other); `FetchX509Bundles` is the
-//! authority on federated trust domains once it has answered (before that
-//! the SVID message's `federated_bundles` stand in). A trust domain that
-//! leaves the set re-verifies every open connection, closing the ones it
-//! trusted (`tls/live.rs`).
+//! Bundles: both X.509 streams carry our trust domain's roots (the SVID
+//! message its `bundle`, `FetchX509Bundles` its entry for our domain) and
+//! the latest message wins; the SVID is checked against the bundle of its
+//! own message, so a CA rotation is never refused for arriving on one
+//! stream before the other. `FetchX509Bundles` is the authority on
+//! federated trust domains once it has answered (before that the SVID
+//! message's `federated_bundles` stand in). A trust domain that leaves the
+//! set re-verifies every open connection, closing the ones it trusted
+//! (`tls/live.rs`). A refused update changes nothing.
 //!
 //! JWT bundles are not used here: they are published raw (JWKS bytes by
 //! trust domain) on a watch channel, [`JwtBundles`], the seam for JWT-SVID
@@ -71,7 +73,6 @@ pub struct Receivers {
 struct State {
     store: Option<Arc<CredentialStore>>,
     own: Option<SpiffeId>,
-    own_bundle: Option<DomainBundle>,
     federated: BundleSet,
     /// `FetchX509Bundles` has answered: `federated` is its word.
     bundles_stream_seen: bool,
@@ -237,14 +238,19 @@ impl WorkloadApi {
             Err(e) => return self.refuse("svid", "svid", &e),
         };
         let (id, not_after) = (up.svid.id.clone(), up.svid.not_after);
-        self.state.own_bundle = Some(up.own_bundle);
-        if !self.state.bundles_stream_seen {
-            self.state.federated = up.federated;
-        }
-        let bundles = match self.state.trust_bundles(id.trust_domain()) {
+        // Until FetchX509Bundles answers, the SVID message's federated
+        // bundles stand in for its word.
+        let federated = if self.state.bundles_stream_seen {
+            self.state.federated.clone()
+        } else {
+            up.federated
+        };
+        let bundles = match trust_bundles(id.trust_domain(), &up.own_bundle, &federated) {
             Ok(b) => b,
             Err(e) => return self.refuse("svid", "svid", &e.into()),
         };
+        // Nothing below refuses: the state follows the accepted update.
+        self.state.federated = federated;
         match &self.state.store {
             Some(store) => {
                 store.set_svid(up.svid);
@@ -257,6 +263,8 @@ impl WorkloadApi {
                     self.state.store = Some(store.clone());
                     self.store_tx.send_replace(Some(store));
                 }
+                // Not reached (our own bundle is in `bundles`), but a store
+                // that cannot be built leaves us waiting, not half-built.
                 Err(e) => return self.refuse("svid", "svid", &e.into()),
             },
         }
@@ -273,20 +281,29 @@ impl WorkloadApi {
             Ok(set) => set,
             Err(e) => return self.refuse("bundles", "bundle", &e),
         };
-        if let Some(own) = &self.state.own {
-            let td = own.trust_domain().to_owned();
-            match set.remove(&td) {
-                Some(own_bundle) => self.state.own_bundle = Some(own_bundle),
-                None => return self.refuse("bundles", "bundle", &UpdateError::NoOwnBundle(td)),
-            }
-        }
+        let Some(own) = self.state.own.clone() else {
+            // Before the first SVID: kept until it says which domain is ours.
+            self.state.federated = set;
+            self.state.bundles_stream_seen = true;
+            self.api.accepted("bundles");
+            return;
+        };
+        let td = own.trust_domain();
+        let Some(own_bundle) = set.remove(td) else {
+            return self.refuse(
+                "bundles",
+                "bundle",
+                &UpdateError::NoOwnBundle(td.to_owned()),
+            );
+        };
+        let bundles = match trust_bundles(td, &own_bundle, &set) {
+            Ok(b) => b,
+            Err(e) => return self.refuse("bundles", "bundle", &e.into()),
+        };
         self.state.federated = set;
         self.state.bundles_stream_seen = true;
-        if let (Some(store), Some(own)) = (&self.state.store, &self.state.own) {
-            match self.state.trust_bundles(own.trust_domain()) {
-                Ok(bundles) => self.replace_bundles(store, bundles),
-                Err(e) => return self.refuse("bundles", "bundle", &e.into()),
-            }
+        if let Some(store) = &self.state.store {
+            self.replace_bundles(store, bundles);
             crate::sidecar::reload::publish_cert_expiry(&self.metrics, store);
         }
         self.api.accepted("bundles");
@@ -322,18 +339,18 @@ impl WorkloadApi {
     }
 }
 
-impl State {
-    /// Our trust domain's roots plus every federated one but ours.
-    fn trust_bundles(&self, own_td: &str) -> Result<TrustBundles, crate::sidecar::tls::TlsError> {
-        let mut out = TrustBundles::new();
-        if let Some(own) = &self.own_bundle {
-            out.insert(own_td, own.clone())?;
-        }
-        for (td, bundle) in self.federated.iter().filter(|(td, _)| *td != own_td) {
-            out.insert(td, bundle.clone())?;
-        }
-        Ok(out)
+/// Our trust domain's roots plus every federated one but ours.
+fn trust_bundles(
+    own_td: &str,
+    own: &DomainBundle,
+    federated: &BundleSet,
+) -> Result<TrustBundles, crate::sidecar::tls::TlsError> {
+    let mut out = TrustBundles::new();
+    out.insert(own_td, own.clone())?;
+    for (td, bundle) in federated.iter().filter(|(td, _)| *td != own_td) {
+        out.insert(td, bundle.clone())?;
     }
+    Ok(out)
 }
 
 /// Every (trust domain, root) pair, sorted: equal when two sets trust the same.

@@ -30,15 +30,14 @@ mod backoff;
 mod client;
 mod metrics;
 pub mod proto;
-pub mod update;
-
-pub use metrics::ApiMetrics;
+mod update;
 
 use crate::sidecar::config::{WorkloadApiConfig, ENDPOINT_ENV};
 use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::tls::{crypto_provider, CredentialStore, DomainBundle, TrustBundles};
 use backoff::Backoff;
+use metrics::ApiMetrics;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -529,3 +529,43 @@ async fn a_call_between_two_sidecars_both_on_the_workload_api() {
     client.stop().await;
     server.stop().await;
 }
+
+/// An agent without `FetchX509Bundles`: the SVID stream alone is enough,
+/// its federated bundles are used, and nothing reconnects in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_the_bundles_call_is_served_by_the_svid_stream_alone() {
+    let mut world = World::new().await;
+    world
+        .agent
+        .observed
+        .no_bundles_call
+        .store(true, Ordering::SeqCst);
+    world.agent.start().await;
+    let other = Pki::for_domain("other.org");
+    let (_, entry) = world.mint();
+    world
+        .agent
+        .push_svid(svid_message(entry, &[("other.org", &other.ca)]));
+    let cfg = world.config(None);
+    let running = tokio::time::timeout(WAIT, meshguard::sidecar::app::start(&cfg))
+        .await
+        .unwrap()
+        .unwrap();
+    let foreign_id = SpiffeId::parse("spiffe://other.org/ns/default/sa/client").unwrap();
+    let foreign = other.svid(&foreign_id);
+    let client = tls_client(Some((&foreign.cert_pem, &foreign.key_pem)), &[b"http/1.1"]);
+    let (_, status) = handshake_get(running.inbound.unwrap(), client)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(&running, "meshguard_workload_api_stream_up", &[]),
+        1.0
+    );
+    assert_eq!(
+        metric(&running, "meshguard_workload_api_reconnects_total", &[]),
+        0.0
+    );
+    running.stop().await;
+}

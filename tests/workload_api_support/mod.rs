@@ -37,6 +37,8 @@ pub struct Snapshot {
 pub struct Observed {
     pub with_header: AtomicUsize,
     pub without_header: AtomicUsize,
+    /// Play an agent too old to have `FetchX509Bundles`.
+    pub no_bundles_call: std::sync::atomic::AtomicBool,
 }
 
 type Snapshots = tokio::sync::watch::Sender<Snapshot>;
@@ -144,6 +146,9 @@ where
                         .await,
                 )
             }),
+            FETCH_X509_BUNDLES if self.observed.no_bundles_call.load(Ordering::SeqCst) => {
+                Box::pin(async move { Ok(Status::unimplemented("unknown method").into_http()) })
+            }
             FETCH_X509_BUNDLES => Box::pin(async move {
                 let watch = Watch {
                     svc,

@@ -569,3 +569,37 @@ async fn an_agent_without_the_bundles_call_is_served_by_the_svid_stream_alone() 
     );
     running.stop().await;
 }
+
+/// SPIRE behind an upstream CA sends the leaf followed by intermediates,
+/// DER concatenated: the chain is split, checked to the root and presented whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_svid_with_intermediates_is_split_checked_and_presented_whole() {
+    let mut world = World::new().await;
+    let (running, _) = started(&mut world).await;
+    let intermediate = world
+        .pki
+        .ca
+        .intermediate(support::TD, "spire intermediate", time::Duration::days(1))
+        .unwrap();
+    let leaf = intermediate
+        .issue(&LeafSpec::svid(
+            server_id().as_str(),
+            time::Duration::hours(1),
+        ))
+        .unwrap();
+    let mut entry = svid_entry(server_id().as_str(), &leaf, &world.pki.ca, "");
+    entry
+        .x509_svid
+        .extend(workload_api_support::der_of(intermediate.cert_pem()));
+    world.agent.push_svid(svid_message(entry, &[]));
+    until("the chained SVID", || {
+        presented(&running) == serial(&leaf.der)
+    })
+    .await;
+    assert_eq!(running.store.svid().key.cert.len(), 2);
+    let (served, status) = handshake_get(running.inbound.unwrap(), world.client())
+        .await
+        .unwrap();
+    assert_eq!((served, status), (serial(&leaf.der), 200));
+    running.stop().await;
+}

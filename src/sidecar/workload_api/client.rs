@@ -51,11 +51,12 @@ impl tower_service::Service<http::Uri> for UnixConnector {
 pub(super) async fn connect(path: PathBuf) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_static("http://workload-api.invalid")
         .connect_timeout(Duration::from_secs(5))
-        // A dead agent must be noticed while no message is due (SVIDs
-        // change every half hour or so).
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
+        // A hung agent must be noticed while no message is due (SVIDs
+        // change every half hour or so; a dead one closes the socket). Not
+        // more often than every 5 minutes: grpc-go servers, SPIRE's agent
+        // among them, answer more frequent pings with GOAWAY by default.
+        .http2_keep_alive_interval(Duration::from_secs(310))
+        .keep_alive_timeout(Duration::from_secs(20))
         .connect_with_connector(UnixConnector(path))
         .await
 }

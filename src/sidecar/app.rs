@@ -12,6 +12,7 @@ use crate::sidecar::proxy::serve::ConnectionTracker;
 use crate::sidecar::proxy::tcp::{self, TcpInbound, TcpOutbound, TcpSettings};
 use crate::sidecar::proxy::{bind, outbound::Outbound, BindError};
 use crate::sidecar::tls::{inbound_server_config, CredentialStore, TlsError};
+use crate::sidecar::workload_api::{self, JwtBundles, WorkloadApi, WorkloadApiError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -30,6 +31,10 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     AppAddress(#[from] crate::sidecar::proxy::inbound::InvalidAppAddress),
+    #[error("Workload API: {0}")]
+    WorkloadApi(#[from] WorkloadApiError),
+    #[error("the Workload API client stopped before any SVID arrived")]
+    IdentityStopped,
 }
 
 /// A running sidecar: the addresses it actually listens on, and the handle
@@ -49,6 +54,9 @@ pub struct Running {
     pub policy: PolicySlot,
     /// Open data-path connections (both directions).
     pub connections: ConnectionTracker,
+    /// With an identity from the Workload API: the JWT bundles it streams
+    /// (the seam for JWT-SVID validation; see `workload_api::JwtBundles`).
+    pub jwt_bundles: Option<watch::Receiver<JwtBundles>>,
     admin_state: Arc<AdminState>,
     shutdown_config: crate::sidecar::config::ShutdownConfig,
     /// true = stop accepting, close connections gracefully.
@@ -108,66 +116,151 @@ impl Running {
 }
 
 /// Starts every part of the sidecar described by `config`. Returns once all
-/// listeners are bound (so readiness is true).
+/// listeners are bound (so readiness is true); with an identity from the
+/// Workload API, that is after the first SVID arrived.
 pub async fn start(config: &Config) -> Result<Running, AppError> {
-    let (store, loaded_files) = crate::sidecar::reload::load_credentials(&config.identity)?;
-    let own_id = store.own_id();
-    let (policy, policy_hash) = load_policy(config)?;
+    begin(config).await?.finish().await
+}
+
+/// Where our credentials come from.
+enum Identity {
+    /// Loaded from files, with the fingerprints their watcher starts from.
+    Files(Arc<CredentialStore>, crate::sidecar::reload::LoadedFiles),
+    /// Streamed by a SPIFFE Workload API client running in `tasks`.
+    WorkloadApi(workload_api::Receivers),
+}
+
+/// A sidecar whose admin listener is up and whose identity is loaded or on
+/// its way (`/ready` answers 503 meanwhile); [`Starting::finish`] starts
+/// the rest.
+pub struct Starting<'c> {
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    config: &'c Config,
+    identity: Identity,
+    metrics: Arc<Metrics>,
+    admin_state: Arc<AdminState>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// The first half of [`start`]: identity files loaded (or the Workload API
+/// client started) and the admin listener serving.
+pub async fn begin(config: &Config) -> Result<Starting<'_>, AppError> {
     let known_peers = config
         .outbound
         .iter()
         .flat_map(|o| o.routes.iter().map(|r| r.identity.to_string()));
     let metrics = Arc::new(Metrics::new(known_peers)?);
-    crate::sidecar::reload::publish_cert_expiry(&metrics, &store);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let identity = match &config.identity.workload_api {
+        None => {
+            let (store, loaded) = crate::sidecar::reload::load_credentials(&config.identity)?;
+            Identity::Files(store, loaded)
+        }
+        Some(api) => {
+            let (client, receivers) = WorkloadApi::new(api, metrics.clone())?;
+            tasks.spawn(client.run(shutdown_rx.clone()));
+            Identity::WorkloadApi(receivers)
+        }
+    };
     let config_json =
         serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    let admin_state = AdminState::new(config_json, metrics.clone(), store.clone());
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let (drain, drain_rx) = watch::channel(false);
-    let mut parts = Parts {
-        config,
-        store,
-        metrics,
-        policy,
-        poll: std::time::Duration::from_millis(config.runtime.poll_interval_ms),
-        shutdown: shutdown_rx,
-        drain: drain_rx,
-        connections: ConnectionTracker::default(),
-        tasks: JoinSet::new(),
-    };
+    let admin_state = AdminState::new(config_json, metrics.clone());
     let (admin_listener, admin) = bind_local(config.admin.listen).await?;
-    let served = admin::serve(admin_listener, admin_state.clone(), parts.shutdown.clone());
-    parts.tasks.spawn(served);
-    let inbound = parts.start_inbound(policy_hash).await?;
-    let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
-    parts.watch_credentials(loaded_files);
-    admin_state.set_ready(true);
-    tracing::info!(
-        id = %own_id,
-        // Plain addresses; a listener that is not configured is left out.
-        inbound = inbound.map(tracing::field::display),
-        outbound = outbound.map(tracing::field::display),
-        route_listeners = (!route_listeners.is_empty()).then(|| join_addrs(&route_listeners)),
-        admin = %admin,
-        "meshguard ready"
-    );
-    Ok(Running {
-        own_id,
-        inbound,
-        outbound,
-        route_listeners,
-        tcp_route_listeners,
+    tasks.spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        shutdown_rx,
+    ));
+    Ok(Starting {
         admin,
-        store: parts.store,
-        metrics: parts.metrics,
-        policy: parts.policy,
-        connections: parts.connections,
+        config,
+        identity,
+        metrics,
         admin_state,
-        shutdown_config: config.shutdown.clone(),
-        drain,
         shutdown,
-        tasks: parts.tasks,
+        tasks,
     })
+}
+
+impl Starting<'_> {
+    /// Waits for our identity, then binds every listener and starts the
+    /// proxies and watchers.
+    pub async fn finish(self) -> Result<Running, AppError> {
+        let Starting {
+            admin,
+            config,
+            identity,
+            metrics,
+            admin_state,
+            shutdown,
+            tasks,
+        } = self;
+        let (store, jwt_bundles) = match &identity {
+            Identity::Files(store, _) => (store.clone(), None),
+            Identity::WorkloadApi(rx) => (first_store(rx).await?, Some(rx.jwt_bundles.clone())),
+        };
+        let own_id = store.own_id();
+        let (policy, policy_hash) = load_policy(config)?;
+        crate::sidecar::reload::publish_cert_expiry(&metrics, &store);
+        admin_state.set_store(store.clone());
+        let (drain, drain_rx) = watch::channel(false);
+        let mut parts = Parts {
+            config,
+            store,
+            metrics,
+            policy,
+            poll: std::time::Duration::from_millis(config.runtime.poll_interval_ms),
+            shutdown: shutdown.subscribe(),
+            drain: drain_rx,
+            connections: ConnectionTracker::default(),
+            tasks,
+        };
+        let inbound = parts.start_inbound(policy_hash).await?;
+        let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
+        parts.watch_credentials(identity);
+        admin_state.set_ready(true);
+        tracing::info!(
+            id = %own_id,
+            // Plain addresses; a listener that is not configured is left out.
+            inbound = inbound.map(tracing::field::display),
+            outbound = outbound.map(tracing::field::display),
+            route_listeners = (!route_listeners.is_empty()).then(|| join_addrs(&route_listeners)),
+            admin = %admin,
+            "meshguard ready"
+        );
+        Ok(Running {
+            own_id,
+            inbound,
+            outbound,
+            route_listeners,
+            tcp_route_listeners,
+            admin,
+            store: parts.store,
+            metrics: parts.metrics,
+            policy: parts.policy,
+            connections: parts.connections,
+            jwt_bundles,
+            admin_state,
+            shutdown_config: config.shutdown.clone(),
+            drain,
+            shutdown,
+            tasks: parts.tasks,
+        })
+    }
+}
+
+/// The store the Workload API client builds from the first accepted SVID.
+async fn first_store(rx: &workload_api::Receivers) -> Result<Arc<CredentialStore>, AppError> {
+    let mut store = rx.store.clone();
+    tracing::info!("waiting for the first SVID from the Workload API; not ready until then");
+    let ready = store
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| AppError::IdentityStopped)?;
+    ready.clone().ok_or(AppError::IdentityStopped)
 }
 
 /// The policy file of `inbound.policy`, if any, with the hash its watcher
@@ -296,16 +389,29 @@ impl Parts<'_> {
         Ok((shared, route_listeners, tcp_listeners))
     }
 
-    /// Reloads of our SVID, key and bundles.
-    fn watch_credentials(&mut self, loaded: crate::sidecar::reload::LoadedFiles) {
-        self.tasks.spawn(crate::sidecar::reload::watch_credentials(
-            self.config.identity.clone(),
-            self.store.clone(),
-            loaded,
-            self.metrics.clone(),
-            self.poll,
-            self.shutdown.clone(),
-        ));
+    /// Reloads of our SVID, key and bundles from files; with the Workload
+    /// API (whose client applies updates itself), the expiry sweep of open
+    /// connections only.
+    fn watch_credentials(&mut self, identity: Identity) {
+        match identity {
+            Identity::Files(_, loaded) => {
+                self.tasks.spawn(crate::sidecar::reload::watch_credentials(
+                    self.config.identity.clone(),
+                    self.store.clone(),
+                    loaded,
+                    self.metrics.clone(),
+                    self.poll,
+                    self.shutdown.clone(),
+                ));
+            }
+            Identity::WorkloadApi(_) => {
+                self.tasks.spawn(workload_api::sweep_expired(
+                    self.store.clone(),
+                    self.poll,
+                    self.shutdown.clone(),
+                ));
+            }
+        }
     }
 }
 

@@ -17,3 +17,4 @@ pub mod proxy;
 pub mod reload;
 pub mod runtime;
 pub mod tls;
+pub mod workload_api;

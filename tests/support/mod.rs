@@ -87,6 +87,7 @@ impl Pki {
             key,
             bundle: self.bundle_path(),
             federated_bundles: Default::default(),
+            workload_api: None,
         }
     }
 }

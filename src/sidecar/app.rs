@@ -4,6 +4,7 @@
 
 use crate::sidecar::admin::{self, AdminState};
 use crate::sidecar::config::Config;
+use crate::sidecar::egress::Egress;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::policy::PolicyError;
 use crate::sidecar::policy::PolicySlot;
@@ -30,6 +31,8 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     AppAddress(#[from] crate::sidecar::proxy::inbound::InvalidAppAddress),
+    #[error(transparent)]
+    Egress(#[from] crate::sidecar::egress::EgressError),
 }
 
 /// A running sidecar: the addresses it actually listens on, and the handle
@@ -42,6 +45,8 @@ pub struct Running {
     pub route_listeners: Vec<SocketAddr>,
     /// Listeners of `outbound.tcp_routes`, in config order.
     pub tcp_route_listeners: Vec<SocketAddr>,
+    /// `outbound.egress.listen`, if configured.
+    pub egress: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub store: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
@@ -134,6 +139,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         drain: drain_rx,
         connections: ConnectionTracker::default(),
         tasks: JoinSet::new(),
+        egress_listener: None,
     };
     let (admin_listener, admin) = bind_local(config.admin.listen).await?;
     let served = admin::serve(admin_listener, admin_state.clone(), parts.shutdown.clone());
@@ -157,6 +163,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         outbound,
         route_listeners,
         tcp_route_listeners,
+        egress: parts.egress_listener,
         admin,
         store: parts.store,
         metrics: parts.metrics,
@@ -200,6 +207,8 @@ struct Parts<'c> {
     drain: watch::Receiver<bool>,
     connections: ConnectionTracker,
     tasks: JoinSet<()>,
+    /// Where `outbound.egress.listen` was bound.
+    egress_listener: Option<SocketAddr>,
 }
 
 impl Parts<'_> {
@@ -257,7 +266,13 @@ impl Parts<'_> {
         let limits = self.config.limits.clone();
         let settings = TcpSettings::new(self.config);
         let tcp = TcpOutbound::new(&self.store, cfg, self.metrics.clone(), &limits, settings)?;
-        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits, tcp)?;
+        let egress = Egress::new(
+            &cfg.egress,
+            &limits,
+            cfg.keep_underscore_headers,
+            self.metrics.clone(),
+        )?;
+        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits, tcp, egress)?;
         let mut shared = None;
         if let Some(listen) = cfg.listen {
             let (listener, addr) = bind_local(listen).await?;
@@ -288,6 +303,18 @@ impl Parts<'_> {
             let served = proxy.tcp.clone().serve(
                 listener,
                 route.clone(),
+                self.drain.clone(),
+                self.connections.clone(),
+            );
+            self.tasks.spawn(served);
+        }
+        if let Some(listen) = proxy.egress.listen {
+            let (listener, addr) = bind_local(listen).await?;
+            self.egress_listener = Some(addr);
+            let max = self.config.limits.max_connections;
+            let served = proxy.egress.clone().serve(
+                listener,
+                max,
                 self.drain.clone(),
                 self.connections.clone(),
             );

@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod egress;
 mod flags;
 mod tcp;
+pub use egress::{EgressConfig, EgressDestination, EgressMode};
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};
 
@@ -138,6 +140,9 @@ pub struct OutboundConfig {
     /// Opaque TCP routes, each with a listener of its own.
     #[serde(default)]
     pub tcp_routes: Vec<TcpRouteConfig>,
+    /// Destinations outside the mesh, and the address guard.
+    #[serde(default)]
+    pub egress: EgressConfig,
 }
 
 /// A declared destination for transparently captured traffic.
@@ -420,6 +425,9 @@ impl Config {
             .federated_bundles
             .values_mut()
             .for_each(resolve);
+        if let Some(out) = &mut self.outbound {
+            egress::resolve_paths(&mut out.egress, base);
+        }
     }
 
     /// Cross-field rules serde cannot express. On failure returns the
@@ -456,6 +464,7 @@ impl Config {
             validate_strip_headers(&inbound.strip_headers)?;
         }
         tcp::validate(self)?;
+        egress::validate(self)?;
         let Some(out) = &self.outbound else {
             return Ok(());
         };

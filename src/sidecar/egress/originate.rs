@@ -122,8 +122,10 @@ fn system_roots() -> Result<rustls::RootCertStore, String> {
 
 /// One plain HTTP request from the app that no mesh route took.
 pub struct AppRequest {
+    /// The head; its URI was taken for routing, `target` is what it named.
     pub parts: Parts,
     pub body: Incoming,
+    pub target: Option<PathAndQuery>,
     /// The original destination, under capture.
     pub dialled: Option<SocketAddr>,
     /// An upgrade was asked for.
@@ -144,7 +146,7 @@ impl Egress {
     /// decision.
     pub async fn forward(&self, name: &str, entry: &Entry, req: AppRequest) -> Response<ProxyBody> {
         let method = req.parts.method.clone();
-        let path = req.parts.uri.path().to_owned();
+        let path = req.target.as_ref().map_or("/", |t| t.path()).to_owned();
         let start = req.start;
         let answer = self.originate(name, entry, req).await;
         let facts = RequestFacts {
@@ -196,7 +198,7 @@ impl Egress {
             Ok(tls) => tls,
             Err(e) => return failed("egress handshake failed", &e),
         };
-        let request = match self.rewrite(req.parts, req.body, name, port) {
+        let request = match self.rewrite(req.parts, req.body, req.target, name, port) {
             Ok(request) => request,
             Err(refusal) => return refusal.into(),
         };
@@ -216,6 +218,7 @@ impl Egress {
         &self,
         mut parts: Parts,
         body: Incoming,
+        target: Option<PathAndQuery>,
         name: &str,
         port: u16,
     ) -> Result<Request<Incoming>, Refusal<'static>> {
@@ -224,11 +227,7 @@ impl Egress {
             keep_underscores: self.keep_underscores,
         };
         headers::strip_request(&mut parts.headers, &rules);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = target.unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = Uri::from(path);
         let host = match port {
             443 => HeaderValue::from_str(name),

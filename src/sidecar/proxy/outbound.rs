@@ -420,23 +420,18 @@ impl Outbound {
         let route = match self.select_route(routing, authority) {
             Ok(route) => route,
             Err(refused) => {
-                if let Some((name, entry)) = self.egress.originates(authority) {
-                    let dialled = match routing {
+                let req = AppRequest {
+                    parts,
+                    body,
+                    target: uri.path_and_query().cloned(),
+                    dialled: match routing {
                         Routing::Undeclared(dst) => Some(*dst),
                         _ => None,
-                    };
-                    let upgrade = upgrade.is_some();
-                    let req = AppRequest {
-                        parts,
-                        body,
-                        dialled,
-                        upgrade,
-                        start,
-                    };
-                    return self.egress.forward(&name, entry, req).await;
-                }
-                self.egress.undeclared_request();
-                return self.record_unrouted(authority, &method, path, start, refused);
+                    },
+                    upgrade: upgrade.is_some(),
+                    start,
+                };
+                return self.outside_mesh(req, authority, refused).await;
             }
         };
         let rewritten = self.rewrite(&mut parts, route, &uri, authority, upgrade.as_ref());
@@ -590,22 +585,25 @@ impl Outbound {
         }
     }
 
-    /// Record, for a request no route or egress destination takes: its
-    /// audit line names the destination asked for.
-    fn record_unrouted(
+    /// A request no mesh route takes: forwarded by egress if its host is a
+    /// declared `originate` destination (egress records it), else refused
+    /// as undeclared, the audit line naming the destination asked for.
+    async fn outside_mesh(
         &self,
+        req: AppRequest,
         authority: Option<&str>,
-        method: &Method,
-        path: &str,
-        start: Began,
         refused: Refusal<'_>,
     ) -> Response<ProxyBody> {
+        if let Some((name, entry)) = self.egress.originates(authority) {
+            return self.egress.forward(&name, entry, req).await;
+        }
+        self.egress.undeclared_request();
         let facts = RequestFacts {
             peer_addr: authority,
             peer_id: None,
-            method: method.as_str(),
-            path,
-            start,
+            method: req.parts.method.as_str(),
+            path: req.target.as_ref().map_or("/", |t| t.path()),
+            start: req.start,
         };
         outcome::record(&self.metrics, &self.unrouted, &facts, refused.into())
     }

@@ -161,9 +161,8 @@ impl Egress {
         });
     }
 
-    /// Counts an HTTP request to an undeclared host, refused by the
-    /// outbound (which writes its audit line).
-    pub fn undeclared_request(&self) {
+    /// Counts an HTTP request to an undeclared host.
+    fn undeclared_request(&self) {
         let labels = [table::OTHER, Mode::Originate.as_str(), "deny", "undeclared"];
         self.decisions.with_label_values(&labels).inc();
     }

@@ -10,7 +10,7 @@ use super::table::{host_of, Entry, Refused};
 use super::{connect, Egress, EgressError, Mode};
 use crate::sidecar::config::{EgressConfig, EgressMode};
 use crate::sidecar::headers::{self, RequestRules};
-use crate::sidecar::metrics::Disposition;
+use crate::sidecar::metrics::{Disposition, RequestCounters};
 use crate::sidecar::proxy::outcome::{self, Answer, Began, Refusal, RequestFacts, Ruling};
 use crate::sidecar::proxy::pool::UpstreamBody;
 use crate::sidecar::proxy::{refusal, ProxyBody};
@@ -134,8 +134,33 @@ pub struct AppRequest {
 }
 
 impl Egress {
+    /// A request no mesh route takes: forwarded if its host is a declared
+    /// `originate` destination, else recorded as `refused` (on the
+    /// outbound's unrouted counters), the audit line naming the
+    /// destination asked for.
+    pub async fn outside_mesh(
+        &self,
+        req: AppRequest,
+        authority: Option<&str>,
+        refused: Refusal<'_>,
+        unrouted: &RequestCounters,
+    ) -> Response<ProxyBody> {
+        if let Some((name, entry)) = self.originates(authority) {
+            return self.forward(&name, entry, req).await;
+        }
+        self.undeclared_request();
+        let facts = RequestFacts {
+            peer_addr: authority,
+            peer_id: None,
+            method: req.parts.method.as_str(),
+            path: req.target.as_ref().map_or("/", |t| t.path()),
+            start: req.start,
+        };
+        outcome::record(&self.metrics, unrouted, &facts, refused.into())
+    }
+
     /// The declared `originate` destination for a request's authority.
-    pub fn originates(&self, authority: Option<&str>) -> Option<(String, &Entry)> {
+    fn originates(&self, authority: Option<&str>) -> Option<(String, &Entry)> {
         let name = host_of(authority?)?;
         let entry = self.table.find(EgressMode::Originate, &name)?;
         Some((name, entry))
@@ -144,7 +169,7 @@ impl Egress {
     /// Forwards `req` to the declared destination `entry` over TLS, and
     /// records it: the request's audit line and counters, and the egress
     /// decision.
-    pub async fn forward(&self, name: &str, entry: &Entry, req: AppRequest) -> Response<ProxyBody> {
+    async fn forward(&self, name: &str, entry: &Entry, req: AppRequest) -> Response<ProxyBody> {
         let method = req.parts.method.clone();
         let path = req.target.as_ref().map_or("/", |t| t.path()).to_owned();
         let start = req.start;

@@ -431,7 +431,11 @@ impl Outbound {
                     upgrade: upgrade.is_some(),
                     start,
                 };
-                return self.outside_mesh(req, authority, refused).await;
+                let unrouted = &self.unrouted;
+                return self
+                    .egress
+                    .outside_mesh(req, authority, refused, unrouted)
+                    .await;
             }
         };
         let rewritten = self.rewrite(&mut parts, route, &uri, authority, upgrade.as_ref());
@@ -583,29 +587,6 @@ impl Outbound {
             Ok(resp) => ALLOWED.answer(upgrade::answer(resp, caller, splice)),
             Err(e) => peer_failed(route, e),
         }
-    }
-
-    /// A request no mesh route takes: forwarded by egress if its host is a
-    /// declared `originate` destination (egress records it), else refused
-    /// as undeclared, the audit line naming the destination asked for.
-    async fn outside_mesh(
-        &self,
-        req: AppRequest,
-        authority: Option<&str>,
-        refused: Refusal<'_>,
-    ) -> Response<ProxyBody> {
-        if let Some((name, entry)) = self.egress.originates(authority) {
-            return self.egress.forward(&name, entry, req).await;
-        }
-        self.egress.undeclared_request();
-        let facts = RequestFacts {
-            peer_addr: authority,
-            peer_id: None,
-            method: req.parts.method.as_str(),
-            path: req.target.as_ref().map_or("/", |t| t.path()),
-            start: req.start,
-        };
-        outcome::record(&self.metrics, &self.unrouted, &facts, refused.into())
     }
 
     /// Record: counts the request (on the route's counters, or the

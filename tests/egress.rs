@@ -40,7 +40,7 @@ impl World {
     async fn new() -> World {
         let pki = Pki::new();
         let dns = Dns::start().await;
-        let api = Https::start(&pki.ca, &[PAY, "*.partner.test"], "127.0.0.1").await;
+        let api = Https::start(&pki.ca, &[PAY, "*.partner.test"], "127.0.0.1:0").await;
         World { pki, dns, api }
     }
 
@@ -292,21 +292,24 @@ async fn tls_is_passed_through_by_sni_and_undeclared_or_missing_names_are_closed
 
 /// An Egress of its own with the world's destinations, and a listener whose
 /// accepted connections are handed to it as captured ones would be.
-async fn captured(w: &World, allow: &str) -> (Arc<Egress>, TcpListener) {
+async fn captured(w: &World, allow: &str) -> (Arc<Egress>, TcpListener, Arc<Metrics>) {
     let cfg = w.config(&w.destinations(allow));
     let out = cfg.outbound.unwrap();
     let metrics = Arc::new(Metrics::new(Vec::new()).unwrap());
-    let egress = Egress::new(&out.egress, &cfg.limits, false, metrics).unwrap();
-    (egress, TcpListener::bind("127.0.0.1:0").await.unwrap())
+    let egress = Egress::new(&out.egress, &cfg.limits, false, metrics.clone()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (egress, listener, metrics)
 }
 
 #[tokio::test]
 async fn under_capture_an_sni_that_lies_about_the_address_is_refused() {
     let w = World::new().await;
     w.dns.set(PAY, &["127.0.0.1"]);
-    // Another server the app would like to reach, on another loopback address.
-    let hidden = Https::start(&w.pki.ca, &[PAY], "127.0.0.2").await;
-    let (egress, listener) = captured(&w, "127.0.0.0/8").await;
+    // Another server the app would like to reach: another loopback
+    // address, the declared port.
+    let bind = format!("127.0.0.2:{}", w.api.addr.port());
+    let hidden = Https::start(&w.pki.ca, &[PAY], &bind).await;
+    let (egress, listener, metrics) = captured(&w, "127.0.0.0/8").await;
     let at = listener.local_addr().unwrap();
     let serve = |dialled: SocketAddr| {
         let (egress, listener) = (egress.clone(), &listener);
@@ -327,6 +330,9 @@ async fn under_capture_an_sni_that_lies_about_the_address_is_refused() {
     let (got, ()) = tokio::join!(w.tls_get(at, PAY), serve(wrong_port));
     assert!(got.is_err());
     assert_eq!(w.api.hits().len(), 1);
+    let m = metrics.render();
+    assert_eq!(decisions(&m, PAY, "deny", "address_mismatch"), 1.0, "{m}");
+    assert_eq!(decisions(&m, PAY, "deny", "undeclared_port"), 1.0, "{m}");
 }
 
 #[tokio::test]
@@ -334,7 +340,7 @@ async fn passthrough_is_guarded_by_address() {
     let w = World::new().await;
     let echo = Echo::start("127.0.0.1").await;
     for (allow, reaches) in [("", false), ("127.0.0.1/32", true)] {
-        let (egress, listener) = captured(&w, allow).await;
+        let (egress, listener, metrics) = captured(&w, allow).await;
         let at = listener.local_addr().unwrap();
         let handed = async {
             let (app, _) = listener.accept().await.unwrap();
@@ -350,10 +356,17 @@ async fn passthrough_is_guarded_by_address() {
         };
         let (echoed, ()) = tokio::join!(app, handed);
         assert_eq!(echoed, reaches, "allow_cidrs [{allow}]");
+        let m = metrics.render();
+        let (decision, reason) = if reaches {
+            ("allow", "allowed")
+        } else {
+            ("deny", "loopback")
+        };
+        assert_eq!(decisions(&m, "other", decision, reason), 1.0, "{m}");
     }
     assert_eq!(echo.accepted(), 1, "refused: nothing was opened to it");
     // Metadata, whatever is allowed (a range covering it is refused in config).
-    let (egress, listener) = captured(&w, "127.0.0.1/32").await;
+    let (egress, listener, _) = captured(&w, "127.0.0.1/32").await;
     let at = listener.local_addr().unwrap();
     let (tcp, accepted) = tokio::join!(TcpStream::connect(at), listener.accept());
     let (_app, (handed, _)) = (tcp.unwrap(), accepted.unwrap());

@@ -164,7 +164,8 @@ pub struct Https {
 }
 
 impl Https {
-    pub async fn start(ca: &DevCa, names: &[&str], ip: &str) -> Https {
+    /// Listens on `bind` (`ip:port`, port 0 for any).
+    pub async fn start(ca: &DevCa, names: &[&str], bind: &str) -> Https {
         let mut spec = LeafSpec::svid("spiffe://x/unused", time::Duration::hours(1));
         spec.uris.clear();
         spec.common_name = names[0].to_owned();
@@ -181,7 +182,7 @@ impl Https {
             .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(Mutex::new(Vec::new()));
         let record = hits.clone();

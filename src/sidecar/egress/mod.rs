@@ -161,6 +161,27 @@ impl Egress {
         });
     }
 
+    /// Counts and audits an allowed connection that could not be opened.
+    fn unreachable(
+        &self,
+        mode: Mode,
+        host: Option<&str>,
+        to: Option<SocketAddr>,
+        e: &std::io::Error,
+    ) {
+        let label = self.table.label(host);
+        let labels = [label, mode.as_str(), "allow", "unreachable"];
+        self.decisions.with_label_values(&labels).inc();
+        audit::egress(&EgressRecord {
+            mode: mode.as_str(),
+            host,
+            destination: to,
+            decision: Disposition::Allow,
+            reason: "unreachable",
+            detail: Some(e),
+        });
+    }
+
     /// Counts an HTTP request to an undeclared host.
     fn undeclared_request(&self) {
         let labels = [table::OTHER, Mode::Originate.as_str(), "deny", "undeclared"];
@@ -191,15 +212,15 @@ impl Egress {
             let refused = Refused::Blocked(why, dst.ip());
             return self.decided(Mode::Passthrough, None, Some(dst), Err(&refused));
         }
+        // Its audit line is the `passthrough` event of old; counted here.
         audit::passthrough(dst);
-        self.decided(Mode::Passthrough, None, Some(dst), Ok(()));
+        let labels = [table::OTHER, Mode::Passthrough.as_str(), "allow", "allowed"];
+        self.decisions.with_label_values(&labels).inc();
         match connect(&[dst]).await {
             Ok((mut upstream, _)) => {
                 let _ = tokio::io::copy_bidirectional(&mut app, &mut upstream).await;
             }
-            Err(e) => {
-                tracing::warn!(direction = Direction::Outbound.as_str(), destination = %dst, error = %e, "passthrough connect failed")
-            }
+            Err(e) => self.unreachable(Mode::Passthrough, None, Some(dst), &e),
         }
     }
 
@@ -231,8 +252,7 @@ impl Egress {
         let (mut upstream, addr) = match connect(&targets).await {
             Ok(connected) => connected,
             Err(e) => {
-                tracing::warn!(direction = Direction::Outbound.as_str(), host = %name, error = %e, "egress connect failed");
-                return;
+                return self.unreachable(Mode::Tls, Some(&name), targets.first().copied(), &e)
             }
         };
         self.decided(Mode::Tls, Some(&name), Some(addr), Ok(()));

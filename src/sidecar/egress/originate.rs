@@ -210,7 +210,10 @@ impl Egress {
         };
         let (tcp, addr) = match connect(&targets).await {
             Ok(connected) => connected,
-            Err(e) => return failed("egress unreachable", &e),
+            Err(e) => {
+                self.unreachable(Mode::Originate, Some(name), targets.first().copied(), &e);
+                return failed("egress unreachable", &e);
+            }
         };
         self.decided(Mode::Originate, Some(name), Some(addr), Ok(()));
         let Ok(server_name) = ServerName::try_from(name.to_owned()) else {

@@ -16,6 +16,8 @@ const MAX_NAME: usize = 253;
 const CONTENT_HANDSHAKE: u8 = 0x16;
 const HANDSHAKE_CLIENT_HELLO: u8 = 0x01;
 const EXT_SERVER_NAME: u16 = 0x0000;
+/// encrypted_client_hello (draft-ietf-tls-esni): the real name is inside.
+const EXT_ECH: u16 = 0xfe0d;
 const NAME_TYPE_HOST: u8 = 0x00;
 
 /// Why no server name could be read.
@@ -38,6 +40,11 @@ pub enum SniError {
     /// The server name is not a DNS host name (an IP literal, bad bytes).
     #[error("server name is not a DNS host name")]
     BadName,
+    /// Encrypted ClientHello: the SNI in clear is only the provider's
+    /// public name, the one the connection is for is hidden; allowing it
+    /// would allow everything behind that provider.
+    #[error("encrypted ClientHello hides the server name")]
+    Encrypted,
 }
 
 impl SniError {
@@ -49,6 +56,7 @@ impl SniError {
             SniError::Malformed(_) => "malformed",
             SniError::Missing => "no_sni",
             SniError::BadName => "bad_sni",
+            SniError::Encrypted => "encrypted_client_hello",
         }
     }
 }
@@ -160,6 +168,9 @@ pub fn server_name(buf: &[u8]) -> Result<String, SniError> {
     while !extensions.buf.is_empty() {
         let kind = extensions.u16("extension type")?;
         let body = extensions.vec(2, "extension length")?;
+        if kind == EXT_ECH {
+            return Err(SniError::Encrypted);
+        }
         if kind == EXT_SERVER_NAME {
             // RFC 8446 §4.2: an extension type appears at most once.
             if found.is_some() {

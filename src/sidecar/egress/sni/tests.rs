@@ -112,6 +112,13 @@ fn hand_built_hellos() {
         ),
         (hello(&[(0, sni_ext(&[(1, b"x")]))]), SniError::Missing),
         (
+            hello(&[
+                (0, sni_ext(&[(0, b"public.example")])),
+                (0xfe0d, vec![0; 8]),
+            ]),
+            SniError::Encrypted,
+        ),
+        (
             hello(&[(0, vec![0, 9, 0])]),
             SniError::Malformed("server name list"),
         ),

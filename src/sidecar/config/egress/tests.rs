@@ -92,3 +92,16 @@ fn an_allowed_range_may_not_cover_metadata() {
     assert!(message.contains("fd00:ec2::254"), "{message}");
     assert!(parse("    allow_cidrs: [169.254.169.254/32, 127.0.0.1/32]\n").is_ok());
 }
+
+#[test]
+fn the_config_view_loads_back_to_the_same_config() {
+    let c = parse(
+        "    resolver: \"[::1]:53\"\n    allow_cidrs: [10.20.0.0/16]\n    listen: 127.0.0.1:15443\n    \
+         destinations:\n      - host: \"*.partner.example\"\n        mode: tls\n      \
+         - host: api.payments.example\n        mode: originate\n        port: 8443\n        ca: ca.pem\n",
+    )
+    .unwrap();
+    let yaml = serde_norway::to_string(&c).unwrap();
+    let again = Config::from_yaml(&yaml, "again.yaml", Path::new("/elsewhere")).unwrap();
+    assert_eq!(serde_norway::to_string(&again).unwrap(), yaml);
+}

@@ -145,6 +145,14 @@ async fn an_app_calls_the_payment_api_over_tls_meshguard_originates() {
     let m = scrape(sidecar.admin).await;
     assert_eq!(decisions(&m, PAY, "allow", "allowed"), 3.0, "{m}");
     assert_eq!(decisions(&m, "other", "deny", "undeclared"), 1.0, "{m}");
+    // Originated requests are requests like any other, peer `egress`.
+    let requests = [
+        ("peer", "egress"),
+        ("decision", "allow"),
+        ("status_class", "2xx"),
+    ];
+    let ok = series(&m, "meshguard_requests_total", &requests);
+    assert_eq!(ok, Some(2.0), "{m}");
     sidecar.stop().await;
 }
 

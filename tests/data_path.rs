@@ -242,6 +242,7 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
         undeclared: Default::default(),
         keep_underscore_headers: false,
         tcp_routes: Vec::new(),
+        egress: Default::default(),
         routes: vec![RouteConfig {
             host: None,
             listen: Some(any_port()),

@@ -4,6 +4,7 @@
 
 use crate::sidecar::admin::{self, AdminState};
 use crate::sidecar::config::Config;
+use crate::sidecar::egress::Egress;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::policy::PolicyError;
 use crate::sidecar::policy::PolicySlot;
@@ -31,6 +32,8 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     AppAddress(#[from] crate::sidecar::proxy::inbound::InvalidAppAddress),
+    #[error(transparent)]
+    Egress(#[from] crate::sidecar::egress::EgressError),
     #[error("Workload API: {0}")]
     WorkloadApi(#[from] WorkloadApiError),
     #[error("the Workload API client stopped before any SVID arrived")]
@@ -47,6 +50,8 @@ pub struct Running {
     pub route_listeners: Vec<SocketAddr>,
     /// Listeners of `outbound.tcp_routes`, in config order.
     pub tcp_route_listeners: Vec<SocketAddr>,
+    /// `outbound.egress.listen`, if configured.
+    pub egress: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub store: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
@@ -217,6 +222,7 @@ impl Starting<'_> {
             drain: drain_rx,
             connections: ConnectionTracker::default(),
             tasks,
+            egress_listener: None,
         };
         let inbound = parts.start_inbound(policy_hash).await?;
         let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
@@ -237,6 +243,7 @@ impl Starting<'_> {
             outbound,
             route_listeners,
             tcp_route_listeners,
+            egress: parts.egress_listener,
             admin,
             store: parts.store,
             metrics: parts.metrics,
@@ -293,6 +300,8 @@ struct Parts<'c> {
     drain: watch::Receiver<bool>,
     connections: ConnectionTracker,
     tasks: JoinSet<()>,
+    /// Where `outbound.egress.listen` was bound.
+    egress_listener: Option<SocketAddr>,
 }
 
 impl Parts<'_> {
@@ -350,7 +359,13 @@ impl Parts<'_> {
         let limits = self.config.limits.clone();
         let settings = TcpSettings::new(self.config);
         let tcp = TcpOutbound::new(&self.store, cfg, self.metrics.clone(), &limits, settings)?;
-        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits, tcp)?;
+        let egress = Egress::new(
+            &cfg.egress,
+            &limits,
+            cfg.keep_underscore_headers,
+            self.metrics.clone(),
+        )?;
+        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits, tcp, egress)?;
         let mut shared = None;
         if let Some(listen) = cfg.listen {
             let (listener, addr) = bind_local(listen).await?;
@@ -381,6 +396,18 @@ impl Parts<'_> {
             let served = proxy.tcp.clone().serve(
                 listener,
                 route.clone(),
+                self.drain.clone(),
+                self.connections.clone(),
+            );
+            self.tasks.spawn(served);
+        }
+        if let Some(listen) = proxy.egress.listen {
+            let (listener, addr) = bind_local(listen).await?;
+            self.egress_listener = Some(addr);
+            let max = self.config.limits.max_connections;
+            let served = proxy.egress.clone().serve(
+                listener,
+                max,
                 self.drain.clone(),
                 self.connections.clone(),
             );

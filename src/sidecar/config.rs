@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod egress;
 mod flags;
 mod tcp;
 mod workload_api;
+pub use egress::{EgressConfig, EgressDestination, EgressMode};
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};
 pub use workload_api::{parse_unix_uri, WorkloadApiConfig, ENDPOINT_ENV};
@@ -152,6 +154,9 @@ pub struct OutboundConfig {
     /// Opaque TCP routes, each with a listener of its own.
     #[serde(default)]
     pub tcp_routes: Vec<TcpRouteConfig>,
+    /// Destinations outside the mesh, and the address guard.
+    #[serde(default)]
+    pub egress: EgressConfig,
 }
 
 /// A declared destination for transparently captured traffic.
@@ -435,6 +440,9 @@ impl Config {
             .federated_bundles
             .values_mut()
             .for_each(resolve);
+        if let Some(out) = &mut self.outbound {
+            egress::resolve_paths(&mut out.egress, base);
+        }
     }
 
     /// Cross-field rules serde cannot express. On failure returns the
@@ -473,6 +481,7 @@ impl Config {
             validate_strip_headers(&inbound.strip_headers)?;
         }
         tcp::validate(self)?;
+        egress::validate(self)?;
         let Some(out) = &self.outbound else {
             return Ok(());
         };

@@ -279,7 +279,8 @@ impl Metrics {
             .inc();
     }
 
-    /// The registry, for families owned by another module (the Workload API's).
+    /// The registry, for the families another module owns (the Workload
+    /// API's, egress).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod egress;
 pub mod headers;
 pub mod identity;
 pub mod logbuf;

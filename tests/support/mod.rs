@@ -224,6 +224,7 @@ pub fn outbound_config(
             undeclared: Default::default(),
             keep_underscore_headers: false,
             tcp_routes: Vec::new(),
+            egress: Default::default(),
             routes: vec![RouteConfig {
                 host: Some(host.into()),
                 listen: None,

@@ -75,6 +75,7 @@ impl QuickStart {
                 keep_underscore_headers: false,
                 routes: vec![o.route],
                 tcp_routes: Vec::new(),
+                egress: Default::default(),
             }),
             admin: AdminConfig {
                 listen: self.admin.unwrap_or(DEFAULT_ADMIN),

@@ -7,7 +7,10 @@
 //! - `header_rewrite`: `strip_inbound` + `PeerHeaders::apply` on a realistic
 //!   request header map with spoofed identity headers;
 //! - `policy_evaluate/<rules>`: one `Policy::evaluate` at 10, 1,000 and
-//!   10,000 rules, which must not grow with the policy.
+//!   10,000 rules, which must not grow with the policy;
+//! - `egress`: what an egress connection costs before it is connected
+//!   (issue 20): the SNI of a real ClientHello, the address guard, and the
+//!   address decision on a resolved answer.
 //!
 //! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`),
 //! not wall time: on a shared machine the time the thread spends preempted
@@ -219,7 +222,7 @@ fn policy_yaml(n: usize) -> String {
                  from: [\"spiffe://cluster.local/ns/ns-{ns}/*\"]\n    \
                  methods: [GET, HEAD]\n    paths: [\"/public/*\", /metrics]\n"
             )
-        } else if sa == 1 && ns % 10 == 0 {
+        } else if sa == 1 && ns.is_multiple_of(10) {
             format!(
                 "name: ns-{ns}-no-admin\n    action: deny\n    \
                  from: [\"spiffe://cluster.local/ns/ns-{ns}/*\"]\n    \
@@ -324,9 +327,57 @@ fn policy_evaluation(c: &mut C) {
     }
 }
 
+fn egress(c: &mut C) {
+    use meshguard::sidecar::egress::{guard::Guard, sni, table};
+    use std::net::IpAddr;
+    let mut g = c.benchmark_group("egress");
+    // A real first flight: rustls with its default extensions (key shares
+    // of two groups), for a typical API name.
+    let provider = meshguard::sidecar::tls::crypto_provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("api.payments.example").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert_eq!(sni::server_name(&hello).unwrap(), "api.payments.example");
+    g.bench_function("client_hello_sni", |b| {
+        b.iter(|| sni::server_name(black_box(&hello)))
+    });
+    let guard = Guard::new(vec!["10.20.0.0/16".parse().unwrap()], Vec::new());
+    for (label, ip) in [
+        ("guard_public_v4", "93.184.215.14"),
+        ("guard_nat64_metadata", "64:ff9b::a9fe:a9fe"),
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        g.bench_function(label, |b| b.iter(|| guard.check(black_box(ip), None)));
+    }
+    let resolved: Vec<IpAddr> = ["93.184.215.14", "93.184.215.15", "2606:2800:21f::1"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let dialled = Some("93.184.215.15:443".parse().unwrap());
+    g.bench_function("targets_captured", |b| {
+        b.iter(|| {
+            table::targets(
+                "api.payments.example",
+                black_box(&resolved),
+                dialled,
+                443,
+                &guard,
+                None,
+            )
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = hot_path;
     config = Criterion::default().with_measurement(ThreadCpuTime(WallTime));
-    targets = spiffe_id_parse, path_normalization, header_rewrite, policy_evaluation
+    targets = spiffe_id_parse, path_normalization, header_rewrite, policy_evaluation, egress
 }
 criterion_main!(hot_path);

@@ -8,6 +8,7 @@ use meshguard::kube::inject::webhook::WebhookArgs;
 use meshguard::kube::inject::InjectArgs;
 use meshguard::kube::iptables::InitIptablesArgs;
 use meshguard::kube::run::RunArgs;
+use meshguard::sidecar::egress::cli::EgressCommand;
 use meshguard::sidecar::logging::{self, LogFormat};
 use meshguard::sidecar::policy::cli::PolicyCommand;
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Command {
     /// Policy tools: explain a decision, find rules that can never match.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Egress tools: explain what happens to a destination outside the mesh.
+    #[command(subcommand)]
+    Egress(EgressCommand),
     /// A tiny HTTP app that echoes what it receives (for demos and tests).
     Echo(EchoArgs),
     /// Add the sidecar to Kubernetes manifests (files or stdin) and print them.
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match &cli.command {
         // The policy tools' exit status is their answer (0/1/2).
         Command::Policy(cmd) => return ExitCode::from(meshguard::sidecar::policy::cli::run(cmd)),
+        Command::Egress(cmd) => return ExitCode::from(meshguard::sidecar::egress::cli::run(cmd)),
         Command::Run(args) => meshguard::kube::run::run(args).map_err(Into::into),
         Command::Certs(cmd) => meshguard::dev::cli::run_certs(cmd).map_err(Into::into),
         Command::Demo(args) => meshguard::dev::cli::run_demo_command(args).map_err(Into::into),

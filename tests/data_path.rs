@@ -243,6 +243,7 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
         keep_underscore_headers: false,
         strip_headers: Vec::new(),
         tcp_routes: Vec::new(),
+        egress: Default::default(),
         routes: vec![RouteConfig {
             host: None,
             listen: Some(any_port()),

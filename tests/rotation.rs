@@ -84,6 +84,7 @@ impl KubeletDir {
             key: self.dir.join("tls.key"),
             bundle: self.dir.join("ca.crt"),
             federated_bundles: Default::default(),
+            workload_api: None,
         }
     }
 }
@@ -565,6 +566,7 @@ async fn a_pooled_outbound_connection_outliving_the_server_cert_is_replaced() {
         key,
         bundle: pki.bundle_path(),
         federated_bundles: Default::default(),
+        workload_api: None,
     };
     let server = meshguard::sidecar::app::start(&fast(inbound_config(files.clone(), app.addr)))
         .await
@@ -638,6 +640,7 @@ async fn an_expired_own_svid_without_replacement_fails_closed() {
             key: skey,
             bundle: pki.bundle_path(),
             federated_bundles: Default::default(),
+            workload_api: None,
         },
         app.addr,
     )))
@@ -650,6 +653,7 @@ async fn an_expired_own_svid_without_replacement_fails_closed() {
             key: ckey,
             bundle: pki.bundle_path(),
             federated_bundles: Default::default(),
+            workload_api: None,
         },
         SERVER_HOST,
         server.inbound.unwrap(),

@@ -24,6 +24,10 @@
 #   --no-perf  skip the syscalls-per-request count (perf stat; skipped anyway without perf)
 #   --no-install, --no-build (use $MESHGUARD_BIN or target/release/meshguard as is)
 #   --keep    keep the temporary directory (configs, certs, logs)
+#   --idle C,M  memory per idle connection instead of the load tests: C client
+#             keep-alive connections to each outbound, M mTLS connections to each
+#             inbound (benches/pairs/idle.py); every proxy's connection limit
+#             raised to the same value
 #   --hold    start and check the pairs, print their addresses and pids, then wait
 #             (for profiling by hand: perf record -p PID, strace -c -f -p PID); Ctrl-C ends
 set -euo pipefail
@@ -48,6 +52,7 @@ INSTALL=1
 BUILD=1
 KEEP=0
 HOLD=0
+IDLE=
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 
@@ -69,6 +74,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     --hold) HOLD=1 ;;
+    --idle) IDLE=$2; shift ;;
     -h|--help) usage 0 ;;
     *) echo "run.sh: unknown option $1" >&2; usage 2 ;;
   esac
@@ -198,6 +204,21 @@ wait_port() { # wait_port PORT NAME
   die "$2 does not listen on 127.0.0.1:$1"
 }
 
+# Connection limits: the load tests keep the peers' usual ones; the idle run
+# raises every proxy's to the same value (and the open-files limit with it).
+NGINX_CONNS=8192 HAP_MAXCONN=4096 NGINX_RLIMIT=
+if [ -n "$IDLE" ]; then
+  # The open-files limit is raised as far as the hard limit lets, and every
+  # proxy may hold as many connections as haproxy can: it reserves two
+  # descriptors per connection and refuses to start when the limit is lower.
+  # (A hard limit of 20000, as in this sandbox, so allows ~9,900.)
+  ulimit -n "$(ulimit -Hn)"
+  IDLE_MAX=$(( ($(ulimit -n) - 200) / 2 ))
+  NGINX_CONNS=$IDLE_MAX HAP_MAXCONN=$IDLE_MAX
+  NGINX_RLIMIT="worker_rlimit_nofile $(ulimit -n);
+"
+fi
+
 B=$BASE_PORT
 P_NGINX_OUT=$((B + 10)) P_NGINX_IN=$((B + 11))
 P_HAP_OUT=$((B + 20)) P_HAP_IN=$((B + 21))
@@ -236,7 +257,7 @@ master_process on;
 worker_processes 1;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
-events { worker_connections 8192; }
+${NGINX_RLIMIT}events { worker_connections $NGINX_CONNS; }
 EOF
 }
 nginx_http_common() { # nginx_http_common DIR
@@ -336,7 +357,7 @@ fi
 
 if has_pair haproxy; then
   # global and defaults, shared with benches/protocols/run.py
-  hap_common() { cat "$HERE/haproxy-common.cfg"; }
+  hap_common() { sed "s/^  maxconn .*/  maxconn $HAP_MAXCONN/" "$HERE/haproxy-common.cfg"; }
   {
     hap_common
     cat <<EOF
@@ -423,11 +444,33 @@ mg_ready() { # mg_ready ADMIN_PORT NAME
 export MESHGUARD_LOG=${MESHGUARD_LOG:-warn}
 if has_pair meshguard; then
   say "meshguard pair: 127.0.0.1:$P_MG_OUT → mTLS 127.0.0.1:$P_MG_IN ($MESHGUARD_BIN)"
-  start meshguard-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
-    --inbound "127.0.0.1:$P_MG_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG_ADMIN_IN" --workers 1
-  start meshguard-out "$MESHGUARD_BIN" --log-format json run --cert "$CC" --key "$CK" --bundle "$CA" \
-    --outbound "127.0.0.1:$P_MG_OUT" --peer "127.0.0.1:$P_MG_IN" --peer-id "$SERVER_ID" \
-    --admin "127.0.0.1:$P_MG_ADMIN_OUT" --workers 1
+  if [ -z "$IDLE" ]; then
+    start meshguard-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
+      --inbound "127.0.0.1:$P_MG_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG_ADMIN_IN" --workers 1
+    start meshguard-out "$MESHGUARD_BIN" --log-format json run --cert "$CC" --key "$CK" --bundle "$CA" \
+      --outbound "127.0.0.1:$P_MG_OUT" --peer "127.0.0.1:$P_MG_IN" --peer-id "$SERVER_ID" \
+      --admin "127.0.0.1:$P_MG_ADMIN_OUT" --workers 1
+  else
+    # The same pair from config files: the flags have no connection limit.
+    cat >"$TMP/meshguard-in.yaml" <<EOF
+identity: {cert: $SC, key: $SK, bundle: $CA}
+inbound: {listen: 127.0.0.1:$P_MG_IN, app: 127.0.0.1:$B}
+admin: {listen: 127.0.0.1:$P_MG_ADMIN_IN}
+runtime: {workers: 1}
+limits: {max_connections: $IDLE_MAX}
+EOF
+    cat >"$TMP/meshguard-out.yaml" <<EOF
+identity: {cert: $CC, key: $CK, bundle: $CA}
+outbound:
+  routes:
+    - {listen: 127.0.0.1:$P_MG_OUT, peer: 127.0.0.1:$P_MG_IN, identity: $SERVER_ID}
+admin: {listen: 127.0.0.1:$P_MG_ADMIN_OUT}
+runtime: {workers: 1}
+limits: {max_connections: $IDLE_MAX}
+EOF
+    start meshguard-in "$MESHGUARD_BIN" --log-format json run --config "$TMP/meshguard-in.yaml"
+    start meshguard-out "$MESHGUARD_BIN" --log-format json run --config "$TMP/meshguard-out.yaml"
+  fi
   mg_ready "$P_MG_ADMIN_IN" meshguard-in
   mg_ready "$P_MG_ADMIN_OUT" meshguard-out
 fi
@@ -520,19 +563,20 @@ pids_json() { # pids_json out-name in-name
   sep=""
   for pair in "${PAIR_LIST[@]}"; do
     case "$pair" in
-      direct) url=http://127.0.0.1:$B/ procs='{}' ;;
-      nginx) url=http://127.0.0.1:$P_NGINX_OUT/ procs=$(pids_json nginx-out nginx-in) ;;
-      haproxy) url=http://127.0.0.1:$P_HAP_OUT/ procs=$(pids_json haproxy-out haproxy-in) ;;
-      stunnel) url=http://127.0.0.1:$P_ST_OUT/ procs=$(pids_json stunnel-out stunnel-in) ;;
-      meshguard) url=http://127.0.0.1:$P_MG_OUT/ procs=$(pids_json meshguard-out meshguard-in) ;;
-      meshguard-h1) url=http://127.0.0.1:$P_MG2_OUT/ procs=$(pids_json meshguard-h1-out meshguard-h1-in) ;;
-      bare) url=http://127.0.0.1:$P_BARE_OUT/ procs=$(pids_json bare-out bare-in) ;;
+      direct) url=http://127.0.0.1:$B/ in=$B procs='{}' ;;
+      nginx) url=http://127.0.0.1:$P_NGINX_OUT/ in=$P_NGINX_IN procs=$(pids_json nginx-out nginx-in) ;;
+      haproxy) url=http://127.0.0.1:$P_HAP_OUT/ in=$P_HAP_IN procs=$(pids_json haproxy-out haproxy-in) ;;
+      stunnel) url=http://127.0.0.1:$P_ST_OUT/ in=$P_ST_IN procs=$(pids_json stunnel-out stunnel-in) ;;
+      meshguard) url=http://127.0.0.1:$P_MG_OUT/ in=$P_MG_IN procs=$(pids_json meshguard-out meshguard-in) ;;
+      meshguard-h1) url=http://127.0.0.1:$P_MG2_OUT/ in=$P_MG2_IN procs=$(pids_json meshguard-h1-out meshguard-h1-in) ;;
+      bare) url=http://127.0.0.1:$P_BARE_OUT/ in=$P_BARE_IN procs=$(pids_json bare-out bare-in) ;;
     esac
-    printf '%s{"name": "%s", "url": "%s", "proxies": %s}\n' "$sep" "$pair" "$url" "$procs"
+    printf '%s{"name": "%s", "url": "%s", "in_addr": "127.0.0.1:%s", "proxies": %s}\n' "$sep" "$pair" "$url" "$in" "$procs"
     sep=","
   done
   echo "],"
   printf '"backend_pids": [%s],\n' "$(pid_of backend)"
+  printf '"tls": {"ca": "%s", "cert": "%s", "key": "%s", "server_name": "%s"},\n' "$CA" "$CC" "$CK" "$SERVER_DNS"
   python3 - "$MESHGUARD_BIN" "$STUNNEL" "$REPO" "$TMP/checks.txt" <<'EOF'
 import json, os, platform, subprocess, sys
 def out(cmd):
@@ -579,6 +623,13 @@ if [ "$HOLD" = 1 ]; then
   python3 -c 'import json,sys
 for p in json.load(open(sys.argv[1]))["pairs"]: print("  %-10s %-26s pids %s" % (p["name"], p["url"], p["proxies"]))' "$TMP/spec.json" >&2
   while :; do sleep 3600 & SLEEP_PID=$!; wait "$SLEEP_PID"; done
+fi
+if [ -n "$IDLE" ]; then
+  OUT="$REPO/benches/results/idle-$(date -u +%Y%m%dT%H%M%SZ)"
+  say "idle connections: ${IDLE%,*} client, ${IDLE#*,} mTLS, per pair"
+  python3 "$HERE/idle.py" --spec "$TMP/spec.json" --clients "${IDLE%,*}" --mtls "${IDLE#*,}" \
+    --out-json "$OUT.json" --out-md "$OUT.md"
+  exit 0
 fi
 PERF_FLAG=--no-perf
 if [ "$PERF" = 1 ] && command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then

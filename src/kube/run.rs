@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub struct RunArgs {
     /// YAML config file (a commented one: deploy/meshguard.example.yaml).
     /// Excludes the flags below.
-    #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "inbound", "app", "policy", "outbound", "peer", "peer_id"])]
+    #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "workload_api", "inbound", "app", "policy", "outbound", "peer", "peer_id"])]
     config: Option<PathBuf>,
     /// Tokio worker threads (overrides the config; 1 = single-threaded).
     #[arg(long)]
@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// CA bundle of our trust domain (PEM).
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// Instead of --cert, --key and --bundle: our SVID and bundles from the
+    /// SPIFFE Workload API at SPIFFE_ENDPOINT_SOCKET (a SPIRE agent).
+    #[arg(long, conflicts_with_all = ["cert", "key", "bundle"])]
+    workload_api: bool,
     /// Inbound mTLS listener address.
     #[arg(long, requires = "app")]
     inbound: Option<SocketAddr>,
@@ -69,7 +73,7 @@ pub struct RunArgs {
 /// wrapped unchanged: the message is the cause's own.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("give --config FILE, or --cert, --key and --bundle with --inbound/--app and/or --outbound/--peer/--peer-id")]
+    #[error("give --config FILE, or --cert, --key and --bundle (or --workload-api) with --inbound/--app and/or --outbound/--peer/--peer-id")]
     NoConfig,
     #[error("--workers must be at least 1")]
     ZeroWorkers,
@@ -149,6 +153,7 @@ impl RunArgs {
     pub fn config(&self) -> Result<Config, RunError> {
         let mut config = match &self.config {
             Some(path) => Config::load(path)?,
+            None if self.workload_api => self.quick_start()?.validated_from_workload_api()?,
             None => self.quick_start()?.validated()?,
         };
         // The injector forces the admin address so kubelet can always probe it.
@@ -166,8 +171,11 @@ impl RunArgs {
 
     /// The ghostunnel-style single-route quick start the flags describe.
     fn quick_start(&self) -> Result<QuickStart, RunError> {
-        let (Some(cert), Some(key), Some(bundle)) = (&self.cert, &self.key, &self.bundle) else {
-            return Err(RunError::NoConfig);
+        let none = PathBuf::new();
+        let (cert, key, bundle) = match (&self.cert, &self.key, &self.bundle) {
+            _ if self.workload_api => (&none, &none, &none),
+            (Some(cert), Some(key), Some(bundle)) => (cert, key, bundle),
+            _ => return Err(RunError::NoConfig),
         };
         let inbound = self
             .inbound
@@ -245,7 +253,15 @@ async fn run_sidecar(
         drop(trigger);
     }
     let mut signals = runtime::StopSignals::install();
-    let running = crate::sidecar::app::start(&config).await?;
+    // With an identity from the Workload API the start waits for the
+    // first SVID, for as long as the agent takes: stopping must still work.
+    let running = tokio::select! {
+        running = crate::sidecar::app::start(&config) => running?,
+        _ = signals.next() => {
+            tracing::info!("stopped before the sidecar was ready");
+            return Ok(());
+        }
+    };
     let shutdown_requested = async move {
         match requested.recv().await {
             Some(()) => (),

@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -26,22 +26,29 @@ pub struct AdminState {
     /// never key material).
     config_json: String,
     metrics: Arc<Metrics>,
-    store: Arc<CredentialStore>,
+    /// Our credentials, once we have any (an identity streamed from the
+    /// Workload API arrives after the admin listener is up).
+    store: OnceLock<Arc<CredentialStore>>,
 }
 
 impl AdminState {
-    pub fn new(
-        config_json: String,
-        metrics: Arc<Metrics>,
-        store: Arc<CredentialStore>,
-    ) -> Arc<Self> {
+    pub fn new(config_json: String, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(AdminState {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             config_json,
             metrics,
-            store,
+            store: OnceLock::new(),
         })
+    }
+
+    /// The credentials readiness checks from now on (set once).
+    pub fn set_store(&self, store: Arc<CredentialStore>) {
+        let _ = self.store.set(store);
+    }
+
+    fn svid_is_valid_now(&self) -> bool {
+        self.store.get().is_some_and(|s| s.svid_is_valid_now())
     }
 
     /// From now on readiness is false: the pod is shutting down.
@@ -58,7 +65,7 @@ impl AdminState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
-            && self.store.svid_is_valid_now()
+            && self.svid_is_valid_now()
     }
 }
 
@@ -96,7 +103,11 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if state.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/ready" if !state.store.svid_is_valid_now() => text(
+        "/ready" if state.store.get().is_none() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for the first SVID\n",
+        ),
+        "/ready" if !state.svid_is_valid_now() => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: own SVID is expired or not yet valid\n",
         ),

@@ -4,6 +4,7 @@
 
 use crate::sidecar::admin::{self, AdminState};
 use crate::sidecar::config::Config;
+use crate::sidecar::egress::Egress;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::policy::PolicyError;
 use crate::sidecar::policy::PolicySlot;
@@ -12,6 +13,7 @@ use crate::sidecar::proxy::serve::ConnectionTracker;
 use crate::sidecar::proxy::tcp::{self, TcpInbound, TcpOutbound, TcpSettings};
 use crate::sidecar::proxy::{bind, outbound::Outbound, BindError};
 use crate::sidecar::tls::{inbound_server_config, CredentialStore, TlsError};
+use crate::sidecar::workload_api::{self, JwtBundles, WorkloadApi, WorkloadApiError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -30,6 +32,12 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     AppAddress(#[from] crate::sidecar::proxy::inbound::InvalidAppAddress),
+    #[error(transparent)]
+    Egress(#[from] crate::sidecar::egress::EgressError),
+    #[error("Workload API: {0}")]
+    WorkloadApi(#[from] WorkloadApiError),
+    #[error("the Workload API client stopped before any SVID arrived")]
+    IdentityStopped,
 }
 
 /// A running sidecar: the addresses it actually listens on, and the handle
@@ -42,6 +50,8 @@ pub struct Running {
     pub route_listeners: Vec<SocketAddr>,
     /// Listeners of `outbound.tcp_routes`, in config order.
     pub tcp_route_listeners: Vec<SocketAddr>,
+    /// `outbound.egress.listen`, if configured.
+    pub egress: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub store: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
@@ -49,6 +59,9 @@ pub struct Running {
     pub policy: PolicySlot,
     /// Open data-path connections (both directions).
     pub connections: ConnectionTracker,
+    /// With an identity from the Workload API: the JWT bundles it streams
+    /// (the seam for JWT-SVID validation; see `workload_api::JwtBundles`).
+    pub jwt_bundles: Option<watch::Receiver<JwtBundles>>,
     admin_state: Arc<AdminState>,
     shutdown_config: crate::sidecar::config::ShutdownConfig,
     /// true = stop accepting, close connections gracefully.
@@ -108,66 +121,153 @@ impl Running {
 }
 
 /// Starts every part of the sidecar described by `config`. Returns once all
-/// listeners are bound (so readiness is true).
+/// listeners are bound (so readiness is true); with an identity from the
+/// Workload API, that is after the first SVID arrived.
 pub async fn start(config: &Config) -> Result<Running, AppError> {
-    let (store, loaded_files) = crate::sidecar::reload::load_credentials(&config.identity)?;
-    let own_id = store.own_id();
-    let (policy, policy_hash) = load_policy(config)?;
+    begin(config).await?.finish().await
+}
+
+/// Where our credentials come from.
+enum Identity {
+    /// Loaded from files, with the fingerprints their watcher starts from.
+    Files(Arc<CredentialStore>, crate::sidecar::reload::LoadedFiles),
+    /// Streamed by a SPIFFE Workload API client running in `tasks`.
+    WorkloadApi(workload_api::Receivers),
+}
+
+/// A sidecar whose admin listener is up and whose identity is loaded or on
+/// its way (`/ready` answers 503 meanwhile); [`Starting::finish`] starts
+/// the rest.
+pub struct Starting<'c> {
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    config: &'c Config,
+    identity: Identity,
+    metrics: Arc<Metrics>,
+    admin_state: Arc<AdminState>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// The first half of [`start`]: identity files loaded (or the Workload API
+/// client started) and the admin listener serving.
+pub async fn begin(config: &Config) -> Result<Starting<'_>, AppError> {
     let known_peers = config
         .outbound
         .iter()
         .flat_map(|o| o.routes.iter().map(|r| r.identity.to_string()));
     let metrics = Arc::new(Metrics::new(known_peers)?);
-    crate::sidecar::reload::publish_cert_expiry(&metrics, &store);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let identity = match &config.identity.workload_api {
+        None => {
+            let (store, loaded) = crate::sidecar::reload::load_credentials(&config.identity)?;
+            Identity::Files(store, loaded)
+        }
+        Some(api) => {
+            let (client, receivers) = WorkloadApi::new(api, metrics.clone())?;
+            tasks.spawn(client.run(shutdown_rx.clone()));
+            Identity::WorkloadApi(receivers)
+        }
+    };
     let config_json =
         serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    let admin_state = AdminState::new(config_json, metrics.clone(), store.clone());
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let (drain, drain_rx) = watch::channel(false);
-    let mut parts = Parts {
-        config,
-        store,
-        metrics,
-        policy,
-        poll: std::time::Duration::from_millis(config.runtime.poll_interval_ms),
-        shutdown: shutdown_rx,
-        drain: drain_rx,
-        connections: ConnectionTracker::default(),
-        tasks: JoinSet::new(),
-    };
+    let admin_state = AdminState::new(config_json, metrics.clone());
     let (admin_listener, admin) = bind_local(config.admin.listen).await?;
-    let served = admin::serve(admin_listener, admin_state.clone(), parts.shutdown.clone());
-    parts.tasks.spawn(served);
-    let inbound = parts.start_inbound(policy_hash).await?;
-    let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
-    parts.watch_credentials(loaded_files);
-    admin_state.set_ready(true);
-    tracing::info!(
-        id = %own_id,
-        // Plain addresses; a listener that is not configured is left out.
-        inbound = inbound.map(tracing::field::display),
-        outbound = outbound.map(tracing::field::display),
-        route_listeners = (!route_listeners.is_empty()).then(|| join_addrs(&route_listeners)),
-        admin = %admin,
-        "meshguard ready"
-    );
-    Ok(Running {
-        own_id,
-        inbound,
-        outbound,
-        route_listeners,
-        tcp_route_listeners,
+    tasks.spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        shutdown_rx,
+    ));
+    Ok(Starting {
         admin,
-        store: parts.store,
-        metrics: parts.metrics,
-        policy: parts.policy,
-        connections: parts.connections,
+        config,
+        identity,
+        metrics,
         admin_state,
-        shutdown_config: config.shutdown.clone(),
-        drain,
         shutdown,
-        tasks: parts.tasks,
+        tasks,
     })
+}
+
+impl Starting<'_> {
+    /// Waits for our identity, then binds every listener and starts the
+    /// proxies and watchers.
+    pub async fn finish(self) -> Result<Running, AppError> {
+        let Starting {
+            admin,
+            config,
+            identity,
+            metrics,
+            admin_state,
+            shutdown,
+            tasks,
+        } = self;
+        let (store, jwt_bundles) = match &identity {
+            Identity::Files(store, _) => (store.clone(), None),
+            Identity::WorkloadApi(rx) => (first_store(rx).await?, Some(rx.jwt_bundles.clone())),
+        };
+        let own_id = store.own_id();
+        let (policy, policy_hash) = load_policy(config)?;
+        crate::sidecar::reload::publish_cert_expiry(&metrics, &store);
+        admin_state.set_store(store.clone());
+        let (drain, drain_rx) = watch::channel(false);
+        let mut parts = Parts {
+            config,
+            store,
+            metrics,
+            policy,
+            poll: std::time::Duration::from_millis(config.runtime.poll_interval_ms),
+            shutdown: shutdown.subscribe(),
+            drain: drain_rx,
+            connections: ConnectionTracker::default(),
+            tasks,
+            egress_listener: None,
+        };
+        let inbound = parts.start_inbound(policy_hash).await?;
+        let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
+        parts.watch_credentials(identity);
+        admin_state.set_ready(true);
+        tracing::info!(
+            id = %own_id,
+            // Plain addresses; a listener that is not configured is left out.
+            inbound = inbound.map(tracing::field::display),
+            outbound = outbound.map(tracing::field::display),
+            route_listeners = (!route_listeners.is_empty()).then(|| join_addrs(&route_listeners)),
+            admin = %admin,
+            "meshguard ready"
+        );
+        Ok(Running {
+            own_id,
+            inbound,
+            outbound,
+            route_listeners,
+            tcp_route_listeners,
+            egress: parts.egress_listener,
+            admin,
+            store: parts.store,
+            metrics: parts.metrics,
+            policy: parts.policy,
+            connections: parts.connections,
+            jwt_bundles,
+            admin_state,
+            shutdown_config: config.shutdown.clone(),
+            drain,
+            shutdown,
+            tasks: parts.tasks,
+        })
+    }
+}
+
+/// The store the Workload API client builds from the first accepted SVID.
+async fn first_store(rx: &workload_api::Receivers) -> Result<Arc<CredentialStore>, AppError> {
+    let mut store = rx.store.clone();
+    tracing::info!("waiting for the first SVID from the Workload API; not ready until then");
+    let ready = store
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| AppError::IdentityStopped)?;
+    ready.clone().ok_or(AppError::IdentityStopped)
 }
 
 /// The policy file of `inbound.policy`, if any, with the hash its watcher
@@ -200,6 +300,8 @@ struct Parts<'c> {
     drain: watch::Receiver<bool>,
     connections: ConnectionTracker,
     tasks: JoinSet<()>,
+    /// Where `outbound.egress.listen` was bound.
+    egress_listener: Option<SocketAddr>,
 }
 
 impl Parts<'_> {
@@ -257,7 +359,13 @@ impl Parts<'_> {
         let limits = self.config.limits.clone();
         let settings = TcpSettings::new(self.config);
         let tcp = TcpOutbound::new(&self.store, cfg, self.metrics.clone(), &limits, settings)?;
-        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits, tcp)?;
+        let egress = Egress::new(
+            &cfg.egress,
+            &limits,
+            cfg.keep_underscore_headers,
+            self.metrics.clone(),
+        )?;
+        let proxy = Outbound::new(&self.store, cfg, self.metrics.clone(), limits, tcp, egress)?;
         let mut shared = None;
         if let Some(listen) = cfg.listen {
             let (listener, addr) = bind_local(listen).await?;
@@ -293,19 +401,44 @@ impl Parts<'_> {
             );
             self.tasks.spawn(served);
         }
+        if let Some(listen) = proxy.egress.listen {
+            let (listener, addr) = bind_local(listen).await?;
+            self.egress_listener = Some(addr);
+            let max = self.config.limits.max_connections;
+            let served = proxy.egress.clone().serve(
+                listener,
+                max,
+                self.drain.clone(),
+                self.connections.clone(),
+            );
+            self.tasks.spawn(served);
+        }
         Ok((shared, route_listeners, tcp_listeners))
     }
 
-    /// Reloads of our SVID, key and bundles.
-    fn watch_credentials(&mut self, loaded: crate::sidecar::reload::LoadedFiles) {
-        self.tasks.spawn(crate::sidecar::reload::watch_credentials(
-            self.config.identity.clone(),
-            self.store.clone(),
-            loaded,
-            self.metrics.clone(),
-            self.poll,
-            self.shutdown.clone(),
-        ));
+    /// Reloads of our SVID, key and bundles from files; with the Workload
+    /// API (whose client applies updates itself), the expiry sweep of open
+    /// connections only.
+    fn watch_credentials(&mut self, identity: Identity) {
+        match identity {
+            Identity::Files(_, loaded) => {
+                self.tasks.spawn(crate::sidecar::reload::watch_credentials(
+                    self.config.identity.clone(),
+                    self.store.clone(),
+                    loaded,
+                    self.metrics.clone(),
+                    self.poll,
+                    self.shutdown.clone(),
+                ));
+            }
+            Identity::WorkloadApi(_) => {
+                self.tasks.spawn(workload_api::sweep_expired(
+                    self.store.clone(),
+                    self.poll,
+                    self.shutdown.clone(),
+                ));
+            }
+        }
     }
 }
 

@@ -277,6 +277,48 @@ pub fn upgrade_closed(r: &UpgradeRecord<'_>) {
     );
 }
 
+/// Everything the audit line of one egress decision carries: a TLS
+/// connection (by SNI), a passthrough connection, or an originated request.
+pub struct EgressRecord<'a> {
+    /// `tls`, `originate` or `passthrough`.
+    pub mode: &'a str,
+    /// The name asked for (SNI or Host), as the app sent it.
+    pub host: Option<&'a str>,
+    /// The address connected to, or the one the app dialled when refused.
+    pub destination: Option<SocketAddr>,
+    pub decision: Disposition,
+    /// A bounded label (`allowed`, `undeclared`, `metadata`, `address_mismatch`, ...).
+    pub reason: &'a str,
+    pub detail: Option<&'a dyn Display>,
+}
+
+/// Writes the audit line of one egress decision.
+pub fn egress(r: &EgressRecord<'_>) {
+    let destination = r.destination.map(tracing::field::display);
+    let detail = r.detail.map(tracing::field::display);
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: TARGET,
+                event = "egress",
+                direction = Direction::Outbound.as_str(),
+                mode = r.mode,
+                host = r.host,
+                destination,
+                decision = r.decision.as_str(),
+                reason = r.reason,
+                detail,
+                "egress {}",
+                r.decision.as_str()
+            )
+        };
+    }
+    match r.decision {
+        Disposition::Allow => line!(info),
+        Disposition::Deny | Disposition::AuditDeny => line!(warn),
+    }
+}
+
 /// A claim header from a caller the policy does not let assert it, with
 /// what was done (`strip`: removed, the request goes on; `deny`: refused).
 /// The header's value is never logged: it may carry a user's identity.

@@ -9,10 +9,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod egress;
 mod flags;
 mod tcp;
+mod workload_api;
+pub use egress::{EgressConfig, EgressDestination, EgressMode};
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};
+pub use workload_api::{parse_unix_uri, WorkloadApiConfig, ENDPOINT_ENV};
 
 /// Default admin listener (metrics, health, config view).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
@@ -56,14 +60,26 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     /// PEM file: our X509-SVID, leaf first, then any intermediates.
+    /// Empty (not given) when the identity comes from `workload_api`.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub cert: PathBuf,
     /// PEM file: the SVID's private key (PKCS#8, SEC1 or PKCS#1).
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub key: PathBuf,
     /// PEM file: the CA certificates of our own trust domain.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub bundle: PathBuf,
     /// Extra trust domains (federation): trust domain name -> PEM bundle.
     #[serde(default)]
     pub federated_bundles: BTreeMap<String, PathBuf>,
+    /// Instead of the three files: SVIDs and bundles streamed from a SPIFFE
+    /// Workload API (a SPIRE agent). Exactly one of the two is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_api: Option<WorkloadApiConfig>,
+}
+
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -142,6 +158,9 @@ pub struct OutboundConfig {
     /// Opaque TCP routes, each with a listener of its own.
     #[serde(default)]
     pub tcp_routes: Vec<TcpRouteConfig>,
+    /// Destinations outside the mesh, and the address guard.
+    #[serde(default)]
+    pub egress: EgressConfig,
 }
 
 /// A declared destination for transparently captured traffic.
@@ -413,7 +432,8 @@ impl Config {
 
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
+            // An empty path is a file not given (the Workload API is used).
+            if p.is_relative() && !path_is_empty(p) {
                 *p = base.join(&*p);
             }
         };
@@ -424,6 +444,9 @@ impl Config {
             .federated_bundles
             .values_mut()
             .for_each(resolve);
+        if let Some(out) = &mut self.outbound {
+            egress::resolve_paths(&mut out.egress, base);
+        }
     }
 
     /// Cross-field rules serde cannot express. On failure returns the
@@ -436,6 +459,8 @@ impl Config {
             ));
         }
         self.limits.validate()?;
+        let endpoint_env = std::env::var(ENDPOINT_ENV).ok();
+        workload_api::validate(&self.identity, endpoint_env.as_deref())?;
         if self.runtime.workers == 0 {
             return Err((
                 "runtime.workers must be at least 1".into(),
@@ -463,6 +488,7 @@ impl Config {
             validate_strip_headers("outbound", &outbound.strip_headers)?;
         }
         tcp::validate(self)?;
+        egress::validate(self)?;
         let Some(out) = &self.outbound else {
             return Ok(());
         };

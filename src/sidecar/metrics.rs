@@ -310,6 +310,12 @@ impl Metrics {
             .inc();
     }
 
+    /// The registry, for the families another module owns (the Workload
+    /// API's, egress).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

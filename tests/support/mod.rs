@@ -87,6 +87,7 @@ impl Pki {
             key,
             bundle: self.bundle_path(),
             federated_bundles: Default::default(),
+            workload_api: None,
         }
     }
 }
@@ -224,6 +225,7 @@ pub fn outbound_config(
             keep_underscore_headers: false,
             strip_headers: Vec::new(),
             tcp_routes: Vec::new(),
+            egress: Default::default(),
             routes: vec![RouteConfig {
                 host: Some(host.into()),
                 listen: None,

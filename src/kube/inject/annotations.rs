@@ -24,6 +24,10 @@ pub const POLICY_CONFIG_MAP: &str = "meshguard.io/policy-config-map";
 /// A `kubernetes.io/tls` Secret (tls.crt, tls.key, ca.crt) used as the
 /// SVID instead of the csi-driver-spiffe volume.
 pub const IDENTITY_SECRET: &str = "meshguard.io/identity-secret";
+/// `enabled` or `disabled` (default): take the identity from the SPIFFE
+/// Workload API of a SPIRE agent, whose socket the SPIFFE CSI driver
+/// (`csi.spiffe.io`) mounts, instead of SVID files.
+pub const SPIFFE_CSI: &str = "meshguard.io/spiffe-csi";
 /// Without a config map: the app port inbound traffic is forwarded to.
 pub const APP_PORT: &str = "meshguard.io/app-port";
 /// App ports carried as opaque TCP (comma-separated), passed to the
@@ -52,6 +56,7 @@ pub const USER_ANNOTATIONS: &[&str] = &[
     CONFIG_MAP,
     POLICY_CONFIG_MAP,
     IDENTITY_SECRET,
+    SPIFFE_CSI,
     APP_PORT,
     INBOUND_TCP_PORTS,
     EXCLUDE_INBOUND_PORTS,
@@ -80,6 +85,8 @@ pub(super) struct Settings {
     pub config_map: Option<String>,
     pub policy_config_map: Option<String>,
     pub identity_secret: Option<String>,
+    /// Identity from the Workload API through the SPIFFE CSI driver.
+    pub spiffe_csi: bool,
     pub app_port: Option<u16>,
     /// `meshguard.io/inbound-tcp-ports`, validated, as written back.
     pub inbound_tcp_ports: Option<String>,
@@ -103,6 +110,7 @@ pub(super) fn settings(
     let config_map = values.object_name(CONFIG_MAP)?;
     let policy_config_map = values.object_name(POLICY_CONFIG_MAP)?;
     let identity_secret = values.object_name(IDENTITY_SECRET)?;
+    let spiffe_csi = values.spiffe_csi(identity_secret.is_some())?;
     let app_port = values.app_port(config_map.is_some())?;
     let inbound_tcp_ports = values.tcp_ports()?;
     let capture = values.capture(opts)?;
@@ -114,6 +122,7 @@ pub(super) fn settings(
         config_map,
         policy_config_map,
         identity_secret,
+        spiffe_csi,
         app_port,
         inbound_tcp_ports,
         capture,
@@ -202,6 +211,19 @@ impl<'a> Values<'a> {
             )),
             Some("disabled") => Ok(false),
             Some(_) => Err(self.bad(SHUTDOWN_ENDPOINT, "must be `enabled` or `disabled`".into())),
+        }
+    }
+
+    /// `meshguard.io/spiffe-csi`: one identity source per pod.
+    fn spiffe_csi(&self, has_identity_secret: bool) -> Result<bool, BadAnnotation> {
+        match self.get(SPIFFE_CSI) {
+            None | Some("disabled") => Ok(false),
+            Some("enabled") if has_identity_secret => Err(self.bad(
+                SPIFFE_CSI,
+                format!("the identity comes from the Secret in {IDENTITY_SECRET}; set one of them"),
+            )),
+            Some("enabled") => Ok(true),
+            Some(_) => Err(self.bad(SPIFFE_CSI, "must be `enabled` or `disabled`".into())),
         }
     }
 

@@ -40,6 +40,12 @@ pub const POLICY_DIR: &str = "/etc/meshguard/policy";
 pub const POLICY_FILE: &str = "policy.yaml";
 
 pub const CSI_DRIVER: &str = "spiffe.csi.cert-manager.io";
+/// The SPIFFE CSI driver, which mounts a SPIRE agent's Workload API socket.
+pub const SPIFFE_CSI_DRIVER: &str = "csi.spiffe.io";
+/// Where the sidecar sees that socket's directory (SPIRE's documented path).
+pub const WORKLOAD_API_DIR: &str = "/spiffe-workload-api";
+/// The agent's socket in it, as the SPIFFE standard's variable names it.
+pub const WORKLOAD_API_SOCKET: &str = "unix:///spiffe-workload-api/spire-agent.sock";
 /// csi-driver-spiffe writes the key readable by this group only.
 pub const CSI_FS_GROUP_ATTRIBUTE: &str = "spiffe.csi.cert-manager.io/fs-group";
 
@@ -167,15 +173,20 @@ fn run_args(settings: &Settings, app_port: Option<u16>) -> Vec<String> {
             format!("[::]:{}", c.admin_port),
         ];
     }
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--cert".into(),
-        format!("{IDENTITY_DIR}/tls.crt"),
-        "--key".into(),
-        format!("{IDENTITY_DIR}/tls.key"),
-        "--bundle".into(),
-        format!("{IDENTITY_DIR}/ca.crt"),
-    ];
+    let mut args: Vec<String> = if settings.spiffe_csi {
+        // The socket comes from SPIFFE_ENDPOINT_SOCKET (see sidecar_env).
+        vec!["run".into(), "--workload-api".into()]
+    } else {
+        vec![
+            "run".into(),
+            "--cert".into(),
+            format!("{IDENTITY_DIR}/tls.crt"),
+            "--key".into(),
+            format!("{IDENTITY_DIR}/tls.key"),
+            "--bundle".into(),
+            format!("{IDENTITY_DIR}/ca.crt"),
+        ]
+    };
     if let Some(port) = app_port {
         // `[::]` takes IPv4 too (net.ipv6.bindv6only is 0 in pods), so one
         // listener serves what both families' REDIRECT rules send.
@@ -279,6 +290,12 @@ fn sidecar_env(settings: &Settings, has_app_probes: bool) -> Vec<Value> {
             ("value", s(ports)),
         ]));
     }
+    if settings.spiffe_csi {
+        env.push(map([
+            ("name", s(crate::sidecar::config::ENDPOINT_ENV)),
+            ("value", s(WORKLOAD_API_SOCKET)),
+        ]));
+    }
     if settings.shutdown_endpoint {
         env.push(map([
             ("name", s(ENV_SHUTDOWN_LISTEN)),
@@ -296,7 +313,12 @@ fn sidecar_mounts(settings: &Settings) -> Vec<Value> {
             ("readOnly", Value::Bool(true)),
         ])
     };
-    let mut mounts = vec![read_only(IDENTITY_DIR, IDENTITY_VOLUME)];
+    let identity_dir = if settings.spiffe_csi {
+        WORKLOAD_API_DIR
+    } else {
+        IDENTITY_DIR
+    };
+    let mut mounts = vec![read_only(identity_dir, IDENTITY_VOLUME)];
     if settings.config_map.is_some() {
         mounts.push(read_only(CONFIG_DIR, CONFIG_VOLUME));
     }
@@ -326,6 +348,16 @@ pub(super) fn volumes(settings: &Settings) -> Vec<Value> {
         Some(secret) => map([
             ("name", s(IDENTITY_VOLUME)),
             ("secret", map([("secretName", s(secret))])),
+        ]),
+        None if settings.spiffe_csi => map([
+            ("name", s(IDENTITY_VOLUME)),
+            (
+                "csi",
+                map([
+                    ("driver", s(SPIFFE_CSI_DRIVER)),
+                    ("readOnly", Value::Bool(true)),
+                ]),
+            ),
         ]),
         None => map([
             ("name", s(IDENTITY_VOLUME)),

@@ -55,6 +55,7 @@ impl QuickStart {
                 key: self.key,
                 bundle: self.bundle,
                 federated_bundles: Default::default(),
+                workload_api: None,
             },
             inbound: self.inbound.map(|i| InboundConfig {
                 listen: i.listen,
@@ -75,6 +76,7 @@ impl QuickStart {
                 strip_headers: Vec::new(),
                 routes: vec![o.route],
                 tcp_routes: Vec::new(),
+                egress: Default::default(),
             }),
             admin: AdminConfig {
                 listen: self.admin.unwrap_or(DEFAULT_ADMIN),
@@ -83,6 +85,15 @@ impl QuickStart {
             limits: Default::default(),
             shutdown: Default::default(),
         }
+    }
+
+    /// As [`QuickStart::validated`], with the identity from the Workload API
+    /// at `SPIFFE_ENDPOINT_SOCKET` instead of the (empty) file paths.
+    pub fn validated_from_workload_api(self) -> Result<Config, QuickStartError> {
+        let mut config = self.into_config();
+        config.identity.workload_api = Some(super::WorkloadApiConfig::default());
+        config.validate().map_err(|(msg, _)| QuickStartError(msg))?;
+        Ok(config)
     }
 
     /// The config, checked by the same rules as a file's.

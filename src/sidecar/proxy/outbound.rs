@@ -11,13 +11,14 @@ use super::pool::{Http1Pool, Http2Conn, UpstreamBody, UpstreamError};
 use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, Control, Tracked};
 use super::sniff;
 use super::tcp::TcpOutbound;
-use super::transparent::{original_destination, passthrough, Destination, Destinations, Routing};
+use super::transparent::{original_destination, Destination, Destinations, Routing};
 use super::upgrade;
 use super::{
     canonical_host, refusal, ConnectError, CountingIo, Direction, PeerConnector, ProxyBody,
 };
 use crate::sidecar::config::LimitsConfig;
 use crate::sidecar::config::{OutboundConfig, RouteConfig};
+use crate::sidecar::egress::{self, AppRequest, Egress};
 use crate::sidecar::headers::{self, RequestRules, APP_H2, APP_PROTOCOL};
 use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
@@ -214,6 +215,8 @@ pub struct Outbound {
     header_rules: RequestRules,
     /// Opaque TCP: `outbound.tcp_routes` and captured `protocol: tcp` destinations.
     pub tcp: Arc<TcpOutbound>,
+    /// Destinations outside the mesh, and the address guard.
+    pub egress: Arc<Egress>,
     /// The drain signal, for upgraded connections (they outlive the
     /// serve loop of their connection); set when serving starts.
     drain: std::sync::OnceLock<watch::Receiver<bool>>,
@@ -226,6 +229,7 @@ impl Outbound {
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
         tcp: Arc<TcpOutbound>,
+        egress: Arc<Egress>,
     ) -> Result<Arc<Self>, TlsError> {
         let mut by_host = HashMap::new();
         let mut listener_routes = Vec::new();
@@ -259,6 +263,7 @@ impl Outbound {
                 keep_underscores: cfg.keep_underscore_headers,
             },
             tcp,
+            egress,
             drain: std::sync::OnceLock::new(),
         }))
     }
@@ -303,9 +308,18 @@ impl Outbound {
         let _ = tcp.set_nodelay(true);
         let routing = match self.destination(&tcp, fixed) {
             Destination::Http(routing) => routing,
-            Destination::Passthrough(dst) => return passthrough(tcp, dst).await,
+            Destination::Passthrough(dst) => return self.egress.passthrough(tcp, dst).await,
             Destination::Tcp(dst, id) => return self.tcp.captured(tcp, dst, id, drain).await,
         };
+        // Captured to an undeclared address: TLS can only be egress (by SNI).
+        if let Routing::Undeclared(dst) = routing {
+            let timeout = self.limits.header_read_timeout();
+            match egress::starts_with_tls(&tcp, timeout).await {
+                Ok(true) => return self.egress.tls(tcp, Some(dst)).await,
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
         // The app speaks HTTP/1.1 or HTTP/2 with prior knowledge (h2c) on
         // the same port; its first bytes tell which.
         let h2 = match sniff::h2_preface(&tcp, self.limits.header_read_timeout()).await {
@@ -410,7 +424,24 @@ impl Outbound {
         let path = uri.path();
         let route = match self.select_route(routing, authority) {
             Ok(route) => route,
-            Err(refused) => return self.record(None, &method, path, start, refused),
+            Err(refused) => {
+                let req = AppRequest {
+                    parts,
+                    body,
+                    target: uri.path_and_query().cloned(),
+                    dialled: match routing {
+                        Routing::Undeclared(dst) => Some(*dst),
+                        _ => None,
+                    },
+                    upgrade: upgrade.is_some(),
+                    start,
+                };
+                let unrouted = &self.unrouted;
+                return self
+                    .egress
+                    .outside_mesh(req, authority, refused, unrouted)
+                    .await;
+            }
         };
         let rewritten = self.rewrite(&mut parts, route, &uri, authority, upgrade.as_ref());
         let answer = match (rewritten, upgrade) {

@@ -213,7 +213,7 @@ where
     // and moved in: it is the largest value of a request, and hyper moves
     // the service future once more into the stream's task.
     let handle = Arc::new(handle);
-    let service = service_fn(move |req| {
+    let respond = move |req| {
         let in_flight = activity.request();
         let closing = closing.clone();
         let handle = handle.clone();
@@ -223,12 +223,20 @@ where
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
-    });
+    };
+    // Memory per idle connection: most connections are HTTP/1 keep-alive
+    // connections that sit idle between requests. hyper's HTTP/1 dispatcher
+    // keeps a slot the size of the service future for the connection's
+    // whole life (~5 KiB here), so that future is boxed per request; and the
+    // HTTP/2 connection, the larger of the two, is boxed so the task of an
+    // HTTP/1 connection is not sized for it. (HTTP/2 spawns each stream's
+    // future as a task anyway, and its connections are few.)
     let result = if h2 {
-        let conn = http2_builder(limits).serve_connection(io, service);
-        until_closed(conn, control, direction, peer).await
+        let conn = http2_builder(limits).serve_connection(io, service_fn(respond));
+        Box::pin(until_closed(conn, control, direction, peer)).await
     } else {
         // With upgrades: a `101` hands the connection to `proxy/upgrade.rs`.
+        let service = service_fn(move |req| Box::pin(respond(req)));
         let conn = http1_builder(limits)
             .serve_connection(io, service)
             .with_upgrades();

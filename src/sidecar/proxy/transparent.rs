@@ -6,7 +6,6 @@
 
 use crate::sidecar::config::{DestinationConfig, DestinationProtocol, RouteConfig, Undeclared};
 use crate::sidecar::identity::SpiffeId;
-use crate::sidecar::metrics::Direction;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -139,21 +138,6 @@ pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
 /// An IPv4-mapped IPv6 address as the IPv4 address it is; others unchanged.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
-/// Copies bytes both ways to `dst`, unauthenticated (only when the
-/// operator chose `undeclared: passthrough`).
-pub async fn passthrough(mut app: TcpStream, dst: SocketAddr) {
-    crate::sidecar::audit::passthrough(dst);
-    match TcpStream::connect(dst).await {
-        Ok(mut upstream) => {
-            let _ = upstream.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut app, &mut upstream).await;
-        }
-        Err(e) => {
-            tracing::warn!(direction = Direction::Outbound.as_str(), destination = %dst, error = %e, "passthrough connect failed")
-        }
-    }
 }
 
 #[cfg(test)]

@@ -86,36 +86,47 @@ impl TrustBundles {
     }
 }
 
-/// Parses every certificate in a PEM bundle into a trust anchor. A file
-/// with no certificate at all is an error: it would trust nothing, which is
-/// almost certainly a mistake in how it was written.
+/// Parses every certificate in a PEM bundle into a trust anchor.
 pub fn parse_bundle(pem: &[u8], path: &Path) -> Result<DomainBundle, TlsError> {
-    let mut anchors = Vec::new();
-    let mut roots = Vec::new();
-    for (index, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
-        let cert = cert.map_err(|e| TlsError::BadPem {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadPem {
             path: path.into(),
             reason: e.to_string(),
         })?;
-        let anchor = webpki::anchor_from_trusted_cert(&cert)
-            .map_err(|e| TlsError::BadAnchor {
-                path: path.into(),
-                index,
-                reason: format!("{e:?}"),
-            })?
-            .to_owned();
-        anchors.push(anchor);
-        roots.push(cert.into_owned());
+    DomainBundle::from_certs(certs, path)
+}
+
+impl DomainBundle {
+    /// Turns every certificate into a trust anchor (PEM files and the
+    /// Workload API's DER share this); `source` names them in errors. No
+    /// certificate at all is an error: it would trust nothing, which is
+    /// almost certainly a mistake in how it was written.
+    pub fn from_certs(
+        certs: Vec<CertificateDer<'static>>,
+        source: &Path,
+    ) -> Result<DomainBundle, TlsError> {
+        let mut anchors = Vec::with_capacity(certs.len());
+        for (index, cert) in certs.iter().enumerate() {
+            let anchor = webpki::anchor_from_trusted_cert(cert)
+                .map_err(|e| TlsError::BadAnchor {
+                    path: source.into(),
+                    index,
+                    reason: format!("{e:?}"),
+                })?
+                .to_owned();
+            anchors.push(anchor);
+        }
+        if anchors.is_empty() {
+            return Err(TlsError::NoPem {
+                path: source.into(),
+                what: "CERTIFICATE",
+            });
+        }
+        Ok(DomainBundle {
+            anchors,
+            roots: certs,
+            source: source.into(),
+        })
     }
-    if anchors.is_empty() {
-        return Err(TlsError::NoPem {
-            path: path.into(),
-            what: "CERTIFICATE",
-        });
-    }
-    Ok(DomainBundle {
-        anchors,
-        roots,
-        source: path.into(),
-    })
 }

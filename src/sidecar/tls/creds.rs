@@ -60,6 +60,28 @@ impl Svid {
                 path: cert_path.into(),
                 reason: e.to_string(),
             })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+            rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoPem {
+                path: key_path.into(),
+                what: "PRIVATE KEY",
+            },
+            other => TlsError::BadPem {
+                path: key_path.into(),
+                reason: other.to_string(),
+            },
+        })?;
+        Self::from_der(chain, key, cert_path, key_path, provider)
+    }
+
+    /// As [`Svid::from_pem`], from DER already split (the Workload API's
+    /// form); `cert_path` and `key_path` only name the source in errors.
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        cert_path: &Path,
+        key_path: &Path,
+        provider: &CryptoProvider,
+    ) -> Result<Svid, TlsError> {
         let leaf = chain.first().ok_or_else(|| TlsError::NoPem {
             path: cert_path.into(),
             what: "CERTIFICATE",
@@ -73,17 +95,6 @@ impl Svid {
         let id = check_svid_leaf(leaf, Role::Server, now).map_err(|e| bad_svid(e.to_string()))?;
         check_svid_leaf(leaf, Role::Client, now).map_err(|e| bad_svid(e.to_string()))?;
         let (not_before, not_after) = svid_validity(leaf).map_err(|e| bad_svid(e.to_string()))?;
-
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
-            rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoPem {
-                path: key_path.into(),
-                what: "PRIVATE KEY",
-            },
-            other => TlsError::BadPem {
-                path: key_path.into(),
-                reason: other.to_string(),
-            },
-        })?;
         let signing_key =
             provider
                 .key_provider

@@ -1,0 +1,130 @@
+//! The Workload API identity as the binary and the injector deliver it:
+//! `meshguard run --workload-api` (real child processes) and the SPIRE
+//! example of deploy/spire injected.
+
+mod support;
+
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn run_with_workload_api_and_no_socket_refuses_to_start_naming_the_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args([
+            "run",
+            "--workload-api",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:1",
+        ])
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SPIFFE_ENDPOINT_SOCKET"), "{stderr}");
+    // With --cert as well: one identity source only.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args([
+            "run",
+            "--workload-api",
+            "--cert",
+            "a",
+            "--key",
+            "b",
+            "--bundle",
+            "c",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
+/// The SPIRE example in deploy/spire, injected: the socket the injector
+/// mounts and names in SPIFFE_ENDPOINT_SOCKET is the one the config uses.
+#[test]
+fn the_spire_example_injected_mounts_the_socket_its_config_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .arg("inject")
+        .arg(root.join("deploy/spire/20-server.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("driver: csi.spiffe.io"), "{text}");
+    assert!(text.contains("mountPath: /spiffe-workload-api"), "{text}");
+    let socket = "unix:///spiffe-workload-api/spire-agent.sock";
+    assert!(
+        text.contains(&format!(
+            "- name: SPIFFE_ENDPOINT_SOCKET\n          value: {socket}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("socket: {socket}")), "{text}");
+}
+
+/// The real binary, agent unreachable: it serves `/ready` 503 while it
+/// waits, and SIGTERM stops it cleanly before any SVID came.
+#[test]
+fn the_binary_waits_for_the_agent_not_ready_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+        .args([
+            "run",
+            "--workload-api",
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            "127.0.0.1:1",
+        ])
+        .args(["--admin", &admin.to_string()])
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}/no-agent.sock", dir.path().display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let body = loop {
+        assert!(std::time::Instant::now() < deadline, "admin never answered");
+        if std::net::TcpStream::connect(admin).is_ok() {
+            let (status, body) = rt.block_on(support::http_get(admin, "admin", "/ready", &[]));
+            assert_eq!(status, 503);
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("waiting for the first SVID"), "{body}");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM did not stop a sidecar waiting for its SVID");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -10,8 +10,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod flags;
+mod jwt;
 mod tcp;
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
+pub use jwt::{JwksConfig, JwtConfig, ProviderConfig, ProviderKind};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};
 
 /// Default admin listener (metrics, health, config view).
@@ -92,6 +94,9 @@ pub struct InboundConfig {
     /// spoke, as its sidecar says), or always `http1` or `http2` (h2c).
     #[serde(default)]
     pub app_protocol: AppProtocol,
+    /// End-user token providers (`config/jwt.rs`).
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
 }
 
 /// How the inbound speaks to its app.
@@ -420,6 +425,9 @@ impl Config {
             .federated_bundles
             .values_mut()
             .for_each(resolve);
+        if let Some(jwt) = self.inbound.as_mut().and_then(|i| i.jwt.as_mut()) {
+            jwt.resolve_paths(base);
+        }
     }
 
     /// Cross-field rules serde cannot express. On failure returns the
@@ -454,6 +462,9 @@ impl Config {
         }
         if let Some(inbound) = &self.inbound {
             validate_strip_headers(&inbound.strip_headers)?;
+            if let Some(jwt) = &inbound.jwt {
+                jwt.validate()?;
+            }
         }
         tcp::validate(self)?;
         let Some(out) = &self.outbound else {

@@ -279,6 +279,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The registry, for families owned by their module (`jwt/metrics.rs`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

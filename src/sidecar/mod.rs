@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod headers;
 pub mod identity;
+pub mod jwt;
 pub mod logbuf;
 pub mod logging;
 pub mod metrics;

@@ -17,6 +17,7 @@ use crate::sidecar::audit;
 use crate::sidecar::config::{AppProtocol, InboundConfig, LimitsConfig};
 use crate::sidecar::headers::{self, PeerHeaders, RequestRules};
 use crate::sidecar::identity::{Role, SpiffeId};
+use crate::sidecar::jwt::{Authenticator, Authn};
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::pathnorm::{normalize_path, NormalizedPath};
 use crate::sidecar::policy::{self, DecisionCounters, Permit, Policy, PolicySlot};
@@ -102,6 +103,8 @@ pub struct Inbound {
     app_protocol: AppProtocol,
     /// Connections to `inbound.tcp_ports`.
     tcp: Arc<TcpInbound>,
+    /// End-user token providers (`inbound.jwt`).
+    jwt: Option<Arc<Authenticator>>,
 }
 
 impl Inbound {
@@ -113,7 +116,7 @@ impl Inbound {
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
         tcp: Arc<TcpInbound>,
-    ) -> Result<Arc<Self>, InvalidAppAddress> {
+    ) -> Result<Self, InvalidAppAddress> {
         let app_addr = cfg.app;
         let app =
             Authority::try_from(app_addr.to_string()).map_err(|_| InvalidAppAddress(app_addr))?;
@@ -126,7 +129,7 @@ impl Inbound {
                 .collect(),
             keep_underscores: cfg.keep_underscore_headers,
         };
-        Ok(Arc::new(Inbound {
+        Ok(Inbound {
             tls: TlsAcceptor::from(tls),
             store,
             app,
@@ -139,7 +142,20 @@ impl Inbound {
             limits,
             app_protocol: cfg.app_protocol,
             tcp,
-        }))
+            jwt: None,
+        })
+    }
+
+    /// Checks end-user tokens with `jwt`; the headers its providers set
+    /// from claims are removed from whatever callers send.
+    pub fn with_jwt(mut self, jwt: Option<Arc<Authenticator>>) -> Self {
+        if let Some(jwt) = &jwt {
+            self.header_rules
+                .extra
+                .extend(jwt.claim_header_names().cloned());
+        }
+        self.jwt = jwt;
+        self
     }
 
     /// Accepts connections until a drain starts.
@@ -357,17 +373,19 @@ impl Inbound {
         // Held (one reference count) until the request is recorded, so the
         // deciding rule's name is logged as is.
         let policy = self.policy.load_full();
-        let (permit, allowed) = match self.authorize(policy.as_ref(), peer, &method, path) {
+        let authn = self.authenticate(&parts.headers);
+        let authz = self.authorize(policy.as_ref(), peer, &method, path, &authn);
+        let (permit, allowed) = match authz {
             Ok(authorized) => authorized,
-            Err(denied) => return self.record(peer, &method, path, start, denied),
+            Err(denied) => return self.record_as(peer, &method, path, start, denied, &authn),
         };
         let form = match &upgrade {
             Some(up) => AppForm::Upgrade(up),
             None if self.app_speaks_h2(&parts) => AppForm::Http2,
             None => AppForm::Http1,
         };
-        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, form) {
-            return self.record(peer, &method, path, start, refused);
+        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, form, &authn) {
+            return self.record_as(peer, &method, path, start, refused, &authn);
         }
         let answer = match upgrade {
             None => self.forward(parts, body, peer, permit, allowed).await,
@@ -376,7 +394,16 @@ impl Inbound {
                 Self::forward_upgrade(parts, body, peer, permit, allowed, splice).await
             }
         };
-        self.record(peer, &method, path, start, answer)
+        self.record_as(peer, &method, path, start, answer, &authn)
+    }
+
+    /// Authenticate: the end-user tokens the request carries, verified
+    /// (`jwt/`); nothing is refused here, authorization decides.
+    fn authenticate(&self, headers: &http::HeaderMap) -> Authn {
+        match &self.jwt {
+            Some(jwt) => jwt.authenticate(headers, crate::sidecar::tls::unix_now()),
+            None => Authn::default(),
+        }
     }
 
     /// Authorize: the policy's decision, counted: the `Permit` forwarding
@@ -387,6 +414,7 @@ impl Inbound {
         peer: &Peer,
         method: &Method,
         path: &str,
+        authn: &Authn,
     ) -> Result<(Permit, Ruling<'p>), Refusal<'p>> {
         let Some(policy) = policy else {
             let allowed = ruling(Disposition::Allow, "allowed (no policy)", None);
@@ -398,10 +426,15 @@ impl Inbound {
             method,
             path,
         };
-        let decision = policy.as_ref().evaluate(&req);
+        let decision = policy.as_ref().evaluate_with(&req, authn);
         self.authz_counters.count(policy, &decision);
         let rule = decision.rule_name();
         let Some(permit) = decision.permit() else {
+            if decision.rule().is_none() {
+                if let Some(needs) = policy.token_challenge(&req, authn) {
+                    return Err(self.unauthenticated(needs, authn));
+                }
+            }
             let denied = ruling(Disposition::Deny, "denied by policy", rule);
             let message = "access denied by policy";
             return Err(Refusal::by(denied, StatusCode::FORBIDDEN, message));
@@ -412,6 +445,29 @@ impl Inbound {
             ruling(Disposition::Allow, "allowed by policy", rule)
         };
         Ok((permit, ruling))
+    }
+
+    /// A 401 for a request an allow rule would take with a valid token:
+    /// `WWW-Authenticate` as RFC 6750 §3 says (no error code when no token
+    /// was sent, `invalid_token` when one was refused).
+    fn unauthenticated<'p>(&self, rule: &'p policy::Rule, authn: &Authn) -> Refusal<'p> {
+        let realm = self.jwt.as_ref().map_or("meshguard", |j| j.realm());
+        let provider = rule.jwt().map_or("", |j| &*j.provider);
+        let (reason, challenge) = match authn.error_for(provider) {
+            Some(e) => (
+                e.reason(),
+                format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{e}\""
+                ),
+            ),
+            None => ("token required", format!("Bearer realm=\"{realm}\"")),
+        };
+        let denied = ruling(Disposition::Deny, reason, Some(rule.name()));
+        let refusal = Refusal::by(denied, StatusCode::UNAUTHORIZED, reason);
+        match HeaderValue::try_from(challenge) {
+            Ok(value) => refusal.challenge(value),
+            Err(_) => refusal,
+        }
     }
 
     /// Whether this request goes to the app as HTTP/2: as configured, or
@@ -441,6 +497,7 @@ impl Inbound {
         uri: &Uri,
         target: &NormalizedPath<'_>,
         form: AppForm<'_>,
+        authn: &Authn,
     ) -> Result<(), Refusal<'static>> {
         // Unchanged by normalisation (the common case), the target is the
         // one already parsed, shared rather than copied and parsed again.
@@ -468,6 +525,9 @@ impl Inbound {
             tracing::debug!(direction, peer_id = %peer.id, removed = stripped.identity, "caller sent identity headers; removed");
         }
         peer.headers.apply(&mut parts.headers);
+        if let Some(jwt) = &self.jwt {
+            jwt.apply_claim_headers(authn, &mut parts.headers);
+        }
         match form {
             AppForm::Http2 => return as_http2(parts, &peer.app.authority),
             AppForm::Upgrade(up) => up.restore(&mut parts.headers),
@@ -555,12 +615,28 @@ impl Inbound {
         start: Began,
         answer: impl Into<Answer<'a>>,
     ) -> Response<ProxyBody> {
+        self.record_as(peer, method, path, start, answer, &Authn::default())
+    }
+
+    /// Record, with the end user the request's token named (sub/iss, never the token).
+    fn record_as<'a>(
+        &self,
+        peer: &Peer,
+        method: &Method,
+        path: &str,
+        start: Began,
+        answer: impl Into<Answer<'a>>,
+        authn: &Authn,
+    ) -> Response<ProxyBody> {
+        let user = authn.verified();
         let facts = RequestFacts {
             peer_addr: Some(&peer.addr_text),
             peer_id: Some(&peer.id),
             method: method.as_str(),
             path,
             start,
+            token_sub: user.and_then(|c| c.sub.as_deref()),
+            token_iss: user.map(|c| &*c.iss),
         };
         outcome::record(&self.metrics, &peer.counters, &facts, answer.into())
     }

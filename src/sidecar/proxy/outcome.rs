@@ -66,6 +66,8 @@ pub struct Refusal<'a> {
     status: StatusCode,
     ruling: Ruling<'a>,
     body: Bytes,
+    /// `WWW-Authenticate` of a 401 (RFC 6750).
+    challenge: Option<http::HeaderValue>,
 }
 
 impl Refusal<'static> {
@@ -88,13 +90,28 @@ impl<'a> Refusal<'a> {
             status,
             ruling,
             body: refusal_body(message),
+            challenge: None,
+        }
+    }
+
+    /// The same refusal with a `WWW-Authenticate` challenge.
+    pub fn challenge(self, value: http::HeaderValue) -> Self {
+        Refusal {
+            challenge: Some(value),
+            ..self
         }
     }
 }
 
 impl<'a> From<Refusal<'a>> for Answer<'a> {
     fn from(r: Refusal<'a>) -> Answer<'a> {
-        r.ruling.answer(refusal_response(r.status, r.body))
+        let mut response = refusal_response(r.status, r.body);
+        if let Some(value) = r.challenge {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, value);
+        }
+        r.ruling.answer(response)
     }
 }
 
@@ -107,6 +124,9 @@ pub struct RequestFacts<'a> {
     /// The normalised path that was authorized (no query string).
     pub path: &'a str,
     pub start: Began,
+    /// The verified end-user token's `sub` and `iss`, if any.
+    pub token_sub: Option<&'a str>,
+    pub token_iss: Option<&'a str>,
 }
 
 /// When a request began, and whether it is a gRPC call (whose refusals
@@ -154,6 +174,8 @@ pub fn record(
         status,
         duration,
         reason: outcome.reason,
+        token_sub: facts.token_sub,
+        token_iss: facts.token_iss,
     });
     let mut response = answer.response;
     if facts.start.grpc {

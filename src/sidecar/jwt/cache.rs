@@ -43,11 +43,13 @@ impl TokenCache {
         &self,
         key: &[u8; 32],
         now: i64,
-        generation_of: impl Fn(usize) -> u64,
+        generation_of: impl Fn(usize) -> Option<u64>,
     ) -> Option<Arc<Verified>> {
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         let entry = shard.get(key)?;
-        if entry.valid_until >= now && entry.generation == generation_of(entry.verified.provider) {
+        if entry.valid_until >= now
+            && Some(entry.generation) == generation_of(entry.verified.provider)
+        {
             return Some(entry.verified.clone());
         }
         shard.remove(key);

@@ -213,8 +213,12 @@ impl KeyCell {
         self.current.load()
     }
 
-    /// The generation of the keys in force (cache entries of another one are stale).
-    pub fn generation(&self) -> u64 {
-        self.current.load().generation
+    /// The generation of the keys in force at `now` (cache entries of
+    /// another one are stale); `None` when no key is usable (then cached
+    /// verifications are not either: fail closed).
+    pub fn generation_at(&self, now: i64) -> Option<u64> {
+        let current = self.current.load();
+        let usable = !current.keys.keys.is_empty() && current.usable_until.is_none_or(|u| u >= now);
+        usable.then_some(current.generation)
     }
 }

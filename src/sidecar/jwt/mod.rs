@@ -378,7 +378,11 @@ impl Authenticator {
         now: i64,
     ) -> Result<Arc<Verified>, (Option<usize>, JwtError)> {
         let hash = crate::sidecar::tls::sha256(token.as_bytes());
-        let generation_of = |i: usize| self.providers.get(i).map_or(0, |p| p.keys.generation());
+        let generation_of = |i: usize| {
+            self.providers
+                .get(i)
+                .and_then(|p| p.keys.generation_at(now))
+        };
         if let Some(v) = self.cache.get(&hash, now, generation_of) {
             self.metrics.validation(Some(v.provider), "cached");
             return Ok(v);

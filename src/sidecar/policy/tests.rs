@@ -1,6 +1,7 @@
 //! Policy tests: semantics here, parsing, linting and scale in submodules.
 
 mod connection;
+mod jwt;
 mod lint;
 mod parse;
 mod scale;

@@ -36,12 +36,19 @@ fn input(alg: &str, kid: &str, jti: usize) -> String {
     let header = json!({"alg": alg, "kid": kid, "typ": "JWT"});
     let claims = json!({"iss": "https://id.example.com", "sub": "alice", "aud": "orders",
                         "exp": now() + 3600, "iat": now(), "scope": "orders.read", "jti": jti});
-    format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()))
+    format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
 }
 
 fn headers(token: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert("authorization", HeaderValue::try_from(format!("Bearer {token}")).unwrap());
+    h.insert(
+        "authorization",
+        HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
     h
 }
 
@@ -67,7 +74,13 @@ fn bench(c: &mut Criterion) {
     let sign_rsa = |jti| {
         let i = input("RS256", "r", jti);
         let mut sig = vec![0; rsa.public_modulus_len()];
-        rsa.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), i.as_bytes(), &mut sig).unwrap();
+        rsa.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            i.as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
         format!("{i}.{}", b64(&sig))
     };
     let sign_ec = |jti| {
@@ -84,8 +97,14 @@ fn bench(c: &mut Criterion) {
     });
     // One cache entry and many tokens: every check is a fresh verification.
     for (name, tokens) in [
-        ("jwt_check/fresh_es256", (0..512).map(sign_ec).collect::<Vec<_>>()),
-        ("jwt_check/fresh_rs256", (0..512).map(sign_rsa).collect::<Vec<_>>()),
+        (
+            "jwt_check/fresh_es256",
+            (0..512).map(sign_ec).collect::<Vec<_>>(),
+        ),
+        (
+            "jwt_check/fresh_rs256",
+            (0..512).map(sign_rsa).collect::<Vec<_>>(),
+        ),
     ] {
         let fresh = Authenticator::load(&cfg(1), &prometheus::Registry::new(), "td").unwrap();
         let maps: Vec<HeaderMap> = tokens.iter().map(|t| headers(t)).collect();

@@ -23,7 +23,6 @@ pub mod token;
 
 use crate::sidecar::config::{JwtConfig, ProviderConfig, ProviderKind};
 use crate::sidecar::identity::SpiffeId;
-use crate::sidecar::policy::{TokenState, Tokens};
 use cache::TokenCache;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
@@ -520,25 +519,23 @@ impl Authn {
         })
     }
 
+    /// `provider`'s token: `None` when none was sent, else its claims or
+    /// why it was refused.
+    pub fn token_of(&self, provider: &str) -> Option<Result<&Claims, &JwtError>> {
+        let i = self.names.iter().position(|n| &**n == provider)?;
+        match &self.states[i] {
+            State::Missing => None,
+            State::Invalid(e) => Some(Err(e)),
+            State::Valid(v) => Some(Ok(&v.claims)),
+        }
+    }
+
     /// The error of `provider`'s token, if it sent one that was refused.
     pub fn error_for(&self, provider: &str) -> Option<&JwtError> {
         let i = self.names.iter().position(|n| &**n == provider)?;
         match &self.states[i] {
             State::Invalid(e) => Some(e),
             _ => None,
-        }
-    }
-}
-
-impl Tokens for Authn {
-    fn state(&self, provider: &str) -> TokenState<'_> {
-        let Some(i) = self.names.iter().position(|n| &**n == provider) else {
-            return TokenState::Missing;
-        };
-        match &self.states[i] {
-            State::Missing => TokenState::Missing,
-            State::Invalid(_) => TokenState::Invalid,
-            State::Valid(v) => TokenState::Valid(&v.claims),
         }
     }
 }

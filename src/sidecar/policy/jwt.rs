@@ -45,6 +45,17 @@ impl Tokens for NoTokens {
     }
 }
 
+/// The authenticate step's result, read by provider name.
+impl Tokens for crate::sidecar::jwt::Authn {
+    fn state(&self, provider: &str) -> TokenState<'_> {
+        match self.token_of(provider) {
+            None => TokenState::Missing,
+            Some(Err(_)) => TokenState::Invalid,
+            Some(Ok(claims)) => TokenState::Valid(claims),
+        }
+    }
+}
+
 /// A value pattern: exact, or a prefix when it ends in `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValuePattern(Box<str>);

@@ -219,7 +219,7 @@ fn policy_yaml(n: usize) -> String {
                  from: [\"spiffe://cluster.local/ns/ns-{ns}/*\"]\n    \
                  methods: [GET, HEAD]\n    paths: [\"/public/*\", /metrics]\n"
             )
-        } else if sa == 1 && ns % 10 == 0 {
+        } else if sa == 1 && ns.is_multiple_of(10) {
             format!(
                 "name: ns-{ns}-no-admin\n    action: deny\n    \
                  from: [\"spiffe://cluster.local/ns/ns-{ns}/*\"]\n    \

@@ -19,8 +19,11 @@ struct Entry {
     valid_until: i64,
 }
 
+/// One shard: token hash → entry.
+type Shard = Mutex<HashMap<[u8; 32], Entry>>;
+
 pub struct TokenCache {
-    shards: Box<[Mutex<HashMap<[u8; 32], Entry>>]>,
+    shards: Box<[Shard]>,
     per_shard: usize,
 }
 
@@ -33,7 +36,7 @@ impl TokenCache {
         }
     }
 
-    fn shard(&self, key: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Entry>> {
+    fn shard(&self, key: &[u8; 32]) -> &Shard {
         &self.shards[key[0] as usize % SHARDS]
     }
 

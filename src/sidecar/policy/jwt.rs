@@ -131,8 +131,11 @@ pub struct JwtRequirement {
     iss: Option<Box<[ValuePattern]>>,
     aud: Option<Box<[ValuePattern]>>,
     scopes: Box<[Box<str>]>,
-    claims: Box<[(Box<str>, Box<[ValuePattern]>)]>,
+    claims: Box<[ClaimCondition]>,
 }
+
+/// A claim's name and the values one of which it must have.
+type ClaimCondition = (Box<str>, Box<[ValuePattern]>);
 
 impl From<RawJwt> for JwtRequirement {
     fn from(raw: RawJwt) -> Self {

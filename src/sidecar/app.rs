@@ -38,6 +38,8 @@ pub enum AppError {
     WorkloadApi(#[from] WorkloadApiError),
     #[error("the Workload API client stopped before any SVID arrived")]
     IdentityStopped,
+    #[error(transparent)]
+    Jwt(#[from] crate::sidecar::jwt::JwtSetupError),
 }
 
 /// A running sidecar: the addresses it actually listens on, and the handle
@@ -279,6 +281,7 @@ fn load_policy(config: &Config) -> Result<(PolicySlot, [u8; 32]), AppError> {
             let (policy, hash) = crate::sidecar::reload::load_policy(path)?;
             let tcp_ports = config.inbound.as_ref().map_or(&[][..], |i| &i.tcp_ports);
             policy.check_tcp_ports(tcp_ports)?;
+            policy.check_jwt_providers(&jwt_provider_names(config))?;
             (Some(Arc::new(policy)), hash)
         }
         None => (None, [0; 32]),
@@ -324,6 +327,7 @@ impl Parts<'_> {
         if !cfg.tcp_ports.is_empty() {
             self.tasks.spawn(tcp.watch_policy(self.drain.clone()));
         }
+        let jwt = self.start_jwt(cfg)?;
         let proxy = Inbound::new(
             self.store.clone(),
             tcp::server_config(inbound_server_config(&self.store)?, &cfg.tcp_ports),
@@ -333,6 +337,7 @@ impl Parts<'_> {
             self.config.limits.clone(),
             tcp,
         )?;
+        let proxy = Arc::new(proxy.with_jwt(jwt));
         let served = proxy.serve(listener, self.drain.clone(), self.connections.clone());
         self.tasks.spawn(served);
         if let Some(path) = &cfg.policy {
@@ -340,13 +345,36 @@ impl Parts<'_> {
                 path.clone(),
                 self.policy.clone(),
                 policy_hash,
-                cfg.tcp_ports.clone(),
+                crate::sidecar::reload::PolicyChecks {
+                    tcp_ports: cfg.tcp_ports.clone(),
+                    jwt_providers: jwt_provider_names(self.config),
+                },
                 self.metrics.clone(),
                 self.poll,
                 self.shutdown.clone(),
             ));
         }
         Ok(Some(addr))
+    }
+
+    /// The token providers of `inbound.jwt` (file keys loaded now, a bad
+    /// file stops the start) and the task that keeps their keys current.
+    fn start_jwt(
+        &mut self,
+        cfg: &crate::sidecar::config::InboundConfig,
+    ) -> Result<Option<Arc<crate::sidecar::jwt::Authenticator>>, AppError> {
+        let Some(jwt_cfg) = &cfg.jwt else {
+            return Ok(None);
+        };
+        let own = self.store.own_id();
+        let jwt = crate::sidecar::jwt::Authenticator::load(
+            jwt_cfg,
+            self.metrics.registry(),
+            own.trust_domain(),
+        )?;
+        let watched = jwt.clone().watch(self.poll, self.shutdown.clone());
+        self.tasks.spawn(watched);
+        Ok(Some(jwt))
     }
 
     /// The outbound proxy: its shared listener's address, if it has one,
@@ -450,6 +478,14 @@ async fn bind_local(addr: SocketAddr) -> Result<(tokio::net::TcpListener, Socket
         .local_addr()
         .map_err(|source| BindError { addr, source })?;
     Ok((listener, local))
+}
+
+/// The names of `inbound.jwt`'s providers, which policy rules may name.
+fn jwt_provider_names(config: &Config) -> Vec<String> {
+    let jwt = config.inbound.as_ref().and_then(|i| i.jwt.as_ref());
+    jwt.map_or_else(Vec::new, |j| {
+        j.providers.iter().map(|p| p.name.clone()).collect()
+    })
 }
 
 /// `a, b, c`: a list of addresses as a log field reads it.

@@ -30,6 +30,9 @@ pub struct RequestRecord<'a> {
     pub duration: Duration,
     /// Why, in a few words (`allowed`, `denied by policy`, `local app unavailable`, ...).
     pub reason: &'a str,
+    /// The verified end-user token's subject and issuer (never the token).
+    pub token_sub: Option<&'a str>,
+    pub token_iss: Option<&'a str>,
 }
 
 /// Writes the audit line of one request.
@@ -51,6 +54,8 @@ pub fn request(r: &RequestRecord<'_>) {
                 status = r.status,
                 duration_ms,
                 reason = r.reason,
+                token_sub = r.token_sub,
+                token_iss = r.token_iss,
                 "request {}",
                 r.decision.as_str()
             )

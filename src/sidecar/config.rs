@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 
 mod egress;
 mod flags;
+mod jwt;
 mod tcp;
 mod workload_api;
 pub use egress::{EgressConfig, EgressDestination, EgressMode};
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
+pub use jwt::{JwksConfig, JwtConfig, ProviderConfig, ProviderKind};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};
 pub use workload_api::{parse_unix_uri, WorkloadApiConfig, ENDPOINT_ENV};
 
@@ -108,6 +110,9 @@ pub struct InboundConfig {
     /// spoke, as its sidecar says), or always `http1` or `http2` (h2c).
     #[serde(default)]
     pub app_protocol: AppProtocol,
+    /// End-user token providers (`config/jwt.rs`).
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
 }
 
 /// How the inbound speaks to its app.
@@ -447,6 +452,9 @@ impl Config {
         if let Some(out) = &mut self.outbound {
             egress::resolve_paths(&mut out.egress, base);
         }
+        if let Some(jwt) = self.inbound.as_mut().and_then(|i| i.jwt.as_mut()) {
+            jwt.resolve_paths(base);
+        }
     }
 
     /// Cross-field rules serde cannot express. On failure returns the
@@ -483,6 +491,9 @@ impl Config {
         }
         if let Some(inbound) = &self.inbound {
             validate_strip_headers("inbound", &inbound.strip_headers)?;
+            if let Some(jwt) = &inbound.jwt {
+                jwt.validate()?;
+            }
         }
         if let Some(outbound) = &self.outbound {
             validate_strip_headers("outbound", &outbound.strip_headers)?;

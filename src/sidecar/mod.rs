@@ -8,6 +8,7 @@ pub mod config;
 pub mod egress;
 pub mod headers;
 pub mod identity;
+pub mod jwt;
 pub mod limits;
 pub mod logbuf;
 pub mod logging;

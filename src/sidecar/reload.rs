@@ -52,15 +52,24 @@ impl Waker {
     }
 }
 
+/// What a new policy is checked against besides its own rules.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyChecks {
+    /// `inbound.tcp_ports`: no rule with methods, paths or jwt may apply.
+    pub tcp_ports: Vec<u16>,
+    /// `inbound.jwt` provider names: the only ones a rule may name.
+    pub jwt_providers: Vec<String>,
+}
+
 /// Re-reads the policy file when its contents change or on SIGHUP. A new
-/// policy that does not parse, or has a rule with methods or paths for one
-/// of `tcp_ports`, is refused with its file and line, and the old one stays
-/// in force.
+/// policy that does not parse, has a rule with methods or paths for one
+/// of `tcp_ports`, or names an undeclared token provider, is refused with
+/// its file and line, and the old one stays in force.
 pub async fn watch_policy(
     path: PathBuf,
     slot: PolicySlot,
     loaded: [u8; 32],
-    tcp_ports: Vec<u16>,
+    checks: PolicyChecks,
     metrics: Arc<Metrics>,
     interval: Duration,
     shutdown: watch::Receiver<bool>,
@@ -91,7 +100,12 @@ pub async fn watch_policy(
         last_seen = Some(hash);
         let text = String::from_utf8_lossy(&bytes);
         let parsed = Policy::from_yaml(&text, &path.display().to_string())
-            .and_then(|policy| policy.check_tcp_ports(&tcp_ports).map(|()| policy));
+            .and_then(|policy| policy.check_tcp_ports(&checks.tcp_ports).map(|()| policy))
+            .and_then(|policy| {
+                policy
+                    .check_jwt_providers(&checks.jwt_providers)
+                    .map(|()| policy)
+            });
         match parsed {
             Ok(policy) => {
                 tracing::info!(kind = "policy", file = %path.display(), rules = policy.rules().len(), mode = policy.mode().as_str(), "policy reloaded");

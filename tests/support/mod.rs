@@ -197,6 +197,7 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
             keep_underscore_headers: false,
             tcp_ports: Vec::new(),
             app_protocol: Default::default(),
+            jwt: None,
         }),
         outbound: None,
         admin: AdminConfig { listen: any_port() },

@@ -65,6 +65,7 @@ impl QuickStart {
                 keep_underscore_headers: false,
                 tcp_ports: Vec::new(),
                 app_protocol: Default::default(),
+                jwt: None,
             }),
             outbound: self.outbound.map(|o| OutboundConfig {
                 listen: o.listen,

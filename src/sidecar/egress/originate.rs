@@ -155,6 +155,8 @@ impl Egress {
             method: req.parts.method.as_str(),
             path: req.target.as_ref().map_or("/", |t| t.path()),
             start: req.start,
+            token_sub: None,
+            token_iss: None,
         };
         outcome::record(&self.metrics, unrouted, &facts, refused.into())
     }
@@ -180,6 +182,8 @@ impl Egress {
             method: method.as_str(),
             path: &path,
             start,
+            token_sub: None,
+            token_iss: None,
         };
         outcome::record(&self.metrics, &self.counters, &facts, answer)
     }

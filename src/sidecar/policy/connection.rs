@@ -21,7 +21,7 @@ pub struct Connection<'a> {
 impl Rule {
     /// True when the rule has conditions only an HTTP request can meet.
     fn has_http_conditions(&self) -> bool {
-        self.methods.is_some() || self.paths.is_some()
+        self.methods.is_some() || self.paths.is_some() || self.jwt.is_some()
     }
 
     fn covers_port(&self, port: u16) -> bool {

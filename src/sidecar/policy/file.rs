@@ -117,6 +117,8 @@ struct RawRule {
     methods: Option<NonEmpty<MethodName>>,
     #[serde(default)]
     paths: Option<NonEmpty<PathPattern>>,
+    #[serde(default)]
+    jwt: Option<super::jwt::RawJwt>,
 }
 
 /// Rule names end up in logs and as a metric label, so they are kept short
@@ -207,6 +209,7 @@ fn build_rule(raw: RawRule, position: usize, line: Option<usize>) -> Rule {
         ports,
         methods: raw.methods.map(|NonEmpty(m)| MethodSet::from_methods(&m)),
         paths: raw.paths.map(|NonEmpty(p)| p.into_boxed_slice()),
+        jwt: raw.jwt.map(|j| Box::new(j.into())),
     }
 }
 

@@ -41,6 +41,7 @@ mod connection;
 mod counters;
 mod file;
 mod index;
+mod jwt;
 mod limits;
 mod lint;
 mod pattern;
@@ -55,6 +56,7 @@ pub use claims::{ClaimHeader, ClaimHeaders, OnUntrusted, Untrusted};
 pub use connection::Connection;
 pub use counters::{DecisionCounters, PolicyCounters};
 pub use file::PolicyError;
+pub use jwt::{JwtRequirement, NoTokens, Standing, TokenState, Tokens};
 pub use limits::{KeyBy, LimitRule, Rate, DEFAULT_MAX_KEYS};
 pub use lint::{lint, LintFinding, LintKind};
 pub use pattern::{MethodError, MethodSet, PathPattern, PathPatternError, Source, SourceError};
@@ -106,6 +108,8 @@ pub struct Rule {
     ports: Option<Box<[u16]>>,
     methods: Option<MethodSet>,
     paths: Option<Box<[PathPattern]>>,
+    /// An end-user token this rule needs (`jwt.rs`).
+    jwt: Option<Box<JwtRequirement>>,
 }
 
 impl Rule {
@@ -144,6 +148,11 @@ impl Rule {
     /// `None` means any path.
     pub fn paths(&self) -> Option<&[PathPattern]> {
         self.paths.as_deref()
+    }
+
+    /// `None` means no end-user token is needed.
+    pub fn jwt(&self) -> Option<&JwtRequirement> {
+        self.jwt.as_deref()
     }
 
     /// Everything but the source, which the index has already matched.
@@ -324,10 +333,66 @@ impl Policy {
     /// peer's ID, namespace and trust domain plus the any-peer rules, and
     /// allocates nothing.
     pub fn evaluate(&self, req: &Request<'_>) -> Decision<'_> {
+        self.evaluate_with(req, &NoTokens)
+    }
+
+    /// [`Policy::evaluate`] with the request's end-user tokens: a rule with
+    /// `jwt:` matches only when its token is valid and its claims match.
+    pub fn evaluate_with(&self, req: &Request<'_>, tokens: &dyn Tokens) -> Decision<'_> {
         let candidates = self.index.for_peer(req.peer);
         let method = MethodSet::of(req.method);
-        let matches = |i: usize| self.rules[i].matches_target(req, method);
+        let matches = |i: usize| {
+            let rule = &self.rules[i];
+            rule.matches_target(req, method)
+                && rule
+                    .jwt
+                    .as_ref()
+                    .is_none_or(|j| j.standing(tokens) == Standing::Met)
+        };
         self.decide(&candidates, matches, matches)
+    }
+
+    /// For a denied request: the first allow rule that would have matched
+    /// had the caller presented a valid token (so the answer is 401, not 403).
+    pub fn token_challenge(&self, req: &Request<'_>, tokens: &dyn Tokens) -> Option<&Rule> {
+        let candidates = self.index.for_peer(req.peer);
+        let method = MethodSet::of(req.method);
+        let needs_token = |i: usize| {
+            let rule = &self.rules[i];
+            rule.matches_target(req, method)
+                && rule
+                    .jwt
+                    .as_ref()
+                    .is_some_and(|j| j.standing(tokens) == Standing::Unauthenticated)
+        };
+        first_match(&candidates, false, needs_token).map(|i| &self.rules[i])
+    }
+
+    /// Whether any rule needs an end-user token.
+    pub fn uses_jwt(&self) -> bool {
+        self.rules.iter().any(|r| r.jwt.is_some())
+    }
+
+    /// Refuses a rule naming a token provider that `inbound.jwt` does not declare.
+    pub fn check_jwt_providers(&self, providers: &[String]) -> Result<(), PolicyError> {
+        for rule in self.rules.iter() {
+            let Some(j) = &rule.jwt else { continue };
+            if !providers.iter().any(|p| **p == *j.provider) {
+                return Err(PolicyError::Invalid {
+                    file: self.file.to_string(),
+                    line: rule.line,
+                    column: None,
+                    message: format!(
+                        "rules[{}] ({}): jwt.provider {:?} is not a provider of inbound.jwt (declared: {})",
+                        rule.position,
+                        rule.name,
+                        j.provider,
+                        if providers.is_empty() { "none".to_owned() } else { providers.join(", ") }
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The decision over `candidates`: the first deny rule that `denies`

@@ -2,6 +2,7 @@
 
 mod boundary;
 mod connection;
+mod jwt;
 mod lint;
 mod parse;
 mod scale;

@@ -17,6 +17,7 @@ use crate::sidecar::audit;
 use crate::sidecar::config::{AppProtocol, InboundConfig, LimitsConfig};
 use crate::sidecar::headers::{self, PeerHeaders, RequestRules};
 use crate::sidecar::identity::{Role, SpiffeId};
+use crate::sidecar::jwt::{Authenticator, Authn};
 use crate::sidecar::limits::Limiter;
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::pathnorm::{normalize_path, NormalizedPath};
@@ -106,6 +107,8 @@ pub struct Inbound {
     tcp: Arc<TcpInbound>,
     /// The buckets of the policy's `limits:`, kept across reloads.
     limiter: Limiter,
+    /// End-user token providers (`inbound.jwt`).
+    jwt: Option<Arc<Authenticator>>,
 }
 
 impl Inbound {
@@ -117,7 +120,7 @@ impl Inbound {
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
         tcp: Arc<TcpInbound>,
-    ) -> Result<Arc<Self>, InvalidAppAddress> {
+    ) -> Result<Self, InvalidAppAddress> {
         let app_addr = cfg.app;
         let app =
             Authority::try_from(app_addr.to_string()).map_err(|_| InvalidAppAddress(app_addr))?;
@@ -130,7 +133,7 @@ impl Inbound {
                 .collect(),
             keep_underscores: cfg.keep_underscore_headers,
         };
-        Ok(Arc::new(Inbound {
+        Ok(Inbound {
             tls: TlsAcceptor::from(tls),
             store,
             app,
@@ -144,7 +147,20 @@ impl Inbound {
             app_protocol: cfg.app_protocol,
             tcp,
             limiter: Limiter::default(),
-        }))
+            jwt: None,
+        })
+    }
+
+    /// Checks end-user tokens with `jwt`; the headers its providers set
+    /// from claims are removed from whatever callers send.
+    pub fn with_jwt(mut self, jwt: Option<Arc<Authenticator>>) -> Self {
+        if let Some(jwt) = &jwt {
+            self.header_rules
+                .extra
+                .extend(jwt.claim_header_names().cloned());
+        }
+        self.jwt = jwt;
+        self
     }
 
     /// Accepts connections until a drain starts.
@@ -366,14 +382,17 @@ impl Inbound {
             Ok(matched) => matched,
             Err(refused) => return self.record(peer, &method, path, start, refused),
         };
-        let (permit, allowed) = match self.authorize(policy.as_ref(), peer, &method, &matched) {
+        let authn = self.authenticate(&parts.headers);
+        let authz = self.authorize(policy.as_ref(), peer, &method, &matched, &authn);
+        let (permit, allowed) = match authz {
             Ok(authorized) => authorized,
-            Err(denied) => return self.record(peer, &method, path, start, denied),
+            Err(denied) => return self.record_as(peer, &method, path, start, denied, &authn),
         };
-        // `None`: no verified end-user subject yet (a token step feeds it).
-        let admitted = match self.limit(policy.as_ref(), peer, &allowed, None) {
+        // Limits keyed by end user count the verified token's `sub`.
+        let subject = authn.verified().and_then(|c| c.sub.as_deref());
+        let admitted = match self.limit(policy.as_ref(), peer, &allowed, subject) {
             Ok(admitted) => admitted,
-            Err(limited) => return self.record(peer, &method, path, start, limited),
+            Err(limited) => return self.record_as(peer, &method, path, start, limited, &authn),
         };
         let claims = self.claim_headers(policy.as_ref(), peer, path, &mut parts.headers);
         if let Err(refused) = claims {
@@ -384,8 +403,8 @@ impl Inbound {
             None if self.app_speaks_h2(&parts) => AppForm::Http2,
             None => AppForm::Http1,
         };
-        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, form) {
-            return self.record(peer, &method, path, start, refused);
+        if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, form, &authn) {
+            return self.record_as(peer, &method, path, start, refused, &authn);
         }
         let answer = match upgrade {
             None => self.forward(parts, body, peer, permit, allowed).await,
@@ -395,7 +414,16 @@ impl Inbound {
             }
         };
         let answer = boundary::hold_until_body_ends(answer, admitted);
-        self.record(peer, &method, path, start, answer)
+        self.record_as(peer, &method, path, start, answer, &authn)
+    }
+
+    /// Authenticate: the end-user tokens the request carries, verified
+    /// (`jwt/`); nothing is refused here, authorization decides.
+    fn authenticate(&self, headers: &http::HeaderMap) -> Authn {
+        match &self.jwt {
+            Some(jwt) => jwt.authenticate(headers, crate::sidecar::tls::unix_now()),
+            None => Authn::default(),
+        }
     }
 
     /// Authorize: the policy's decision, counted: the `Permit` forwarding
@@ -406,6 +434,7 @@ impl Inbound {
         peer: &Peer,
         method: &Method,
         path: &str,
+        authn: &Authn,
     ) -> Result<(Permit, Ruling<'p>), Refusal<'p>> {
         let Some(policy) = policy else {
             let allowed = ruling(Disposition::Allow, "allowed (no policy)", None);
@@ -417,10 +446,15 @@ impl Inbound {
             method,
             path,
         };
-        let decision = policy.as_ref().evaluate(&req);
+        let decision = policy.as_ref().evaluate_with(&req, authn);
         self.authz_counters.count(policy, &decision);
         let rule = decision.rule_name();
         let Some(permit) = decision.permit() else {
+            if decision.rule().is_none() {
+                if let Some(needs) = policy.token_challenge(&req, authn) {
+                    return Err(self.unauthenticated(needs, authn));
+                }
+            }
             let denied = ruling(Disposition::Deny, "denied by policy", rule);
             let message = "access denied by policy";
             return Err(Refusal::by(denied, StatusCode::FORBIDDEN, message));
@@ -431,6 +465,29 @@ impl Inbound {
             ruling(Disposition::Allow, "allowed by policy", rule)
         };
         Ok((permit, ruling))
+    }
+
+    /// A 401 for a request an allow rule would take with a valid token:
+    /// `WWW-Authenticate` as RFC 6750 §3 says (no error code when no token
+    /// was sent, `invalid_token` when one was refused).
+    fn unauthenticated<'p>(&self, rule: &'p policy::Rule, authn: &Authn) -> Refusal<'p> {
+        let realm = self.jwt.as_ref().map_or("meshguard", |j| j.realm());
+        let provider = rule.jwt().map_or("", |j| &*j.provider);
+        let (reason, challenge) = match authn.error_for(provider) {
+            Some(e) => (
+                e.reason(),
+                format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{e}\""
+                ),
+            ),
+            None => ("token required", format!("Bearer realm=\"{realm}\"")),
+        };
+        let denied = ruling(Disposition::Deny, reason, Some(rule.name()));
+        let refusal = Refusal::by(denied, StatusCode::UNAUTHORIZED, reason);
+        match HeaderValue::try_from(challenge) {
+            Ok(value) => refusal.challenge(value),
+            Err(_) => refusal,
+        }
     }
 
     /// Whether this request goes to the app as HTTP/2: as configured, or
@@ -460,6 +517,7 @@ impl Inbound {
         uri: &Uri,
         target: &NormalizedPath<'_>,
         form: AppForm<'_>,
+        authn: &Authn,
     ) -> Result<(), Refusal<'static>> {
         // Unchanged by normalisation (the common case), the target is the
         // one already parsed, shared rather than copied and parsed again.
@@ -487,6 +545,9 @@ impl Inbound {
             tracing::debug!(direction, peer_id = %peer.id, removed = stripped.identity, "caller sent identity headers; removed");
         }
         peer.headers.apply(&mut parts.headers);
+        if let Some(jwt) = &self.jwt {
+            jwt.apply_claim_headers(authn, &mut parts.headers);
+        }
         match form {
             AppForm::Http2 => return as_http2(parts, &peer.app.authority),
             AppForm::Upgrade(up) => up.restore(&mut parts.headers),
@@ -574,12 +635,28 @@ impl Inbound {
         start: Began,
         answer: impl Into<Answer<'a>>,
     ) -> Response<ProxyBody> {
+        self.record_as(peer, method, path, start, answer, &Authn::default())
+    }
+
+    /// Record, with the end user the request's token named (sub/iss, never the token).
+    fn record_as<'a>(
+        &self,
+        peer: &Peer,
+        method: &Method,
+        path: &str,
+        start: Began,
+        answer: impl Into<Answer<'a>>,
+        authn: &Authn,
+    ) -> Response<ProxyBody> {
+        let user = authn.verified();
         let facts = RequestFacts {
             peer_addr: Some(&peer.addr_text),
             peer_id: Some(&peer.id),
             method: method.as_str(),
             path,
             start,
+            token_sub: user.and_then(|c| c.sub.as_deref()),
+            token_iss: user.map(|c| &*c.iss),
         };
         outcome::record(&self.metrics, &peer.counters, &facts, answer.into())
     }

@@ -611,6 +611,8 @@ impl Outbound {
             method: method.as_str(),
             path,
             start,
+            token_sub: None,
+            token_iss: None,
         };
         outcome::record(&self.metrics, counters, &facts, answer.into())
     }

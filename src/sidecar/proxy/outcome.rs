@@ -68,6 +68,8 @@ pub struct Refusal<'a> {
     body: Bytes,
     /// `Retry-After` seconds (a 429 of a rate limit).
     retry_after: Option<u32>,
+    /// `WWW-Authenticate` of a 401 (RFC 6750).
+    challenge: Option<http::HeaderValue>,
 }
 
 impl Refusal<'static> {
@@ -91,6 +93,7 @@ impl<'a> Refusal<'a> {
             ruling,
             body: refusal_body(message),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -98,6 +101,14 @@ impl<'a> Refusal<'a> {
     pub fn retry_after(self, seconds: u32) -> Self {
         Refusal {
             retry_after: Some(seconds),
+            ..self
+        }
+    }
+
+    /// The same refusal with a `WWW-Authenticate` challenge.
+    pub fn challenge(self, value: http::HeaderValue) -> Self {
+        Refusal {
+            challenge: Some(value),
             ..self
         }
     }
@@ -110,6 +121,11 @@ impl<'a> From<Refusal<'a>> for Answer<'a> {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        if let Some(value) = r.challenge {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, value);
         }
         r.ruling.answer(response)
     }
@@ -124,6 +140,9 @@ pub struct RequestFacts<'a> {
     /// The normalised path that was authorized (no query string).
     pub path: &'a str,
     pub start: Began,
+    /// The verified end-user token's `sub` and `iss`, if any.
+    pub token_sub: Option<&'a str>,
+    pub token_iss: Option<&'a str>,
 }
 
 /// When a request began, and whether it is a gRPC call (whose refusals
@@ -171,6 +190,8 @@ pub fn record(
         status,
         duration,
         reason: outcome.reason,
+        token_sub: facts.token_sub,
+        token_iss: facts.token_iss,
     });
     let mut response = answer.response;
     if facts.start.grpc {

@@ -66,10 +66,10 @@ pub struct Refusal<'a> {
     status: StatusCode,
     ruling: Ruling<'a>,
     body: Bytes,
-    /// `Retry-After` seconds (a 429 of a rate limit).
-    retry_after: Option<u32>,
-    /// `WWW-Authenticate` of a 401 (RFC 6750).
-    challenge: Option<http::HeaderValue>,
+    /// One header the refusal carries: `Retry-After` of a 429, or
+    /// `WWW-Authenticate` of a 401 (RFC 6750). Boxed: rare, and every step
+    /// returns a `Refusal` as its error, which should stay small.
+    header: Option<Box<(http::HeaderName, http::HeaderValue)>>,
 }
 
 impl Refusal<'static> {
@@ -92,15 +92,15 @@ impl<'a> Refusal<'a> {
             status,
             ruling,
             body: refusal_body(message),
-            retry_after: None,
-            challenge: None,
+            header: None,
         }
     }
 
     /// The same refusal, telling the caller when to try again.
     pub fn retry_after(self, seconds: u32) -> Self {
+        let value = http::HeaderValue::from(seconds);
         Refusal {
-            retry_after: Some(seconds),
+            header: Some(Box::new((http::header::RETRY_AFTER, value))),
             ..self
         }
     }
@@ -108,7 +108,7 @@ impl<'a> Refusal<'a> {
     /// The same refusal with a `WWW-Authenticate` challenge.
     pub fn challenge(self, value: http::HeaderValue) -> Self {
         Refusal {
-            challenge: Some(value),
+            header: Some(Box::new((http::header::WWW_AUTHENTICATE, value))),
             ..self
         }
     }
@@ -117,15 +117,9 @@ impl<'a> Refusal<'a> {
 impl<'a> From<Refusal<'a>> for Answer<'a> {
     fn from(r: Refusal<'a>) -> Answer<'a> {
         let mut response = refusal_response(r.status, r.body);
-        if let Some(seconds) = r.retry_after {
-            response
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
-        }
-        if let Some(value) = r.challenge {
-            response
-                .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, value);
+        if let Some(header) = r.header {
+            let (name, value) = *header;
+            response.headers_mut().insert(name, value);
         }
         r.ruling.answer(response)
     }

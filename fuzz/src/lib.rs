@@ -201,6 +201,11 @@ pub fn is_identity_header(name: &str) -> bool {
         "x-client-verify",
         "x-client-dn",
         "x-arr-clientcert",
+        // The SPIFFE-ID family other meshes and gateways use (README).
+        "x-istio-attributes",
+        "x-client-spiffe-id",
+        "x-peer-spiffe-id",
+        "x-source-spiffe-id",
     ];
     const PREFIXES: &[&str] = &[
         "x-meshguard-",
@@ -211,6 +216,8 @@ pub fn is_identity_header(name: &str) -> bool {
         "ssl-client-",
         "x-client-cert",
         "x-amzn-mtls-",
+        "x-kuma-",
+        "x-spiffe-",
     ];
     let name = name.to_ascii_lowercase();
     NAMES.contains(&name.as_str()) || PREFIXES.iter().any(|p| name.starts_with(p))

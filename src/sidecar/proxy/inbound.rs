@@ -39,6 +39,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 mod app;
+mod authn;
 mod boundary;
 
 pub use app::APP_POOL_IDLE;
@@ -417,15 +418,6 @@ impl Inbound {
         self.record_as(peer, &method, path, start, answer, &authn)
     }
 
-    /// Authenticate: the end-user tokens the request carries, verified
-    /// (`jwt/`); nothing is refused here, authorization decides.
-    fn authenticate(&self, headers: &http::HeaderMap) -> Authn {
-        match &self.jwt {
-            Some(jwt) => jwt.authenticate(headers, crate::sidecar::tls::unix_now()),
-            None => Authn::default(),
-        }
-    }
-
     /// Authorize: the policy's decision, counted: the `Permit` forwarding
     /// needs with how the request is recorded, or the denial.
     fn authorize<'p>(
@@ -465,29 +457,6 @@ impl Inbound {
             ruling(Disposition::Allow, "allowed by policy", rule)
         };
         Ok((permit, ruling))
-    }
-
-    /// A 401 for a request an allow rule would take with a valid token:
-    /// `WWW-Authenticate` as RFC 6750 §3 says (no error code when no token
-    /// was sent, `invalid_token` when one was refused).
-    fn unauthenticated<'p>(&self, rule: &'p policy::Rule, authn: &Authn) -> Refusal<'p> {
-        let realm = self.jwt.as_ref().map_or("meshguard", |j| j.realm());
-        let provider = rule.jwt().map_or("", |j| &*j.provider);
-        let (reason, challenge) = match authn.error_for(provider) {
-            Some(e) => (
-                e.reason(),
-                format!(
-                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{e}\""
-                ),
-            ),
-            None => ("token required", format!("Bearer realm=\"{realm}\"")),
-        };
-        let denied = ruling(Disposition::Deny, reason, Some(rule.name()));
-        let refusal = Refusal::by(denied, StatusCode::UNAUTHORIZED, reason);
-        match HeaderValue::try_from(challenge) {
-            Ok(value) => refusal.challenge(value),
-            Err(_) => refusal,
-        }
     }
 
     /// Whether this request goes to the app as HTTP/2: as configured, or

@@ -12,7 +12,7 @@ use super::serve::{accept_loop, serve, Activity, Connection, ConnectionTracker, 
 use super::tcp::{self, TcpInbound};
 use super::transparent::original_destination;
 use super::upgrade;
-use super::{canonical_host, CountingIo, Direction, ProxyBody};
+use super::{CountingIo, Direction, ProxyBody};
 use crate::sidecar::audit;
 use crate::sidecar::config::{AppProtocol, InboundConfig, LimitsConfig};
 use crate::sidecar::headers::{self, PeerHeaders, RequestRules};
@@ -20,7 +20,7 @@ use crate::sidecar::identity::{Role, SpiffeId};
 use crate::sidecar::jwt::{Authenticator, Authn};
 use crate::sidecar::limits::Limiter;
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
-use crate::sidecar::pathnorm::{normalize_path, NormalizedPath};
+use crate::sidecar::pathnorm::NormalizedPath;
 use crate::sidecar::policy::{self, DecisionCounters, Permit, Policy, PolicySlot};
 use crate::sidecar::tls::{handshake_failure, peer_identity, CredentialStore};
 use app::{app_failed, as_http2, AppPool, AppTarget};
@@ -30,6 +30,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, 
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use normalise::{normalise, raw_path, take_canonical_uri};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,7 @@ use tokio_rustls::TlsAcceptor;
 mod app;
 mod authn;
 mod boundary;
+mod normalise;
 
 pub use app::APP_POOL_IDLE;
 
@@ -637,40 +639,4 @@ fn ruling<'p>(disposition: Disposition, reason: &'static str, rule: Option<&'p s
         reason,
         rule,
     }
-}
-
-/// Normalise, first half: one Host, the one authorized (HTTP/2's
-/// :authority becomes the Host the HTTP/1.1 app reads). The URI leaves
-/// `parts` (`rewrite` builds the app's), so the normalised path can borrow
-/// it while `parts` goes on to the app: no per-request copy of the path.
-fn take_canonical_uri(parts: &mut Parts) -> Result<Uri, Refusal<'static>> {
-    if let Err(reason) = canonical_host(parts) {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "ambiguous host",
-            reason,
-        ));
-    }
-    Ok(std::mem::take(&mut parts.uri))
-}
-
-/// Normalise, second half: the path in the normal form the policy matches.
-fn normalise(uri: &Uri) -> Result<NormalizedPath<'_>, Refusal<'static>> {
-    let raw = uri
-        .path_and_query()
-        .map(PathAndQuery::as_str)
-        .unwrap_or("/");
-    normalize_path(raw).map_err(|e| {
-        let message = format_args!("invalid request path: {e}");
-        Refusal::new(StatusCode::BAD_REQUEST, "invalid path", message)
-    })
-}
-
-/// The path as sent, for the audit line of a path that did not normalise.
-fn raw_path(uri: &Uri) -> &str {
-    let raw = uri
-        .path_and_query()
-        .map(PathAndQuery::as_str)
-        .unwrap_or("/");
-    raw.split('?').next().unwrap_or("")
 }

@@ -3,6 +3,7 @@
 //! app in-process with port 0 addresses.
 
 use crate::sidecar::admin::{self, AdminState};
+use crate::sidecar::assertion::Assertion;
 use crate::sidecar::config::Config;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::policy::PolicyError;
@@ -12,6 +13,8 @@ use crate::sidecar::proxy::serve::ConnectionTracker;
 use crate::sidecar::proxy::tcp::{self, TcpInbound, TcpOutbound, TcpSettings};
 use crate::sidecar::proxy::{bind, outbound::Outbound, BindError};
 use crate::sidecar::tls::{inbound_server_config, CredentialStore, TlsError};
+use crate::sidecar::webhook::listener::WebhookListener;
+use crate::sidecar::webhook::route::Webhooks;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -30,6 +33,10 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     AppAddress(#[from] crate::sidecar::proxy::inbound::InvalidAppAddress),
+    #[error(transparent)]
+    Webhook(#[from] crate::sidecar::webhook::route::WebhookError),
+    #[error(transparent)]
+    Assertion(#[from] crate::sidecar::assertion::AssertionError),
 }
 
 /// A running sidecar: the addresses it actually listens on, and the handle
@@ -42,6 +49,8 @@ pub struct Running {
     pub route_listeners: Vec<SocketAddr>,
     /// Listeners of `outbound.tcp_routes`, in config order.
     pub tcp_route_listeners: Vec<SocketAddr>,
+    /// `webhooks.listen`, if configured.
+    pub webhooks: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub store: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
@@ -138,7 +147,9 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
     let (admin_listener, admin) = bind_local(config.admin.listen).await?;
     let served = admin::serve(admin_listener, admin_state.clone(), parts.shutdown.clone());
     parts.tasks.spawn(served);
-    let inbound = parts.start_inbound(policy_hash).await?;
+    let assertion = parts.start_assertion()?;
+    let inbound = parts.start_inbound(policy_hash, assertion.clone()).await?;
+    let webhooks = parts.start_webhooks(assertion).await?;
     let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
     parts.watch_credentials(loaded_files);
     admin_state.set_ready(true);
@@ -157,6 +168,7 @@ pub async fn start(config: &Config) -> Result<Running, AppError> {
         outbound,
         route_listeners,
         tcp_route_listeners,
+        webhooks,
         admin,
         store: parts.store,
         metrics: parts.metrics,
@@ -207,6 +219,7 @@ impl Parts<'_> {
     async fn start_inbound(
         &mut self,
         policy_hash: [u8; 32],
+        assertion: Option<Arc<Assertion>>,
     ) -> Result<Option<SocketAddr>, AppError> {
         let Some(cfg) = &self.config.inbound else {
             return Ok(None);
@@ -230,6 +243,7 @@ impl Parts<'_> {
             self.metrics.clone(),
             self.config.limits.clone(),
             tcp,
+            assertion,
         )?;
         let served = proxy.serve(listener, self.drain.clone(), self.connections.clone());
         self.tasks.spawn(served);
@@ -296,6 +310,55 @@ impl Parts<'_> {
         Ok((shared, route_listeners, tcp_listeners))
     }
 
+    /// The identity assertion's signer and its rotation, if configured.
+    fn start_assertion(&mut self) -> Result<Option<Arc<Assertion>>, AppError> {
+        let Some(cfg) = &self.config.assertion else {
+            return Ok(None);
+        };
+        let assertion = Assertion::start(cfg)?;
+        let rotate = std::time::Duration::from_secs(cfg.rotate_s);
+        let grace = std::time::Duration::from_secs(cfg.grace_s);
+        let rotation = assertion
+            .clone()
+            .rotate_loop(rotate, grace, self.shutdown.clone());
+        self.tasks.spawn(rotation);
+        Ok(Some(assertion))
+    }
+
+    /// The webhook routes, their secret watcher and `webhooks.listen`.
+    async fn start_webhooks(
+        &mut self,
+        assertion: Option<Arc<Assertion>>,
+    ) -> Result<Option<SocketAddr>, AppError> {
+        let (Some(cfg), Some(inbound)) = (&self.config.webhooks, &self.config.inbound) else {
+            return Ok(None);
+        };
+        let webhooks = Webhooks::new(cfg, self.metrics.clone())?;
+        self.tasks.spawn(
+            webhooks
+                .clone()
+                .watch_secrets(self.poll, self.shutdown.clone()),
+        );
+        let Some(listen) = cfg.listen else {
+            return Ok(None);
+        };
+        let (listener, addr) = bind_local(listen).await?;
+        let tls = match cfg.tls {
+            true => Some(webhook_tls(&self.store)?),
+            false => None,
+        };
+        let served = Arc::new(WebhookListener {
+            webhooks,
+            tls,
+            app: inbound.app,
+            limits: self.config.limits.clone(),
+            assertion,
+        })
+        .serve(listener, self.drain.clone(), self.connections.clone());
+        self.tasks.spawn(served);
+        Ok(Some(addr))
+    }
+
     /// Reloads of our SVID, key and bundles.
     fn watch_credentials(&mut self, loaded: crate::sidecar::reload::LoadedFiles) {
         self.tasks.spawn(crate::sidecar::reload::watch_credentials(
@@ -326,4 +389,9 @@ fn join_addrs(addrs: &[SocketAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn webhook_tls(store: &Arc<CredentialStore>) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    let config = crate::sidecar::webhook::listener::server_config(store)?;
+    Ok(tokio_rustls::TlsAcceptor::from(config))
 }

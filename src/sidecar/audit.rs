@@ -276,3 +276,13 @@ pub fn upgrade_closed(r: &UpgradeRecord<'_>) {
         "upgraded connection closed"
     );
 }
+
+/// A webhook's verdict on a signature-verified route (never the secret or
+/// the body): `result` is `accepted` or the refusal reason.
+pub fn webhook(route: &str, peer_addr: &dyn Display, result: &str, status: u16) {
+    if result == "accepted" {
+        tracing::info!(target: TARGET, event = "webhook", route, peer_addr = %peer_addr, result, status, "webhook accepted");
+    } else {
+        tracing::warn!(target: TARGET, event = "webhook", route, peer_addr = %peer_addr, result, status, "webhook refused");
+    }
+}

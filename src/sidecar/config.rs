@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 mod flags;
 mod tcp;
+mod webhook;
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};
+pub use webhook::{AssertionConfig, OnReplay, WebhookRoute, WebhooksConfig};
 
 /// Default admin listener (metrics, health, config view).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
@@ -50,6 +52,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
+    /// Signature-verified webhook routes (config/webhook.rs).
+    pub webhooks: Option<WebhooksConfig>,
+    /// The identity assertion added for the app (config/webhook.rs).
+    pub assertion: Option<AssertionConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -341,6 +347,10 @@ struct FileConfig {
     limits: LimitsConfig,
     #[serde(default)]
     shutdown: ShutdownConfig,
+    #[serde(default)]
+    webhooks: Option<WebhooksConfig>,
+    #[serde(default)]
+    assertion: Option<AssertionConfig>,
 }
 
 impl Config {
@@ -388,6 +398,8 @@ impl Config {
             runtime: raw.runtime,
             limits: raw.limits,
             shutdown: raw.shutdown,
+            webhooks: raw.webhooks,
+            assertion: raw.assertion,
         };
         config.resolve_paths(base);
         config.validate().map_err(|(message, needle)| {
@@ -420,6 +432,7 @@ impl Config {
             .federated_bundles
             .values_mut()
             .for_each(resolve);
+        webhook::resolve_paths(self, base);
     }
 
     /// Cross-field rules serde cannot express. On failure returns the
@@ -456,6 +469,7 @@ impl Config {
             validate_strip_headers(&inbound.strip_headers)?;
         }
         tcp::validate(self)?;
+        webhook::validate(self)?;
         let Some(out) = &self.outbound else {
             return Ok(());
         };

@@ -279,6 +279,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The registry, for a module that owns families of its own (webhook).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

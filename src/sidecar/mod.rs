@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod assertion;
 pub mod audit;
 pub mod config;
 pub mod headers;
@@ -17,3 +18,4 @@ pub mod proxy;
 pub mod reload;
 pub mod runtime;
 pub mod tls;
+pub mod webhook;

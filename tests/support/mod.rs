@@ -202,6 +202,8 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
         runtime: RuntimeConfig::default(),
         limits: Default::default(),
         shutdown: Default::default(),
+        webhooks: None,
+        assertion: None,
     }
 }
 
@@ -234,6 +236,8 @@ pub fn outbound_config(
         runtime: RuntimeConfig::default(),
         limits: Default::default(),
         shutdown: Default::default(),
+        webhooks: None,
+        assertion: None,
     }
 }
 

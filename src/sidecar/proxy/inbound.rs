@@ -102,6 +102,8 @@ pub struct Inbound {
     app_protocol: AppProtocol,
     /// Connections to `inbound.tcp_ports`.
     tcp: Arc<TcpInbound>,
+    /// The identity assertion for the app (`assertion`), if configured.
+    assertion: Option<Arc<crate::sidecar::assertion::Assertion>>,
 }
 
 impl Inbound {
@@ -113,6 +115,7 @@ impl Inbound {
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
         tcp: Arc<TcpInbound>,
+        assertion: Option<Arc<crate::sidecar::assertion::Assertion>>,
     ) -> Result<Arc<Self>, InvalidAppAddress> {
         let app_addr = cfg.app;
         let app =
@@ -139,6 +142,7 @@ impl Inbound {
             limits,
             app_protocol: cfg.app_protocol,
             tcp,
+            assertion,
         }))
     }
 
@@ -468,6 +472,9 @@ impl Inbound {
             tracing::debug!(direction, peer_id = %peer.id, removed = stripped.identity, "caller sent identity headers; removed");
         }
         peer.headers.apply(&mut parts.headers);
+        if let Some(assertion) = &self.assertion {
+            assertion.stamp_request(parts, peer.id.as_str());
+        }
         match form {
             AppForm::Http2 => return as_http2(parts, &peer.app.authority),
             AppForm::Upgrade(up) => up.restore(&mut parts.headers),

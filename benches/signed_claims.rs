@@ -83,7 +83,10 @@ fn ed25519(c: &mut Criterion) {
     let sig = pair.sign(&[format!("msg_1.{now}.").as_bytes(), &body].concat());
     let mut headers = HeaderMap::new();
     headers.insert("webhook-id", HeaderValue::from_static("msg_1"));
-    headers.insert("webhook-timestamp", HeaderValue::from_str(&now.to_string()).unwrap());
+    headers.insert(
+        "webhook-timestamp",
+        HeaderValue::from_str(&now.to_string()).unwrap(),
+    );
     let value = format!("v1a,{}", b64.encode(sig.as_ref()));
     headers.insert("webhook-signature", HeaderValue::from_str(&value).unwrap());
     let check = Check {

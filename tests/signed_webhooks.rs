@@ -19,6 +19,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use support::*;
 
+/// What is sent, the status and `result` label expected.
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a [u8], u16, &'a str);
+
 type Got = Arc<Mutex<Vec<(String, Vec<(String, String)>, Bytes)>>>;
 
 /// An app that records each request's target, headers and exact body.
@@ -317,7 +320,7 @@ async fn forged_stale_future_tampered_missing_oversized_and_undeclared_are_refus
     let addr = running.webhooks.unwrap();
     let t = now();
     let body = br#"{"id":"evt_2"}"#;
-    let cases: Vec<(&str, Vec<(&str, String)>, &[u8], u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "wrong secret",
             stripe_headers(body, t, "whsec_other"),

@@ -243,8 +243,10 @@ impl Parts<'_> {
             self.metrics.clone(),
             self.config.limits.clone(),
             tcp,
-            assertion,
         )?;
+        if let Some(assertion) = assertion {
+            proxy.set_assertion(assertion);
+        }
         let served = proxy.serve(listener, self.drain.clone(), self.connections.clone());
         self.tasks.spawn(served);
         if let Some(path) = &cfg.policy {

@@ -102,8 +102,9 @@ pub struct Inbound {
     app_protocol: AppProtocol,
     /// Connections to `inbound.tcp_ports`.
     tcp: Arc<TcpInbound>,
-    /// The identity assertion for the app (`assertion`), if configured.
-    assertion: Option<Arc<crate::sidecar::assertion::Assertion>>,
+    /// The identity assertion for the app (`assertion`), if configured;
+    /// set once before serving ([`Inbound::set_assertion`]).
+    assertion: std::sync::OnceLock<Arc<crate::sidecar::assertion::Assertion>>,
 }
 
 impl Inbound {
@@ -115,7 +116,6 @@ impl Inbound {
         metrics: Arc<Metrics>,
         limits: LimitsConfig,
         tcp: Arc<TcpInbound>,
-        assertion: Option<Arc<crate::sidecar::assertion::Assertion>>,
     ) -> Result<Arc<Self>, InvalidAppAddress> {
         let app_addr = cfg.app;
         let app =
@@ -142,8 +142,13 @@ impl Inbound {
             limits,
             app_protocol: cfg.app_protocol,
             tcp,
-            assertion,
+            assertion: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Every request forwarded from now on carries this identity assertion.
+    pub fn set_assertion(&self, assertion: Arc<crate::sidecar::assertion::Assertion>) {
+        let _ = self.assertion.set(assertion);
     }
 
     /// Accepts connections until a drain starts.
@@ -472,7 +477,7 @@ impl Inbound {
             tracing::debug!(direction, peer_id = %peer.id, removed = stripped.identity, "caller sent identity headers; removed");
         }
         peer.headers.apply(&mut parts.headers);
-        if let Some(assertion) = &self.assertion {
+        if let Some(assertion) = self.assertion.get() {
             assertion.stamp_request(parts, peer.id.as_str());
         }
         match form {

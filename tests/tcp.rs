@@ -149,6 +149,8 @@ async fn mesh(
         runtime: Default::default(),
         limits: Default::default(),
         shutdown: Default::default(),
+        webhooks: None,
+        assertion: None,
     };
     let client = meshguard::sidecar::app::start(&client_cfg).await.unwrap();
     Mesh {

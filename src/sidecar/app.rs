@@ -3,6 +3,7 @@
 //! app in-process with port 0 addresses.
 
 use crate::sidecar::admin::{self, AdminState};
+use crate::sidecar::assertion::Assertion;
 use crate::sidecar::config::Config;
 use crate::sidecar::egress::Egress;
 use crate::sidecar::metrics::Metrics;
@@ -13,6 +14,8 @@ use crate::sidecar::proxy::serve::ConnectionTracker;
 use crate::sidecar::proxy::tcp::{self, TcpInbound, TcpOutbound, TcpSettings};
 use crate::sidecar::proxy::{bind, outbound::Outbound, BindError};
 use crate::sidecar::tls::{inbound_server_config, CredentialStore, TlsError};
+use crate::sidecar::webhook::listener::WebhookListener;
+use crate::sidecar::webhook::route::Webhooks;
 use crate::sidecar::workload_api::{self, JwtBundles, WorkloadApi, WorkloadApiError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +43,10 @@ pub enum AppError {
     IdentityStopped,
     #[error(transparent)]
     Jwt(#[from] crate::sidecar::jwt::JwtSetupError),
+    #[error(transparent)]
+    Webhook(#[from] crate::sidecar::webhook::route::WebhookError),
+    #[error(transparent)]
+    Assertion(#[from] crate::sidecar::assertion::AssertionError),
 }
 
 /// A running sidecar: the addresses it actually listens on, and the handle
@@ -54,6 +61,8 @@ pub struct Running {
     pub tcp_route_listeners: Vec<SocketAddr>,
     /// `outbound.egress.listen`, if configured.
     pub egress: Option<SocketAddr>,
+    /// `webhooks.listen`, if configured.
+    pub webhooks: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub store: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
@@ -226,7 +235,9 @@ impl Starting<'_> {
             tasks,
             egress_listener: None,
         };
-        let inbound = parts.start_inbound(policy_hash).await?;
+        let assertion = parts.start_assertion()?;
+        let inbound = parts.start_inbound(policy_hash, assertion.clone()).await?;
+        let webhooks = parts.start_webhooks(assertion).await?;
         let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
         parts.watch_credentials(identity);
         admin_state.set_ready(true);
@@ -246,6 +257,7 @@ impl Starting<'_> {
             route_listeners,
             tcp_route_listeners,
             egress: parts.egress_listener,
+            webhooks,
             admin,
             store: parts.store,
             metrics: parts.metrics,
@@ -312,6 +324,7 @@ impl Parts<'_> {
     async fn start_inbound(
         &mut self,
         policy_hash: [u8; 32],
+        assertion: Option<Arc<Assertion>>,
     ) -> Result<Option<SocketAddr>, AppError> {
         let Some(cfg) = &self.config.inbound else {
             return Ok(None);
@@ -337,7 +350,7 @@ impl Parts<'_> {
             self.config.limits.clone(),
             tcp,
         )?;
-        let proxy = Arc::new(proxy.with_jwt(jwt));
+        let proxy = Arc::new(proxy.with_jwt(jwt).with_assertion(assertion));
         let served = proxy.serve(listener, self.drain.clone(), self.connections.clone());
         self.tasks.spawn(served);
         if let Some(path) = &cfg.policy {
@@ -468,6 +481,55 @@ impl Parts<'_> {
             }
         }
     }
+
+    /// The identity assertion's signer and its rotation, if configured.
+    fn start_assertion(&mut self) -> Result<Option<Arc<Assertion>>, AppError> {
+        let Some(cfg) = &self.config.assertion else {
+            return Ok(None);
+        };
+        let assertion = Assertion::start(cfg)?;
+        let rotate = std::time::Duration::from_secs(cfg.rotate_s);
+        let grace = std::time::Duration::from_secs(cfg.grace_s);
+        let rotation = assertion
+            .clone()
+            .rotate_loop(rotate, grace, self.shutdown.clone());
+        self.tasks.spawn(rotation);
+        Ok(Some(assertion))
+    }
+
+    /// The webhook routes, their secret watcher and `webhooks.listen`.
+    async fn start_webhooks(
+        &mut self,
+        assertion: Option<Arc<Assertion>>,
+    ) -> Result<Option<SocketAddr>, AppError> {
+        let (Some(cfg), Some(inbound)) = (&self.config.webhooks, &self.config.inbound) else {
+            return Ok(None);
+        };
+        let webhooks = Webhooks::new(cfg, self.metrics.clone())?;
+        self.tasks.spawn(
+            webhooks
+                .clone()
+                .watch_secrets(self.poll, self.shutdown.clone()),
+        );
+        let Some(listen) = cfg.listen else {
+            return Ok(None);
+        };
+        let (listener, addr) = bind_local(listen).await?;
+        let tls = match cfg.tls {
+            true => Some(webhook_tls(&self.store)?),
+            false => None,
+        };
+        let served = Arc::new(WebhookListener {
+            webhooks,
+            tls,
+            app: inbound.app,
+            limits: self.config.limits.clone(),
+            assertion,
+        })
+        .serve(listener, self.drain.clone(), self.connections.clone());
+        self.tasks.spawn(served);
+        Ok(Some(addr))
+    }
 }
 
 /// Binds `addr`, returning the listener and the address it really got
@@ -495,4 +557,9 @@ fn join_addrs(addrs: &[SocketAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn webhook_tls(store: &Arc<CredentialStore>) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    let config = crate::sidecar::webhook::listener::server_config(store)?;
+    Ok(tokio_rustls::TlsAcceptor::from(config))
 }

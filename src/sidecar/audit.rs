@@ -346,3 +346,12 @@ pub fn untrusted_claim_header(
         "claim header from a caller not allowed to assert it"
     );
 }
+/// A webhook's verdict on a signature-verified route (never the secret or
+/// the body): `result` is `accepted` or the refusal reason.
+pub fn webhook(route: &str, peer_addr: &dyn Display, result: &str, status: u16) {
+    if result == "accepted" {
+        tracing::info!(target: TARGET, event = "webhook", route, peer_addr = %peer_addr, result, status, "webhook accepted");
+    } else {
+        tracing::warn!(target: TARGET, event = "webhook", route, peer_addr = %peer_addr, result, status, "webhook refused");
+    }
+}

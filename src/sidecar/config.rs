@@ -15,9 +15,11 @@ mod jwt;
 mod tcp;
 mod workload_api;
 pub use egress::{EgressConfig, EgressDestination, EgressMode};
+mod webhook;
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
 pub use jwt::{JwksConfig, JwtConfig, ProviderConfig, ProviderKind};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};
+pub use webhook::{AssertionConfig, OnReplay, WebhookRoute, WebhooksConfig};
 pub use workload_api::{parse_unix_uri, WorkloadApiConfig, ENDPOINT_ENV};
 
 /// Default admin listener (metrics, health, config view).
@@ -56,6 +58,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
+    /// Signature-verified webhook routes (config/webhook.rs).
+    pub webhooks: Option<WebhooksConfig>,
+    /// The identity assertion added for the app (config/webhook.rs).
+    pub assertion: Option<AssertionConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -369,6 +375,10 @@ struct FileConfig {
     limits: LimitsConfig,
     #[serde(default)]
     shutdown: ShutdownConfig,
+    #[serde(default)]
+    webhooks: Option<WebhooksConfig>,
+    #[serde(default)]
+    assertion: Option<AssertionConfig>,
 }
 
 impl Config {
@@ -416,6 +426,8 @@ impl Config {
             runtime: raw.runtime,
             limits: raw.limits,
             shutdown: raw.shutdown,
+            webhooks: raw.webhooks,
+            assertion: raw.assertion,
         };
         config.resolve_paths(base);
         config.validate().map_err(|(message, needle)| {
@@ -455,6 +467,7 @@ impl Config {
         if let Some(jwt) = self.inbound.as_mut().and_then(|i| i.jwt.as_mut()) {
             jwt.resolve_paths(base);
         }
+        webhook::resolve_paths(self, base);
     }
 
     /// Cross-field rules serde cannot express. On failure returns the
@@ -500,6 +513,7 @@ impl Config {
         }
         tcp::validate(self)?;
         egress::validate(self)?;
+        webhook::validate(self)?;
         let Some(out) = &self.outbound else {
             return Ok(());
         };

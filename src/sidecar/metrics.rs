@@ -311,8 +311,7 @@ impl Metrics {
     }
 
     /// The registry, for the families another module owns (the Workload
-    /// API's, egress).
-    /// The registry, for families owned by their module (`jwt/metrics.rs`).
+    /// API's, egress, `jwt/metrics.rs`, webhooks).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod assertion;
 pub mod audit;
 pub mod config;
 pub mod egress;
@@ -20,4 +21,5 @@ pub mod proxy;
 pub mod reload;
 pub mod runtime;
 pub mod tls;
+pub mod webhook;
 pub mod workload_api;

@@ -204,6 +204,8 @@ pub fn inbound_config(identity: IdentityConfig, app: SocketAddr) -> Config {
         runtime: RuntimeConfig::default(),
         limits: Default::default(),
         shutdown: Default::default(),
+        webhooks: None,
+        assertion: None,
     }
 }
 
@@ -238,6 +240,8 @@ pub fn outbound_config(
         runtime: RuntimeConfig::default(),
         limits: Default::default(),
         shutdown: Default::default(),
+        webhooks: None,
+        assertion: None,
     }
 }
 

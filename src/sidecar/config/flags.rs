@@ -85,6 +85,8 @@ impl QuickStart {
             runtime: RuntimeConfig::default(),
             limits: Default::default(),
             shutdown: Default::default(),
+            webhooks: None,
+            assertion: None,
         }
     }
 

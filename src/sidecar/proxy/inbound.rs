@@ -112,6 +112,8 @@ pub struct Inbound {
     limiter: Limiter,
     /// End-user token providers (`inbound.jwt`).
     jwt: Option<Arc<Authenticator>>,
+    /// The identity assertion stamped for the app (`assertion`), if configured.
+    assertion: Option<Arc<crate::sidecar::assertion::Assertion>>,
 }
 
 impl Inbound {
@@ -151,6 +153,7 @@ impl Inbound {
             tcp,
             limiter: Limiter::default(),
             jwt: None,
+            assertion: None,
         })
     }
 
@@ -163,6 +166,15 @@ impl Inbound {
                 .extend(jwt.claim_header_names().cloned());
         }
         self.jwt = jwt;
+        self
+    }
+
+    /// Every request forwarded carries this identity assertion.
+    pub fn with_assertion(
+        mut self,
+        assertion: Option<Arc<crate::sidecar::assertion::Assertion>>,
+    ) -> Self {
+        self.assertion = assertion;
         self
     }
 
@@ -518,6 +530,9 @@ impl Inbound {
         peer.headers.apply(&mut parts.headers);
         if let Some(jwt) = &self.jwt {
             jwt.apply_claim_headers(authn, &mut parts.headers);
+        }
+        if let Some(assertion) = &self.assertion {
+            assertion.stamp_request(parts, peer.id.as_str());
         }
         match form {
             AppForm::Http2 => return as_http2(parts, &peer.app.authority),

@@ -124,6 +124,16 @@ fn string_or_array(v: Option<&Value>, name: &'static str) -> Result<Box<[Box<str
 }
 
 impl Claims {
+    /// Claims from a JSON object, as `meshguard policy check --token` takes
+    /// them: checked like a token's payload, except that a missing `exp`
+    /// is read as "not expired" (the check decides as if it were valid).
+    pub fn from_json(json: &str) -> Result<Claims, JwtError> {
+        let mut all: Map<String, Value> =
+            serde_json::from_str(json).map_err(|_| JwtError::Malformed("not a JSON object"))?;
+        all.entry("exp").or_insert(Value::from(i64::MAX));
+        Claims::from_map(all)
+    }
+
     fn from_map(all: Map<String, Value>) -> Result<Claims, JwtError> {
         let iss = match all.get("iss") {
             Some(Value::String(s)) => s.as_str().into(),

@@ -3,8 +3,10 @@
 //! 1 = deny / findings, 2 = bad input.
 
 use super::pattern::MethodName;
-use super::{lint, Decision, MethodError, Policy, Request};
+use super::{lint, lint_jwt_providers, Decision, MethodError, Policy, Request};
+use super::{TokenState, Tokens};
 use crate::sidecar::identity::SpiffeId;
+use crate::sidecar::jwt::Claims;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -34,6 +36,12 @@ pub struct CheckArgs {
     /// The request target as sent (normalised exactly as the proxy does).
     #[arg(long)]
     path: String,
+    /// A valid end-user token of a provider, as its verified claims:
+    /// `PROVIDER=JSON` (e.g. `users={"iss":"https://id.example.com","sub":"u1"}`),
+    /// repeatable. Without it the request carries no token, so a `jwt:`
+    /// rule does not match and an allow rule needing one answers 401.
+    #[arg(long = "token", value_name = "PROVIDER=JSON")]
+    tokens: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +52,10 @@ pub struct LintArgs {
     /// Trust domains this workload has bundles for (repeatable).
     #[arg(long = "trust-domain", default_value = "cluster.local")]
     trust_domains: Vec<String>,
+    /// The providers of `inbound.jwt` (repeatable); given, a rule naming any
+    /// other provider is a finding.
+    #[arg(long = "jwt-provider")]
+    jwt_providers: Vec<String>,
 }
 
 /// Exit status: the request is allowed, or the policy is clean.
@@ -87,12 +99,14 @@ fn check(args: &CheckArgs) -> Result<u8, String> {
         std::borrow::Cow::Borrowed(target.as_path())
     };
     let port = args.port;
-    let decision = policy.evaluate(&Request {
+    let tokens = GivenTokens::parse(&args.tokens)?;
+    let req = Request {
         peer: &peer,
         port,
         method: &method,
         path: &matched,
-    });
+    };
+    let decision = policy.evaluate_with(&req, &tokens);
     let rule = match decision.rule() {
         Some(rule) => format!(
             "rule {:?} (line {})",
@@ -101,8 +115,15 @@ fn check(args: &CheckArgs) -> Result<u8, String> {
         ),
         None => "no rule matched: default deny".to_owned(),
     };
+    let challenge = match decision {
+        Decision::Deny { .. } => policy.token_challenge(&req, &tokens),
+        _ => None,
+    };
     let verdict = match decision {
         Decision::Allow { .. } => "allow",
+        Decision::Deny { .. } if challenge.is_some() => {
+            "deny (401: an allow rule needs a valid end-user token)"
+        }
         Decision::Deny { .. } => "deny",
         Decision::AuditWouldDeny { .. } => {
             "deny (audit mode: the request would pass, logged as would-deny)"
@@ -134,12 +155,45 @@ fn check_method(method: &str) -> Result<http::Method, String> {
         .map_err(|_| format!("--method {method:?} is not an HTTP method"))
 }
 
+/// The tokens `--token` says the request carries, taken as verified.
+struct GivenTokens(Vec<(String, Claims)>);
+
+impl GivenTokens {
+    /// `Err` is a bad-input message.
+    fn parse(args: &[String]) -> Result<GivenTokens, String> {
+        let one = |arg: &String| {
+            let (provider, json) = arg
+                .split_once('=')
+                .ok_or_else(|| format!("--token {arg:?}: expected PROVIDER=JSON"))?;
+            let claims = Claims::from_json(json).map_err(|e| format!("--token {provider}: {e}"))?;
+            Ok((provider.to_owned(), claims))
+        };
+        args.iter()
+            .map(one)
+            .collect::<Result<_, String>>()
+            .map(GivenTokens)
+    }
+}
+
+impl Tokens for GivenTokens {
+    fn state(&self, provider: &str) -> TokenState<'_> {
+        match self.0.iter().find(|(p, _)| p == provider) {
+            Some((_, claims)) => TokenState::Valid(claims),
+            None => TokenState::Missing,
+        }
+    }
+}
+
 /// `Err` is a bad-input message.
 fn run_lint(args: &LintArgs) -> Result<u8, String> {
     let path = &args.policy;
     let policy = Policy::load(path).map_err(|e| e.to_string())?;
     let tds: Vec<&str> = args.trust_domains.iter().map(String::as_str).collect();
-    let findings = lint(&policy, &tds);
+    let mut findings = lint(&policy, &tds);
+    if !args.jwt_providers.is_empty() {
+        let providers: Vec<&str> = args.jwt_providers.iter().map(String::as_str).collect();
+        findings.extend(lint_jwt_providers(&policy, &providers));
+    }
     for f in &findings {
         println!("{}: {f}", path.display());
     }

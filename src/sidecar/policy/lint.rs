@@ -37,6 +37,16 @@ pub enum LintKind {
     ExactDenyPath { path: String },
     /// The policy has no allow rule, so it denies every request.
     NoAllowRule,
+    /// A deny rule with `jwt:` matches only requests with a valid token of
+    /// its provider, so a request without one is not denied by it, and this
+    /// allow rule, which needs no such token, lets it through.
+    DenyNeedsToken {
+        provider: String,
+        allow_rule: String,
+    },
+    /// The rule's `jwt.provider` is not among the providers given (the
+    /// sidecar would refuse to start with this policy).
+    UnknownJwtProvider { provider: String },
 }
 
 impl fmt::Display for LintKind {
@@ -63,6 +73,18 @@ impl fmt::Display for LintKind {
                  (use \"{path}/*\" to deny the whole subtree)"
             ),
             LintKind::NoAllowRule => f.write_str("the policy has no allow rule: every request is denied"),
+            LintKind::DenyNeedsToken {
+                provider,
+                allow_rule,
+            } => write!(
+                f,
+                "denies only requests with a valid {provider:?} token: without one, \
+                 allow rule {allow_rule:?} (which needs no such token) lets the same requests through"
+            ),
+            LintKind::UnknownJwtProvider { provider } => write!(
+                f,
+                "jwt.provider {provider:?} is not a provider of inbound.jwt: the sidecar refuses this policy"
+            ),
         }
     }
 }
@@ -112,6 +134,9 @@ pub fn lint(policy: &Policy, known_trust_domains: &[&str]) -> Vec<LintFinding> {
         if let Some(kind) = redundancy(policy, i, rule) {
             findings.push(finding(kind));
         }
+        if let Some(kind) = deny_needs_token(policy, rule) {
+            findings.push(finding(kind));
+        }
         if rule.action().is_deny() {
             for path in rule.paths().unwrap_or_default() {
                 if let PathPattern::Exact(p) = path {
@@ -125,6 +150,45 @@ pub fn lint(policy: &Policy, known_trust_domains: &[&str]) -> Vec<LintFinding> {
         }
     }
     findings
+}
+
+/// Lints the `jwt.provider` of every rule against the providers of
+/// `inbound.jwt` (`meshguard policy lint --jwt-provider`).
+pub fn lint_jwt_providers(policy: &Policy, providers: &[&str]) -> Vec<LintFinding> {
+    let unknown = |r: &&Rule| r.jwt().is_some_and(|j| !providers.contains(&&*j.provider));
+    policy
+        .rules()
+        .iter()
+        .filter(unknown)
+        .map(|rule| LintFinding {
+            rule: Some(rule.name().to_owned()),
+            line: rule.line(),
+            kind: LintKind::UnknownJwtProvider {
+                provider: rule
+                    .jwt()
+                    .map_or_else(String::new, |j| j.provider.to_string()),
+            },
+        })
+        .collect()
+}
+
+/// For a deny rule with `jwt:`: an allow rule without that provider's
+/// token whose requests overlap it one way or the other (one's target
+/// covers the other's), through which tokenless requests pass.
+fn deny_needs_token(policy: &Policy, rule: &Rule) -> Option<LintKind> {
+    let provider = &rule.jwt()?.provider;
+    if !rule.action().is_deny() {
+        return None;
+    }
+    let allow = policy.rules().iter().find(|a| {
+        !a.action().is_deny()
+            && a.jwt().is_none_or(|j| j.provider != *provider)
+            && (covers_target(a, rule) || covers_target(rule, a))
+    })?;
+    Some(LintKind::DenyNeedsToken {
+        provider: provider.to_string(),
+        allow_rule: allow.name().to_owned(),
+    })
 }
 
 /// Whether another rule makes `rule` (at position `i`) pointless.
@@ -172,8 +236,20 @@ fn first_covering(
         .min()
 }
 
-/// True if every request `narrow` matches is also matched by `wide`.
+/// True if every request `narrow` matches is also matched by `wide`. A
+/// `jwt:` requirement narrows a rule, so `wide` may have one only when
+/// `narrow` has the same.
 fn covers(wide: &Rule, narrow: &Rule) -> bool {
+    let tokens = match (wide.jwt(), narrow.jwt()) {
+        (None, _) => true,
+        (Some(w), Some(n)) => w == n,
+        (Some(_), None) => false,
+    };
+    tokens && covers_target(wide, narrow)
+}
+
+/// [`covers`] on source, port, method and path only.
+fn covers_target(wide: &Rule, narrow: &Rule) -> bool {
     let sources = narrow
         .sources()
         .iter()

@@ -58,7 +58,7 @@ pub use counters::{DecisionCounters, PolicyCounters};
 pub use file::PolicyError;
 pub use jwt::{JwtRequirement, NoTokens, Standing, TokenState, Tokens};
 pub use limits::{KeyBy, LimitRule, Rate, DEFAULT_MAX_KEYS};
-pub use lint::{lint, LintFinding, LintKind};
+pub use lint::{lint, lint_jwt_providers, LintFinding, LintKind};
 pub use pattern::{MethodError, MethodSet, PathPattern, PathPatternError, Source, SourceError};
 
 /// What a workload does with requests its rules would deny.

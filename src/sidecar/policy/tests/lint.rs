@@ -219,3 +219,91 @@ fn findings_read_well() {
         "the policy has no allow rule: every request is denied"
     );
 }
+
+#[test]
+fn a_rule_needing_a_token_does_not_cover_one_without() {
+    // `users-only` matches only requests with a token, so `any` still
+    // decides the rest: no finding. The reverse order is a finding.
+    let jwt_first = r#"
+rules:
+  - {name: users-only, action: allow, from: ["*"], paths: ["/api/*"], jwt: {provider: users}}
+  - {name: any, action: allow, from: ["*"], paths: ["/api/orders"]}
+"#;
+    assert_eq!(findings(jwt_first), []);
+    let plain_first = r#"
+rules:
+  - {name: any, action: allow, from: ["*"], paths: ["/api/*"]}
+  - {name: users-only, action: allow, from: ["*"], paths: ["/api/orders"], jwt: {provider: users}}
+"#;
+    assert_eq!(
+        findings(plain_first),
+        [(
+            some("users-only"),
+            Some(4),
+            LintKind::CoveredByEarlierRule {
+                earlier_rule: "any".into()
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_deny_needing_a_token_shadows_nothing_but_is_reported_when_tokenless_requests_pass() {
+    let yaml = r#"
+rules:
+  - {name: orders, action: allow, from: ["*"], paths: ["/orders/*"]}
+  - {name: banned, action: deny, from: ["*"], paths: ["/orders/*"], jwt: {provider: users, sub: [banned-*]}}
+"#;
+    assert_eq!(
+        findings(yaml),
+        [(
+            some("banned"),
+            Some(4),
+            LintKind::DenyNeedsToken {
+                provider: "users".into(),
+                allow_rule: "orders".into()
+            }
+        )]
+    );
+    // The allow rule needs the same provider's token: a tokenless request
+    // gets 401 from it, so the deny leaves no way around.
+    let guarded = r#"
+rules:
+  - {name: orders, action: allow, from: ["*"], paths: ["/orders/*"], jwt: {provider: users}}
+  - {name: banned, action: deny, from: ["*"], paths: ["/orders/*"], jwt: {provider: users, sub: [banned-*]}}
+"#;
+    assert_eq!(findings(guarded), []);
+    // An allow rule elsewhere does not overlap.
+    let apart = r#"
+rules:
+  - {name: health, action: allow, from: ["*"], paths: ["/healthz"]}
+  - {name: banned, action: deny, from: ["*"], paths: ["/orders/*"], jwt: {provider: users, sub: [banned-*]}}
+"#;
+    assert_eq!(findings(apart), []);
+}
+
+#[test]
+fn unknown_jwt_providers_are_reported_by_rule_and_line() {
+    let p = policy(
+        r#"
+rules:
+  - {name: a, action: allow, from: ["*"], jwt: {provider: users}}
+  - {name: b, action: allow, from: ["*"], jwt: {provider: partners}}
+"#,
+    );
+    let found: Vec<_> = lint_jwt_providers(&p, &["users"])
+        .into_iter()
+        .map(|f| (f.rule, f.line, f.kind))
+        .collect();
+    assert_eq!(
+        found,
+        [(
+            some("b"),
+            Some(4),
+            LintKind::UnknownJwtProvider {
+                provider: "partners".into()
+            }
+        )]
+    );
+    assert_eq!(lint_jwt_providers(&p, &["users", "partners"]), []);
+}

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 mod egress;
 mod flags;
 mod jwt;
+mod locate;
 mod tcp;
 mod workload_api;
 pub use egress::{EgressConfig, EgressDestination, EgressMode};
@@ -397,27 +398,8 @@ impl Config {
     /// Parses and validates YAML text. `file` names it in errors; `base` is
     /// the directory relative paths are resolved against.
     pub fn from_yaml(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: FileConfig = serde_norway::from_str(text).map_err(|e| match e.location() {
-            Some(loc) => {
-                let message = strip_location(&e.to_string());
-                // For a value refused by its own parser (a SPIFFE ID, say)
-                // the parser reports the enclosing mapping; the line of the
-                // quoted value itself is more useful.
-                let line = quoted_value(&message)
-                    .and_then(|v| line_of_from(text, v, loc.line()))
-                    .unwrap_or(loc.line());
-                ConfigError::At {
-                    file: file.into(),
-                    line,
-                    column: loc.column(),
-                    message,
-                }
-            }
-            None => ConfigError::Invalid {
-                file: file.into(),
-                message: e.to_string(),
-            },
-        })?;
+        let raw: FileConfig =
+            serde_norway::from_str(text).map_err(|e| locate::parse_error(text, file, &e))?;
         let mut config = Config {
             identity: raw.identity,
             inbound: raw.inbound,
@@ -430,20 +412,9 @@ impl Config {
             assertion: raw.assertion,
         };
         config.resolve_paths(base);
-        config.validate().map_err(|(message, needle)| {
-            match needle.and_then(|n| line_of(text, &n)) {
-                Some(line) => ConfigError::At {
-                    file: file.into(),
-                    line,
-                    column: 1,
-                    message,
-                },
-                None => ConfigError::Invalid {
-                    file: file.into(),
-                    message,
-                },
-            }
-        })?;
+        config
+            .validate()
+            .map_err(|refused| locate::validation_error(text, file, refused))?;
         Ok(config)
     }
 
@@ -586,39 +557,6 @@ fn validate_strip_headers(
         }
     }
     Ok(())
-}
-
-/// serde_norway appends " at line L column C"; we print the location first.
-fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
-    }
-}
-
-/// The first double-quoted piece of an error message.
-fn quoted_value(msg: &str) -> Option<&str> {
-    let start = msg.find('"')? + 1;
-    let len = msg[start..].find('"')?;
-    Some(&msg[start..start + len]).filter(|v| !v.is_empty())
-}
-
-/// 1-based line of the first occurrence of `needle` at or after line `from`.
-fn line_of_from(text: &str, needle: &str, from: usize) -> Option<usize> {
-    let skip: usize = text
-        .split_inclusive('\n')
-        .take(from.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    let pos = text.get(skip..)?.find(needle)? + skip;
-    Some(text[..pos].matches('\n').count() + 1)
-}
-
-/// 1-based line of the last occurrence of `needle` (the last, because a
-/// duplicate is the later one).
-fn line_of(text: &str, needle: &str) -> Option<usize> {
-    let pos = text.rfind(needle)?;
-    Some(text[..pos].matches('\n').count() + 1)
 }
 
 #[cfg(test)]

@@ -1,0 +1,150 @@
+//! A declared destination of the outbound and its mTLS connections: an
+//! HTTP/1.1 pool or the multiplexed HTTP/2 connection, chosen per request.
+
+use super::super::pool::{Http1Pool, Http2Conn, UpstreamBody, UpstreamError};
+use super::super::{ConnectError, Direction, PeerConnector};
+use crate::sidecar::config::RouteConfig;
+use crate::sidecar::identity::SpiffeId;
+use crate::sidecar::metrics::{Metrics, RequestCounters};
+use crate::sidecar::tls::{outbound_client_config, CredentialStore, TlsError, UpstreamProtocol};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time allowed for TCP connect plus TLS handshake to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an idle pooled connection to a peer sidecar is kept: below the
+/// peer's default header read timeout (15 s), which also closes idle
+/// HTTP/1 keep-alive connections, so we never reuse one it is closing.
+pub const PEER_POOL_IDLE: Duration = Duration::from_secs(10);
+
+/// One declared destination with its own pool of mTLS connections.
+pub struct Route {
+    pub peer: Arc<str>,
+    pub identity: SpiffeId,
+    pub(super) upstream: Upstream,
+    /// HTTP/1.1 mTLS connections, one per upgrade (never pooled).
+    pub(super) upgrades: PeerConnector,
+    pub(super) counters: RequestCounters,
+}
+
+/// The mTLS connections of one route. A request that left the app as
+/// HTTP/2 always takes the multiplexed HTTP/2 connection: its trailers
+/// (gRPC's status) cannot cross HTTP/1.1. HTTP/1.1 requests take the hop
+/// the route is configured with (`outbound.protocol`).
+pub(super) struct Upstream {
+    /// Set when the route's hop is HTTP/1.1.
+    pool: Option<Http1Pool<PeerConnector>>,
+    /// Opened on first use; with an HTTP/1.1 hop only HTTP/2 apps use it.
+    mux: Http2Conn<PeerConnector>,
+}
+
+/// Which of a route's connections one request takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hop {
+    Http1,
+    Http2,
+}
+
+impl Upstream {
+    pub(super) fn hop(&self, app_version: Version) -> Hop {
+        match (&self.pool, app_version) {
+            (Some(_), v) if v != Version::HTTP_2 => Hop::Http1,
+            _ => Hop::Http2,
+        }
+    }
+
+    /// The request target on the hop: origin-form for HTTP/1.1 (the
+    /// authority travels in Host), absolute for HTTP/2, where it becomes
+    /// `:scheme` and `:authority`.
+    pub(super) fn uri(
+        hop: Hop,
+        authority: Authority,
+        path: PathAndQuery,
+    ) -> Result<Uri, http::Error> {
+        match hop {
+            Hop::Http1 => Ok(Uri::from(path)),
+            Hop::Http2 => Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path)
+                .build(),
+        }
+    }
+
+    pub(super) async fn send(
+        &self,
+        hop: Hop,
+        mut req: Request<Incoming>,
+        authority: Authority,
+    ) -> Result<Response<UpstreamBody>, UpstreamError<ConnectError>> {
+        match (hop, &self.pool) {
+            (Hop::Http1, Some(pool)) => {
+                if !req.headers().contains_key(header::HOST) {
+                    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                        req.headers_mut().insert(header::HOST, host);
+                    }
+                }
+                *req.version_mut() = http::Version::HTTP_11;
+                pool.send(req).await
+            }
+            _ => {
+                // HTTP/2 carries the authority in :authority; a Host
+                // header beside it is redundant and may disagree.
+                req.headers_mut().remove(header::HOST);
+                *req.version_mut() = http::Version::HTTP_2;
+                self.mux.send(req).await
+            }
+        }
+    }
+}
+
+impl Route {
+    pub(super) fn new(
+        store: &Arc<CredentialStore>,
+        cfg: &RouteConfig,
+        protocol: UpstreamProtocol,
+        max_idle: usize,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Arc<Route>, TlsError> {
+        let connector = |protocol| -> Result<PeerConnector, TlsError> {
+            let tls = outbound_client_config(store, cfg.identity.clone(), protocol)?;
+            Ok(PeerConnector::new(
+                &cfg.peer,
+                tls,
+                CONNECT_TIMEOUT,
+                metrics.clone(),
+                store.clone(),
+            ))
+        };
+        let pool = match protocol {
+            UpstreamProtocol::Http1 => Some(Http1Pool::new(
+                connector(UpstreamProtocol::Http1)?,
+                max_idle,
+                PEER_POOL_IDLE,
+            )),
+            UpstreamProtocol::Http2 => None,
+        };
+        let mux = Http2Conn::new(
+            connector(UpstreamProtocol::Http2)?,
+            PEER_POOL_IDLE,
+            max_idle > 0,
+        );
+        let upstream = Upstream { pool, mux };
+        let upgrades = connector(UpstreamProtocol::Http1)?;
+        let counters = metrics.request_counters(
+            Direction::Outbound,
+            metrics.peer_label(cfg.identity.as_str()),
+        );
+        Ok(Arc::new(Route {
+            peer: Arc::from(cfg.peer.as_str()),
+            identity: cfg.identity.clone(),
+            upstream,
+            upgrades,
+            counters,
+        }))
+    }
+}

@@ -238,6 +238,7 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
         listen: None,
         protocol: UpstreamProtocol::Http1,
         max_idle_per_peer: None,
+        h2_connections_per_peer: 1,
         destinations: Vec::new(),
         undeclared: Default::default(),
         keep_underscore_headers: false,

@@ -147,6 +147,10 @@ pub struct OutboundConfig {
     /// every request a new connection and handshake.
     #[serde(default)]
     pub max_idle_per_peer: Option<usize>,
+    /// Multiplexed HTTP/2 connections kept per peer (default 1), taken in
+    /// turn by requests.
+    #[serde(default = "one")]
+    pub h2_connections_per_peer: usize,
     /// Declared destinations. Anything else is refused.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -354,6 +358,10 @@ fn default_poll_interval_ms() -> u64 {
     1000
 }
 
+fn one() -> usize {
+    1
+}
+
 fn default_workers() -> usize {
     1
 }
@@ -458,6 +466,14 @@ impl Config {
                 "runtime.workers must be at least 1".into(),
                 Some("workers".into()),
             ));
+        }
+        if let Some(out) = &self.outbound {
+            if !(1..=64).contains(&out.h2_connections_per_peer) {
+                return Err((
+                    "outbound.h2_connections_per_peer must be between 1 and 64".into(),
+                    Some("h2_connections_per_peer".into()),
+                ));
+            }
         }
         for td in self.identity.federated_bundles.keys() {
             crate::sidecar::identity::validate_trust_domain(td).map_err(|e| {

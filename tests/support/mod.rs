@@ -223,6 +223,7 @@ pub fn outbound_config(
             listen: Some(any_port()),
             protocol: Default::default(),
             max_idle_per_peer: None,
+            h2_connections_per_peer: 1,
             destinations: Vec::new(),
             undeclared: Default::default(),
             keep_underscore_headers: false,

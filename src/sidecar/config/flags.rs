@@ -71,6 +71,7 @@ impl QuickStart {
                 listen: o.listen,
                 protocol: Default::default(),
                 max_idle_per_peer: None,
+                h2_connections_per_peer: 1,
                 destinations: Vec::new(),
                 undeclared: Default::default(),
                 keep_underscore_headers: false,

@@ -13,7 +13,7 @@ use super::sniff;
 use super::tcp::TcpOutbound;
 use super::transparent::{original_destination, Destination, Destinations, Routing};
 use super::upgrade;
-use route::{Hop, Upstream};
+use route::{Hop, HopSettings, Upstream};
 pub use route::{Route, CONNECT_TIMEOUT, PEER_POOL_IDLE};
 
 mod route;
@@ -23,7 +23,7 @@ use crate::sidecar::config::OutboundConfig;
 use crate::sidecar::egress::{self, AppRequest, Egress};
 use crate::sidecar::headers::{self, RequestRules, APP_H2, APP_PROTOCOL};
 use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
-use crate::sidecar::tls::{CredentialStore, TlsError, UpstreamProtocol};
+use crate::sidecar::tls::{CredentialStore, TlsError};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -77,8 +77,8 @@ pub struct Outbound {
     pub listener_routes: Vec<(SocketAddr, Arc<Route>)>,
     /// Transparently captured traffic, by original destination.
     destinations: Destinations<Route>,
-    protocol: UpstreamProtocol,
-    max_idle: usize,
+    /// How each route's connections are made.
+    hop: HopSettings,
     /// `outbound.strip_headers` (parsed once) and `keep_underscore_headers`.
     header_rules: RequestRules,
     /// Opaque TCP: `outbound.tcp_routes` and captured `protocol: tcp` destinations.
@@ -101,9 +101,13 @@ impl Outbound {
     ) -> Result<Arc<Self>, TlsError> {
         let mut by_host = HashMap::new();
         let mut listener_routes = Vec::new();
-        let max_idle = cfg.max_idle_per_peer.unwrap_or(usize::MAX);
+        let hop = HopSettings {
+            protocol: cfg.protocol,
+            max_idle: cfg.max_idle_per_peer.unwrap_or(usize::MAX),
+            h2_connections: cfg.h2_connections_per_peer,
+        };
         for route_cfg in &cfg.routes {
-            let route = Route::new(store, route_cfg, cfg.protocol, max_idle, &metrics)?;
+            let route = Route::new(store, route_cfg, hop, &metrics)?;
             if let Some(host) = &route_cfg.host {
                 by_host.insert(host.to_ascii_lowercase(), route);
             } else if let Some(listen) = route_cfg.listen {
@@ -119,8 +123,7 @@ impl Outbound {
             unrouted,
             listener_routes,
             destinations: Destinations::new(cfg.destinations.clone(), cfg.undeclared),
-            protocol: cfg.protocol,
-            max_idle,
+            hop,
             header_rules: RequestRules {
                 // Config validation refused names that do not parse.
                 extra: cfg
@@ -227,13 +230,7 @@ impl Outbound {
             return Destination::Http(Routing::ByHost);
         };
         self.destinations.resolve(dst, |cfg| {
-            Route::new(
-                &self.store,
-                cfg,
-                self.protocol,
-                self.max_idle,
-                &self.metrics,
-            )
+            Route::new(&self.store, cfg, self.hop, &self.metrics)
             .inspect_err(
                 |e| tracing::error!(destination = %dst, error = %e, "cannot build a route"),
             )

@@ -10,6 +10,7 @@ use crate::sidecar::tls::{outbound_client_config, CredentialStore, TlsError, Ups
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// peer's default header read timeout (15 s), which also closes idle
 /// HTTP/1 keep-alive connections, so we never reuse one it is closing.
 pub const PEER_POOL_IDLE: Duration = Duration::from_secs(10);
+
+/// How a route's connections to its peer are made (`outbound`'s
+/// `protocol`, `max_idle_per_peer`, `h2_connections_per_peer`).
+#[derive(Clone, Copy)]
+pub(in crate::sidecar::proxy) struct HopSettings {
+    pub protocol: UpstreamProtocol,
+    pub max_idle: usize,
+    pub h2_connections: usize,
+}
 
 /// One declared destination with its own pool of mTLS connections.
 pub struct Route {
@@ -38,8 +48,11 @@ pub struct Route {
 pub(super) struct Upstream {
     /// Set when the route's hop is HTTP/1.1.
     pool: Option<Http1Pool<PeerConnector>>,
-    /// Opened on first use; with an HTTP/1.1 hop only HTTP/2 apps use it.
-    mux: Http2Conn<PeerConnector>,
+    /// Each opened on first use and taken in turn, so that several
+    /// connections' reads and writes can be in flight at once; with an
+    /// HTTP/1.1 hop only HTTP/2 apps use them.
+    mux: Box<[Http2Conn<PeerConnector>]>,
+    next: AtomicUsize,
 }
 
 /// Which of a route's connections one request takes.
@@ -96,7 +109,9 @@ impl Upstream {
                 // header beside it is redundant and may disagree.
                 req.headers_mut().remove(header::HOST);
                 *req.version_mut() = http::Version::HTTP_2;
-                self.mux.send(req).await
+                // Relaxed: the turn only spreads load, it orders nothing.
+                let turn = self.next.fetch_add(1, Ordering::Relaxed);
+                self.mux[turn % self.mux.len()].send(req).await
             }
         }
     }
@@ -106,8 +121,7 @@ impl Route {
     pub(super) fn new(
         store: &Arc<CredentialStore>,
         cfg: &RouteConfig,
-        protocol: UpstreamProtocol,
-        max_idle: usize,
+        hop: HopSettings,
         metrics: &Arc<Metrics>,
     ) -> Result<Arc<Route>, TlsError> {
         let connector = |protocol| -> Result<PeerConnector, TlsError> {
@@ -120,20 +134,25 @@ impl Route {
                 store.clone(),
             ))
         };
-        let pool = match protocol {
+        let pool = match hop.protocol {
             UpstreamProtocol::Http1 => Some(Http1Pool::new(
                 connector(UpstreamProtocol::Http1)?,
-                max_idle,
+                hop.max_idle,
                 PEER_POOL_IDLE,
             )),
             UpstreamProtocol::Http2 => None,
         };
-        let mux = Http2Conn::new(
-            connector(UpstreamProtocol::Http2)?,
-            PEER_POOL_IDLE,
-            max_idle > 0,
-        );
-        let upstream = Upstream { pool, mux };
+        let mux = (0..hop.h2_connections.max(1))
+            .map(|_| {
+                let dial = connector(UpstreamProtocol::Http2)?;
+                Ok(Http2Conn::new(dial, PEER_POOL_IDLE, hop.max_idle > 0))
+            })
+            .collect::<Result<_, TlsError>>()?;
+        let upstream = Upstream {
+            pool,
+            mux,
+            next: AtomicUsize::new(0),
+        };
         let upgrades = connector(UpstreamProtocol::Http1)?;
         let counters = metrics.request_counters(
             Direction::Outbound,

@@ -172,7 +172,7 @@ def render_variants(s):
             bases.append(("meshguard-policy", r["vs_meshguard_policy"]))
         for base_name, v in bases:
             if v is None:
-                out.append(f"- **{name}** ({what}): CPU/request vs {base_name}: – (no {base_name} pair in this run)")
+                out.append(f"- **{name}** — {what}. CPU/request vs {base_name}: – (no {base_name} pair in this run)")
                 continue
             rounds = ", ".join(f"{x:+.1f}" for x in v["per_round_delta_us"]) or "–"
             met = ""
@@ -184,7 +184,7 @@ def render_variants(s):
                     met = f"; bound +{limit:g}{unit}: {'met' if value <= limit else 'NOT met'}"
             ka = "–" if v["ka_ratio"] is None else f"{v['ka_ratio']:.2f}×"
             out.append(
-                f"- **{name}** ({what}): CPU/request vs {base_name}: {v['delta_us']:+.1f} µs "
+                f"- **{name}** — {what}. CPU/request vs {base_name}: {v['delta_us']:+.1f} µs "
                 f"({v['delta_pct']:+.1f} %) ({r['cpu_us']:.1f} against {v['base_cpu_us']:.1f} µs; per round "
                 f"{rounds} µs; keep-alive throughput {ka}){met}"
             )

@@ -114,6 +114,7 @@ done
 # The variants are reported against the plain meshguard pair of the same rounds.
 MG_VARIANTS=(meshguard-policy meshguard-jwt meshguard-assert)
 for p in "${MG_VARIANTS[@]}"; do
+  if has_pair "$p" && [ -n "$IDLE" ]; then die "$p is a load-test pair; not with --idle"; fi
   if has_pair "$p" && ! has_pair meshguard; then
     say "adding the meshguard pair: $p is reported against it, in the same rounds"
     PAIR_LIST=(meshguard "${PAIR_LIST[@]}")

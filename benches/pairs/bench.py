@@ -169,6 +169,10 @@ class Bench:
         for p in spec["pairs"]:
             self.ours_roots.extend(p.get("proxies", {}).values())
 
+    def lua(self, pair):
+        """The wrk script of a pair: its own (extra request headers) or the shared one."""
+        return self.pairs[pair].get("lua") or self.args.lua
+
     def proxy_trees(self, pair):
         return {role: tree(pid) for role, pid in self.pairs[pair].get("proxies", {}).items()}
 
@@ -186,7 +190,7 @@ class Bench:
         role0 = {r: cpu_split(t) for r, t in trees.items()}
         everyone0 = all_proc_ticks()
         t0 = time.monotonic()
-        wrk, cmd = run_wrk(self.args.lua, p["url"], duration, conns, close=(test == "nc"))
+        wrk, cmd = run_wrk(self.lua(pair), p["url"], duration, conns, close=(test == "nc"))
         wall = time.monotonic() - t0
         role1 = {r: cpu_split(t) for r, t in trees.items()}
         m1, ours1, self1, ch1 = machine_ticks(), cpu_ticks(ours), self_cpu_s(), children_cpu_s()
@@ -256,7 +260,7 @@ class Bench:
             perfs[role] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
         time.sleep(0.5)
         try:
-            wrk, _ = run_wrk(self.args.lua, self.pairs[pair]["url"], duration, self.args.conns)
+            wrk, _ = run_wrk(self.lua(pair), self.pairs[pair]["url"], duration, self.args.conns)
         finally:
             time.sleep(0.3)
             for proc, _ in perfs.values():
@@ -322,7 +326,7 @@ def fmt_rec(r):
     d = " DISTURBED(" + ", ".join(r["disturbed"]) + ")" if r["disturbed"] else ""
     e = f" errors={r['errors']}" if r["errors"] else ""
     return (
-        f"  {r['phase']:<6} r{r['round']} {r['pair']:<10} {r['test']:<3} {r['rps']:>9.0f} req/s "
+        f"  {r['phase']:<6} r{r['round']} {r['pair']:<16} {r['test']:<3} {r['rps']:>9.0f} req/s "
         f"p50={lat['p50']}µs p99={lat['p99']}µs{extra} foreign={r['foreign_cores']:.2f} "
         f"steal={r['steal_cores']:.2f}{e}{d}"
     )
@@ -378,6 +382,7 @@ def cmd_run(args):
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "connections": args.conns,
+            "workers": spec.get("workers", 1),
             "max_foreign_cores": args.max_foreign,
             "max_steal_cores": args.max_steal,
             "tests": {
@@ -409,7 +414,7 @@ def cmd_soak(args):
     b = Bench(spec, args)
     pair = b.pairs[args.pair]
     roles = pair["proxies"]
-    cmd = ["wrk", "-t1", f"-c{args.conns}", f"-d{args.seconds}s", "--timeout=5s", "-s", args.lua, pair["url"]]
+    cmd = ["wrk", "-t1", f"-c{args.conns}", f"-d{args.seconds}s", "--timeout=5s", "-s", b.lua(args.pair), pair["url"]]
     log(f"soak: {' '.join(cmd)}; sampling RSS every {args.interval}s")
     samples = []
     t0 = time.monotonic()

@@ -11,6 +11,16 @@ import sys
 PEERS = ("nginx", "haproxy", "stunnel")
 MIB = 2**20
 
+# The feature variants of the meshguard pair (run.sh), each set against the
+# plain `meshguard` pair of the same rounds: (pair, what it adds, the bound of
+# its issue on the CPU per request it adds, as ("us", µs) or ("pct", %)).
+VARIANTS = {
+    "meshguard-policy": ("a policy of seven rules (issue 21: the figure with a policy)", None),
+    "meshguard-jwt": ("a `jwt:` rule, repeated RS256 token, and a per-caller rate limit "
+                      "(issue 15: within 10 %)", ("pct", 10.0)),
+    "meshguard-assert": ("the identity assertion, default HMAC mode (issue 16: at most +3 µs)", ("us", 3.0)),
+}
+
 # Targets of issue 8, as ratios against the best peer pair of the same run.
 TARGETS = [
     # key, label, comparison, bound
@@ -74,6 +84,9 @@ def summarize(result):
             "steal_cores": med([r["steal_cores"] for r in mine]),
             "errors": sum(r["errors"] for r in mine),
         }
+        row["cpu_us_by_round"] = {
+            r["round"]: r["proxy_cpu_us_per_req"] for r in by["ka"] if r["proxy_cpu_us_per_req"] is not None
+        }
         rs = [x for x in (row["rss_out"], row["rss_in"]) if x]
         row["rss_max"] = max(rs) if rs else None
         s[name] = row
@@ -109,6 +122,11 @@ def summarize(result):
         row["added_x_best"] = ratio(row["p50_added"], b) if b and b > 0 else None
         row["rss_x_best"] = ratio(row["rss_max"], bests["rss_max"][0])
         row["rss_mib"] = row["rss_max"] / MIB if row["rss_max"] else None
+    for name in VARIANTS:
+        if name in s:
+            s[name]["vs_meshguard"] = variant_delta(s[name], s.get("meshguard"))
+            if name == "meshguard-jwt" and "meshguard-policy" in s:
+                s[name]["vs_meshguard_policy"] = variant_delta(s[name], s["meshguard-policy"])
     total = sum(r["measurements"] for r in s.values())
     dist = sum(r["disturbed"] for r in s.values())
     return {
@@ -117,6 +135,61 @@ def summarize(result):
         "measurements": total,
         "disturbed": dist,
     }
+
+
+def variant_delta(row, base):
+    """CPU per request of a variant against a base pair of the same run: the
+    difference of the medians, and the median of the per-round differences
+    (both ran in every round, so a round's load moves both)."""
+    if not base or row.get("cpu_us") is None or base.get("cpu_us") is None:
+        return None
+    a, b = row.get("cpu_us_by_round", {}), base.get("cpu_us_by_round", {})
+    rounds = sorted(set(a) & set(b))
+    per_round = [a[k] - b[k] for k in rounds]
+    d = row["cpu_us"] - base["cpu_us"]
+    return {
+        "base_cpu_us": base["cpu_us"],
+        "delta_us": d,
+        "delta_pct": 100 * d / base["cpu_us"] if base["cpu_us"] else None,
+        "per_round_delta_us": [round(x, 1) for x in per_round],
+        "median_round_delta_us": med(per_round),
+        "ka_ratio": ratio(row.get("ka_rps"), base.get("ka_rps")),
+    }
+
+
+def render_variants(s):
+    """One line per variant: what it costs per request against meshguard."""
+    out = []
+    present = [n for n in VARIANTS if n in s]
+    if not present:
+        return out
+    out.append("Feature variants of the meshguard pair, each against the plain `meshguard` pair of the same rounds:\n")
+    for name in present:
+        what, bound = VARIANTS[name]
+        r = s[name]
+        bases = [("meshguard", r.get("vs_meshguard"))]
+        if r.get("vs_meshguard_policy"):
+            bases.append(("meshguard-policy", r["vs_meshguard_policy"]))
+        for base_name, v in bases:
+            if v is None:
+                out.append(f"- **{name}** — {what}. CPU/request vs {base_name}: – (no {base_name} pair in this run)")
+                continue
+            rounds = ", ".join(f"{x:+.1f}" for x in v["per_round_delta_us"]) or "–"
+            met = ""
+            if bound and base_name == "meshguard":
+                kind, limit = bound
+                value = v["delta_pct"] if kind == "pct" else v["delta_us"]
+                unit = " %" if kind == "pct" else " µs"
+                if value is not None:
+                    met = f"; bound +{limit:g}{unit}: {'met' if value <= limit else 'NOT met'}"
+            ka = "–" if v["ka_ratio"] is None else f"{v['ka_ratio']:.2f}×"
+            out.append(
+                f"- **{name}** — {what}. CPU/request vs {base_name}: {v['delta_us']:+.1f} µs "
+                f"({v['delta_pct']:+.1f} %) ({r['cpu_us']:.1f} against {v['base_cpu_us']:.1f} µs; per round "
+                f"{rounds} µs; keep-alive throughput {ka}){met}"
+            )
+    out.append("")
+    return out
 
 
 def f0(x):
@@ -143,6 +216,13 @@ def fmib(x):
     return "–" if x is None else f"{x / MIB:.1f}"
 
 
+def workers_note(n):
+    if n == 1:
+        return ""
+    return (f"; {n} workers per proxy: meshguard `runtime.workers: {n}`, nginx `worker_processes {n}`, "
+            f"haproxy `nbthread {n}`; stunnel, bare and the backend unchanged")
+
+
 def render(result):
     summ = result.get("summary") or summarize(result)
     s, bp = summ["pairs"], summ["best_peer"]
@@ -151,7 +231,8 @@ def render(result):
     out = []
     out.append(
         f"### Pairs benchmark, {result['started']} "
-        f"({p['rounds']} rounds × {p['duration_s']} s, warm-up {p['warmup_s']} s, medians)\n"
+        f"({p['rounds']} rounds × {p['duration_s']} s, warm-up {p['warmup_s']} s, medians"
+        f"{workers_note(p.get('workers', 1))})\n"
     )
     out.append(
         f"Machine: {m.get('nproc', '?')} × {m.get('cpu_model', '?')}, kernel {m.get('kernel', '?')}, "
@@ -223,6 +304,7 @@ def render(result):
             parts.append(f"{label} {b['pair']} ({v})")
     if parts:
         out.append("Best peer per metric: " + "; ".join(parts) + ".\n")
+    out.extend(render_variants(s))
     sysc = result.get("syscalls") or {}
     if sysc:
         out.append(
@@ -238,7 +320,7 @@ def render(result):
                 f"| {f2(o.get('cs_per_req'))} | {f2(i.get('cs_per_req'))} |"
             )
         out.append("")
-    for mg_name in [n for n in s if n.startswith("meshguard")]:
+    for mg_name in [n for n in s if n.startswith("meshguard") and n not in VARIANTS]:
         mg = s[mg_name]
         out.append(f"| {mg_name} vs issue 8 target | value | met |")
         out.append("|---|---:|---|")

@@ -16,8 +16,23 @@
 #   --pairs LIST [PAIRS=direct,nginx,haproxy,stunnel,meshguard]; also meshguard-h1
 #               (HTTP/1.1 pool on the mTLS hop, outbound from a config file) and
 #               bare (the calibration pair: tokio + hyper + rustls doing only the
-#               forwarding, one multiplexed HTTP/2 connection; benches/bare/)
-#   --base-port P [BASE_PORT=18400]  uses P .. P+53 on 127.0.0.1
+#               forwarding, one multiplexed HTTP/2 connection; benches/bare/), and
+#               the feature variants of the meshguard pair (same outbound, the
+#               inbound from a config file; `meshguard` is added to the run when
+#               one is asked for, so the report can set them side by side):
+#                 meshguard-policy  a policy of seven rules on the inbound, the
+#                                   benchmark's caller allowed on GET + its path
+#                 meshguard-jwt     that policy with a `jwt:` rule (RS256 token
+#                                   signed once by this script, JWKS file, sent
+#                                   by wrk on every request) and a per-caller
+#                                   rate limit high enough never to trigger
+#                 meshguard-assert  the identity assertion on (`assertion:`,
+#                                   default HMAC mode), no policy
+#   --workers N [WORKERS=1]  worker threads/processes of every proxy: meshguard
+#               `runtime.workers: N` (both sidecars, every meshguard pair), nginx
+#               `worker_processes N`, haproxy `nbthread N`; stunnel and bare are
+#               unchanged, the backend nginx keeps 1 worker, wrk keeps -t1
+#   --base-port P [BASE_PORT=18400]  uses P .. P+93 on 127.0.0.1
 #   --max-foreign C [MAX_FOREIGN=0.10]  foreign CPU (cores) that marks a measurement disturbed
 #   --max-steal C [MAX_STEAL=0.05]      steal (cores) that marks a measurement disturbed
 #   --soak S, --soak-interval S [SOAK_INTERVAL=5]
@@ -48,6 +63,7 @@ MAX_STEAL=${MAX_STEAL:-0.05}
 SOAK=${SOAK:-0}
 SOAK_INTERVAL=${SOAK_INTERVAL:-5}
 PERF=${PERF:-1}
+WORKERS=${WORKERS:-1}
 INSTALL=1
 BUILD=1
 KEEP=0
@@ -64,6 +80,7 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP=$2; shift ;;
     --connections) CONNS=$2; shift ;;
     --pairs) PAIRS=$2; shift ;;
+    --workers) WORKERS=$2; shift ;;
     --base-port) BASE_PORT=$2; shift ;;
     --max-foreign) MAX_FOREIGN=$2; shift ;;
     --max-steal) MAX_STEAL=$2; shift ;;
@@ -88,7 +105,21 @@ if [ "$SOAK" != 0 ]; then PAIRS=meshguard; fi
 IFS=, read -r -a PAIR_LIST <<<"$PAIRS"
 has_pair() { local p; for p in "${PAIR_LIST[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 for p in "${PAIR_LIST[@]}"; do
-  case "$p" in direct|nginx|haproxy|stunnel|meshguard|meshguard-h1|bare) ;; *) die "unknown pair $p" ;; esac
+  case "$p" in
+    direct|nginx|haproxy|stunnel|meshguard|meshguard-h1|bare|meshguard-policy|meshguard-jwt|meshguard-assert) ;;
+    *) die "unknown pair $p" ;;
+  esac
+done
+[[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers wants a positive integer, not $WORKERS"
+# The variants are reported against the plain meshguard pair of the same rounds.
+MG_VARIANTS=(meshguard-policy meshguard-jwt meshguard-assert)
+for p in "${MG_VARIANTS[@]}"; do
+  if has_pair "$p" && [ -n "$IDLE" ]; then die "$p is a load-test pair; not with --idle"; fi
+  if has_pair "$p" && ! has_pair meshguard; then
+    say "adding the meshguard pair: $p is reported against it, in the same rounds"
+    PAIR_LIST=(meshguard "${PAIR_LIST[@]}")
+    PAIRS=$(IFS=,; echo "${PAIR_LIST[*]}")
+  fi
 done
 
 # ------------------------------------------------------------------ tools
@@ -226,7 +257,12 @@ P_ST_OUT=$((B + 30)) P_ST_IN=$((B + 31))
 P_MG_OUT=$((B + 40)) P_MG_IN=$((B + 41)) P_MG_ADMIN_OUT=$((B + 42)) P_MG_ADMIN_IN=$((B + 43))
 P_MG2_OUT=$((B + 50)) P_MG2_IN=$((B + 51)) P_MG2_ADMIN_OUT=$((B + 52)) P_MG2_ADMIN_IN=$((B + 53))
 P_BARE_OUT=$((B + 60)) P_BARE_IN=$((B + 61))
-for p in $P_BARE_OUT $P_BARE_IN $P_MG2_OUT $P_MG2_IN $P_MG2_ADMIN_OUT $P_MG2_ADMIN_IN $B $P_NGINX_OUT $P_NGINX_IN $P_HAP_OUT $P_HAP_IN $P_ST_OUT $P_ST_IN $P_MG_OUT $P_MG_IN $P_MG_ADMIN_OUT $P_MG_ADMIN_IN; do
+# The meshguard variants: out, in, admin out, admin in at +70, +80, +90.
+P_MGP_OUT=$((B + 70)) P_MGP_IN=$((B + 71)) P_MGP_ADMIN_OUT=$((B + 72)) P_MGP_ADMIN_IN=$((B + 73))
+P_MGJ_OUT=$((B + 80)) P_MGJ_IN=$((B + 81)) P_MGJ_ADMIN_OUT=$((B + 82)) P_MGJ_ADMIN_IN=$((B + 83))
+P_MGA_OUT=$((B + 90)) P_MGA_IN=$((B + 91)) P_MGA_ADMIN_OUT=$((B + 92)) P_MGA_ADMIN_IN=$((B + 93))
+for p in $P_MGP_OUT $P_MGP_IN $P_MGP_ADMIN_OUT $P_MGP_ADMIN_IN $P_MGJ_OUT $P_MGJ_IN $P_MGJ_ADMIN_OUT $P_MGJ_ADMIN_IN \
+  $P_MGA_OUT $P_MGA_IN $P_MGA_ADMIN_OUT $P_MGA_ADMIN_IN $P_BARE_OUT $P_BARE_IN $P_MG2_OUT $P_MG2_IN $P_MG2_ADMIN_OUT $P_MG2_ADMIN_IN $B $P_NGINX_OUT $P_NGINX_IN $P_HAP_OUT $P_HAP_IN $P_ST_OUT $P_ST_IN $P_MG_OUT $P_MG_IN $P_MG_ADMIN_OUT $P_MG_ADMIN_IN; do
   port_free "$p" || die "port 127.0.0.1:$p is in use; pick another --base-port"
 done
 
@@ -250,11 +286,11 @@ MARKER="meshguard-pairs-backend-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 
 # ------------------------------------------------------------------ backend
 
-nginx_common() { # nginx_common DIR
+nginx_common() { # nginx_common DIR [WORKERS] (the backend keeps 1)
   cat <<EOF
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes ${2:-1};
 pid $1/nginx.pid;
 error_log $1/error.log warn;
 ${NGINX_RLIMIT}events { worker_connections $NGINX_CONNS; }
@@ -287,6 +323,8 @@ mkdir -p "$TMP/backend"
   server {
     listen 127.0.0.1:$B;
     location / { default_type text/plain; return 200 "$MARKER\n"; }
+    # For the meshguard-assert check: the assertion the app received.
+    location = /assert-check { default_type text/plain; return 200 "\$http_x_meshguard_assertion\n"; }
   }
 }
 EOF
@@ -301,7 +339,7 @@ if has_pair nginx; then
   for side in out in; do
     mkdir -p "$TMP/nginx-$side"
     {
-      nginx_common "$TMP/nginx-$side"
+      nginx_common "$TMP/nginx-$side" "$WORKERS"
       echo "http {"
       nginx_http_common "$TMP/nginx-$side"
       if [ "$side" = out ]; then
@@ -357,7 +395,9 @@ fi
 
 if has_pair haproxy; then
   # global and defaults, shared with benches/protocols/run.py
-  hap_common() { sed "s/^  maxconn .*/  maxconn $HAP_MAXCONN/" "$HERE/haproxy-common.cfg"; }
+  hap_common() {
+    sed "s/^  maxconn .*/  maxconn $HAP_MAXCONN/; s/^  nbthread .*/  nbthread $WORKERS/" "$HERE/haproxy-common.cfg"
+  }
   {
     hap_common
     cat <<EOF
@@ -446,17 +486,17 @@ if has_pair meshguard; then
   say "meshguard pair: 127.0.0.1:$P_MG_OUT → mTLS 127.0.0.1:$P_MG_IN ($MESHGUARD_BIN)"
   if [ -z "$IDLE" ]; then
     start meshguard-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
-      --inbound "127.0.0.1:$P_MG_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG_ADMIN_IN" --workers 1
+      --inbound "127.0.0.1:$P_MG_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG_ADMIN_IN" --workers "$WORKERS"
     start meshguard-out "$MESHGUARD_BIN" --log-format json run --cert "$CC" --key "$CK" --bundle "$CA" \
       --outbound "127.0.0.1:$P_MG_OUT" --peer "127.0.0.1:$P_MG_IN" --peer-id "$SERVER_ID" \
-      --admin "127.0.0.1:$P_MG_ADMIN_OUT" --workers 1
+      --admin "127.0.0.1:$P_MG_ADMIN_OUT" --workers "$WORKERS"
   else
     # The same pair from config files: the flags have no connection limit.
     cat >"$TMP/meshguard-in.yaml" <<EOF
 identity: {cert: $SC, key: $SK, bundle: $CA}
 inbound: {listen: 127.0.0.1:$P_MG_IN, app: 127.0.0.1:$B}
 admin: {listen: 127.0.0.1:$P_MG_ADMIN_IN}
-runtime: {workers: 1}
+runtime: {workers: $WORKERS}
 limits: {max_connections: $IDLE_MAX}
 EOF
     cat >"$TMP/meshguard-out.yaml" <<EOF
@@ -465,7 +505,7 @@ outbound:
   routes:
     - {listen: 127.0.0.1:$P_MG_OUT, peer: 127.0.0.1:$P_MG_IN, identity: $SERVER_ID}
 admin: {listen: 127.0.0.1:$P_MG_ADMIN_OUT}
-runtime: {workers: 1}
+runtime: {workers: $WORKERS}
 limits: {max_connections: $IDLE_MAX}
 EOF
     start meshguard-in "$MESHGUARD_BIN" --log-format json run --config "$TMP/meshguard-in.yaml"
@@ -492,14 +532,70 @@ outbound:
 admin:
   listen: 127.0.0.1:$P_MG2_ADMIN_OUT
 runtime:
-  workers: 1
+  workers: $WORKERS
 EOF
   say "meshguard-h1 pair: 127.0.0.1:$P_MG2_OUT → mTLS (HTTP/1.1) 127.0.0.1:$P_MG2_IN"
   start meshguard-h1-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
-    --inbound "127.0.0.1:$P_MG2_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG2_ADMIN_IN" --workers 1
+    --inbound "127.0.0.1:$P_MG2_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MG2_ADMIN_IN" --workers "$WORKERS"
   start meshguard-h1-out "$MESHGUARD_BIN" --log-format json run --config "$TMP/meshguard-h1-out.yaml"
   mg_ready "$P_MG2_ADMIN_IN" meshguard-h1-in
   mg_ready "$P_MG2_ADMIN_OUT" meshguard-h1-out
+fi
+
+# ---- the meshguard feature variants (issue 21's policy figure, issues 15 and 16)
+# Each is the `meshguard` pair with one thing added on the inbound, which runs
+# from a config file; the outbound is started exactly as meshguard's.
+# write_policy, make_jwt: shared with benches/startup.sh.
+source "$HERE/variants-lib.sh"
+
+# start_mg_variant NAME OUT IN ADMIN_OUT ADMIN_IN: the config of the inbound is
+# $TMP/NAME-in.yaml (written by the caller); the outbound is meshguard's.
+start_mg_variant() {
+  local name=$1 out=$2 in=$3 admin_out=$4 admin_in=$5
+  say "$name pair: 127.0.0.1:$out → mTLS 127.0.0.1:$in (inbound: $TMP/$name-in.yaml)"
+  start "$name-in" "$MESHGUARD_BIN" --log-format json run --config "$TMP/$name-in.yaml"
+  start "$name-out" "$MESHGUARD_BIN" --log-format json run --cert "$CC" --key "$CK" --bundle "$CA" \
+    --outbound "127.0.0.1:$out" --peer "127.0.0.1:$in" --peer-id "$SERVER_ID" \
+    --admin "127.0.0.1:$admin_out" --workers "$WORKERS"
+  mg_ready "$admin_in" "$name-in"
+  mg_ready "$admin_out" "$name-out"
+}
+mg_inbound_yaml() { # mg_inbound_yaml IN ADMIN_IN: the parts every variant shares
+  cat <<EOF
+identity: {cert: $SC, key: $SK, bundle: $CA}
+admin: {listen: 127.0.0.1:$2}
+runtime: {workers: $WORKERS}
+inbound:
+  listen: 127.0.0.1:$1
+  app: 127.0.0.1:$B
+EOF
+}
+if has_pair meshguard-policy; then
+  write_policy "$TMP/meshguard-policy.policy.yaml"
+  { mg_inbound_yaml "$P_MGP_IN" "$P_MGP_ADMIN_IN"
+    echo "  policy: $TMP/meshguard-policy.policy.yaml"; } >"$TMP/meshguard-policy-in.yaml"
+  start_mg_variant meshguard-policy "$P_MGP_OUT" "$P_MGP_IN" "$P_MGP_ADMIN_OUT" "$P_MGP_ADMIN_IN"
+fi
+JWT_TOKEN=
+if has_pair meshguard-jwt; then
+  make_jwt "$TMP/jwt"
+  JWT_TOKEN=$(cat "$TMP/jwt/token")
+  write_policy "$TMP/meshguard-jwt.policy.yaml" jwt
+  { mg_inbound_yaml "$P_MGJ_IN" "$P_MGJ_ADMIN_IN"
+    echo "  policy: $TMP/meshguard-jwt.policy.yaml"
+    jwt_inbound_yaml "$TMP/jwt/jwks.json"
+  } >"$TMP/meshguard-jwt-in.yaml"
+  # wrk sends the token on every request: a per-pair script, the reporter
+  # of wrk-json.lua after one header line.
+  { printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$JWT_TOKEN"; cat "$HERE/wrk-json.lua"; } \
+    >"$TMP/wrk-meshguard-jwt.lua"
+  start_mg_variant meshguard-jwt "$P_MGJ_OUT" "$P_MGJ_IN" "$P_MGJ_ADMIN_OUT" "$P_MGJ_ADMIN_IN"
+fi
+if has_pair meshguard-assert; then
+  mkdir -p "$TMP/meshguard-assert"
+  { mg_inbound_yaml "$P_MGA_IN" "$P_MGA_ADMIN_IN"
+    echo "assertion: {key_file: $TMP/meshguard-assert/assertion.keys}"; } >"$TMP/meshguard-assert-in.yaml"
+  start_mg_variant meshguard-assert "$P_MGA_OUT" "$P_MGA_IN" "$P_MGA_ADMIN_OUT" "$P_MGA_ADMIN_IN"
 fi
 
 if has_pair bare; then
@@ -513,10 +609,14 @@ fi
 # ------------------------------------------------------------------ checks
 
 REQ='GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n'
-# s_client_get PORT [openssl options...]: stdout+stderr of one request over TLS.
+# s_client_get PORT [openssl options...]: stdout+stderr of one request over TLS
+# ($EXTRA_HDR, e.g. the meshguard-jwt pair's token, goes into the request).
+EXTRA_HDR=
 s_client_get() {
   local port=$1; shift
-  printf "$REQ" | timeout 10 openssl s_client -connect "127.0.0.1:$port" -servername "$SERVER_DNS" \
+  local req=$REQ
+  [ -n "$EXTRA_HDR" ] && req="GET / HTTP/1.1\r\nHost: bench\r\n$EXTRA_HDR\r\nConnection: close\r\n\r\n"
+  printf "$req" | timeout 10 openssl s_client -connect "127.0.0.1:$port" -servername "$SERVER_DNS" \
     -CAfile "$CA" -verify_return_error -brief -ign_eof "$@" 2>&1 || true
 }
 CHECKS=()
@@ -525,6 +625,40 @@ check() { # check DESCRIPTION OK(0/1)
   else CHECKS+=("FAIL $1"); echo "  FAIL $1" >&2; FAILED=1; fi
 }
 FAILED=0
+http_code() { curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$@" 2>/dev/null || true; }
+# variant_checks PAIR OUT: the feature a variant adds is really in force.
+variant_checks() {
+  local pair=$1 out=$2 code body
+  case "$pair" in
+    meshguard-policy|meshguard-jwt)
+      code=$(http_code "${curl_hdr[@]}" "http://127.0.0.1:$out/admin/x")
+      check "$pair: the policy denies GET /admin/x (403)" "$([ "$code" = 403 ] && echo 1 || echo 0)"
+      code=$(http_code "${curl_hdr[@]}" -X DELETE "http://127.0.0.1:$out/")
+      check "$pair: the policy denies DELETE / (403)" "$([ "$code" = 403 ] && echo 1 || echo 0)" ;;
+  esac
+  case "$pair" in
+    meshguard-jwt)
+      code=$(http_code "http://127.0.0.1:$out/")
+      check "$pair: without the token 401" "$([ "$code" = 401 ] && echo 1 || echo 0)"
+      # One character of the signature changed (not the last: it carries padding bits).
+      local bad=${JWT_TOKEN:0:${#JWT_TOKEN}-10} c=${JWT_TOKEN: -10:1}
+      [ "$c" = A ] && bad+=B || bad+=A
+      bad+=${JWT_TOKEN: -9}
+      code=$(http_code -H "Authorization: Bearer $bad" "http://127.0.0.1:$out/")
+      check "$pair: a token with a tampered signature 401" "$([ "$code" = 401 ] && echo 1 || echo 0)"
+      curl -sS -o /dev/null --max-time 10 "${curl_hdr[@]}" "http://127.0.0.1:$out/" || true
+      body=$(curl -sS --max-time 10 "http://127.0.0.1:$P_MGJ_ADMIN_IN/metrics" || true)
+      check "$pair: the repeated token is served from the verified-token cache" \
+        "$(grep -E '^meshguard_jwt_validations_total\{[^}]*result="cached"[^}]*\} [1-9]' <<<"$body" >/dev/null && echo 1 || echo 0)"
+      check "$pair: the rate limit has refused nothing" \
+        "$(grep -q '^meshguard_rate_limited_total{' <<<"$body" && echo 0 || echo 1)" ;;
+    meshguard-assert)
+      body=$(curl -sS --max-time 10 "http://127.0.0.1:$out/assert-check" || true)
+      check "$pair: the app receives x-meshguard-assertion (v1.…)" "$([[ "$body" == v1.*.*.*.*.* ]] && echo 1 || echo 0)"
+      check "$pair: the assertion key file exists, mode 0400" \
+        "$([ "$(stat -c %a "$TMP/meshguard-assert/assertion.keys" 2>/dev/null)" = 400 ] && echo 1 || echo 0)" ;;
+  esac
+}
 say "checking that every pair really does mTLS"
 body=$(curl -fsS "http://127.0.0.1:$B/" || true)
 check "direct: backend answers its marker" "$([ "$body" = "$MARKER" ] && echo 1 || echo 0)"
@@ -537,7 +671,12 @@ for pair in "${PAIR_LIST[@]}"; do
     meshguard) in=$P_MG_IN out=$P_MG_OUT ;;
     meshguard-h1) in=$P_MG2_IN out=$P_MG2_OUT ;;
     bare) in=$P_BARE_IN out=$P_BARE_OUT ;;
+    meshguard-policy) in=$P_MGP_IN out=$P_MGP_OUT ;;
+    meshguard-jwt) in=$P_MGJ_IN out=$P_MGJ_OUT ;;
+    meshguard-assert) in=$P_MGA_IN out=$P_MGA_OUT ;;
   esac
+  EXTRA_HDR=
+  [ "$pair" = meshguard-jwt ] && EXTRA_HDR="Authorization: Bearer $JWT_TOKEN"
   r=$(s_client_get "$in" -cert "$CC" -key "$CK")
   check "$pair inbound: TLS 1.3 with the client SVID returns the backend body" \
     "$(grep -q "$MARKER" <<<"$r" && grep -q 'Protocol version: TLSv1.3' <<<"$r" && echo 1 || echo 0)"
@@ -547,9 +686,13 @@ for pair in "${PAIR_LIST[@]}"; do
   check "$pair inbound: client cert from another CA gets no backend body" "$(grep -q "$MARKER" <<<"$r" && echo 0 || echo 1)"
   r=$(s_client_get "$in" -cert "$CC" -key "$CK" -tls1_2)
   check "$pair inbound: TLS 1.2 refused" "$(grep -q "$MARKER" <<<"$r" && echo 0 || echo 1)"
-  body=$(curl -sS --max-time 10 "http://127.0.0.1:$out/" || true)
+  curl_hdr=()
+  [ -n "$EXTRA_HDR" ] && curl_hdr=(-H "$EXTRA_HDR")
+  body=$(curl -sS --max-time 10 "${curl_hdr[@]}" "http://127.0.0.1:$out/" || true)
   check "$pair: request through the pair returns the backend body" "$([ "$body" = "$MARKER" ] && echo 1 || echo 0)"
+  variant_checks "$pair" "$out"
 done
+EXTRA_HDR=
 printf '%s\n' "${CHECKS[@]}" >"$TMP/checks.txt"
 [ "$FAILED" = 0 ] || die "mTLS checks failed; not measuring (logs in $TMP with --keep)"
 
@@ -570,12 +713,19 @@ pids_json() { # pids_json out-name in-name
       meshguard) url=http://127.0.0.1:$P_MG_OUT/ in=$P_MG_IN procs=$(pids_json meshguard-out meshguard-in) ;;
       meshguard-h1) url=http://127.0.0.1:$P_MG2_OUT/ in=$P_MG2_IN procs=$(pids_json meshguard-h1-out meshguard-h1-in) ;;
       bare) url=http://127.0.0.1:$P_BARE_OUT/ in=$P_BARE_IN procs=$(pids_json bare-out bare-in) ;;
+      meshguard-policy) url=http://127.0.0.1:$P_MGP_OUT/ in=$P_MGP_IN procs=$(pids_json meshguard-policy-out meshguard-policy-in) ;;
+      meshguard-jwt) url=http://127.0.0.1:$P_MGJ_OUT/ in=$P_MGJ_IN procs=$(pids_json meshguard-jwt-out meshguard-jwt-in) ;;
+      meshguard-assert) url=http://127.0.0.1:$P_MGA_OUT/ in=$P_MGA_IN procs=$(pids_json meshguard-assert-out meshguard-assert-in) ;;
     esac
-    printf '%s{"name": "%s", "url": "%s", "in_addr": "127.0.0.1:%s", "proxies": %s}\n' "$sep" "$pair" "$url" "$in" "$procs"
+    # A pair whose requests need more than the plain GET has a wrk script of its own.
+    lua=
+    [ -f "$TMP/wrk-$pair.lua" ] && lua=", \"lua\": \"$TMP/wrk-$pair.lua\""
+    printf '%s{"name": "%s", "url": "%s", "in_addr": "127.0.0.1:%s", "proxies": %s%s}\n' "$sep" "$pair" "$url" "$in" "$procs" "$lua"
     sep=","
   done
   echo "],"
   printf '"backend_pids": [%s],\n' "$(pid_of backend)"
+  printf '"workers": %s,\n' "$WORKERS"
   printf '"tls": {"ca": "%s", "cert": "%s", "key": "%s", "server_name": "%s"},\n' "$CA" "$CC" "$CK" "$SERVER_DNS"
   python3 - "$MESHGUARD_BIN" "$STUNNEL" "$REPO" "$TMP/checks.txt" <<'EOF'
 import json, os, platform, subprocess, sys

@@ -343,3 +343,50 @@ async fn configured_strip_headers_never_reach_the_app() {
     );
     assert_eq!(seen.header("x-tenant"), vec!["acme"]);
 }
+
+/// `outbound.h2_connections_per_peer`: requests take the peer's HTTP/2
+/// connections in turn, so N connections are opened, and kept (a second
+/// round opens no more).
+#[tokio::test]
+async fn requests_take_several_http2_connections_to_a_peer_in_turn() {
+    let pki = Pki::new();
+    let app = RecordingApp::start().await;
+    let server = start_inbound(&pki, "server", app.addr).await;
+    let mut cfg = outbound_config(
+        pki.identity("client", &id("default", "client")),
+        SERVER_HOST,
+        server.inbound.unwrap(),
+        id("default", "server"),
+    );
+    let out = cfg.outbound.as_mut().unwrap();
+    out.protocol = UpstreamProtocol::Http2;
+    out.h2_connections_per_peer = 3;
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
+    let accepted = || async {
+        let text = scrape(server.admin).await;
+        series(&text, "meshguard_connections_total", &[("direction", "inbound")]).unwrap_or(0.0)
+    };
+    for round in 0..2 {
+        for i in 0..6 {
+            let path = format!("/r{round}-{i}");
+            let (status, _) = http_get(client.outbound.unwrap(), SERVER_HOST, &path, &[]).await;
+            assert_eq!(status, 200);
+            assert_eq!(app.last().target, path);
+        }
+        assert_eq!(accepted().await, 3.0, "round {round}");
+    }
+    assert_eq!(app.count(), 12);
+}
+
+#[test]
+fn h2_connections_per_peer_is_bounded() {
+    for bad in ["0", "65"] {
+        let yaml = format!(
+            "identity: {{cert: c.pem, key: k.pem, bundle: b.pem}}\noutbound:\n  listen: 127.0.0.1:0\n  h2_connections_per_peer: {bad}\n"
+        );
+        let err = meshguard::sidecar::config::Config::from_yaml(&yaml, "m.yaml", std::path::Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m.yaml:4") && err.contains("between 1 and 64"), "{err}");
+    }
+}

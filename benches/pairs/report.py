@@ -19,6 +19,8 @@ VARIANTS = {
     "meshguard-jwt": ("a `jwt:` rule, repeated RS256 token, and a per-caller rate limit "
                       "(issue 15: within 10 %)", ("pct", 10.0)),
     "meshguard-assert": ("the identity assertion, default HMAC mode (issue 16: at most +3 µs)", ("us", 3.0)),
+    "meshguard-mc": ("several multiplexed HTTP/2 connections per peer (`outbound.h2_connections_per_peer`, "
+                     "issue 21's pipeline candidate)", None),
 }
 
 # Targets of issue 8, as ratios against the best peer pair of the same run.

@@ -28,6 +28,8 @@
 #                                   rate limit high enough never to trigger
 #                 meshguard-assert  the identity assertion on (`assertion:`,
 #                                   default HMAC mode), no policy
+#                 meshguard-mc      the outbound with `h2_connections_per_peer:`
+#                                   --h2-connections N [H2_CONNS=2], no policy
 #   --workers N [WORKERS=1]  worker threads/processes of every proxy: meshguard
 #               `runtime.workers: N` (both sidecars, every meshguard pair), nginx
 #               `worker_processes N`, haproxy `nbthread N`; stunnel and bare are
@@ -69,6 +71,7 @@ BUILD=1
 KEEP=0
 HOLD=0
 IDLE=
+H2_CONNS=${H2_CONNS:-2}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 
@@ -92,6 +95,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --hold) HOLD=1 ;;
     --idle) IDLE=$2; shift ;;
+    --h2-connections) H2_CONNS=$2; shift ;;
     -h|--help) usage 0 ;;
     *) echo "run.sh: unknown option $1" >&2; usage 2 ;;
   esac
@@ -106,13 +110,13 @@ IFS=, read -r -a PAIR_LIST <<<"$PAIRS"
 has_pair() { local p; for p in "${PAIR_LIST[@]}"; do [ "$p" = "$1" ] && return 0; done; return 1; }
 for p in "${PAIR_LIST[@]}"; do
   case "$p" in
-    direct|nginx|haproxy|stunnel|meshguard|meshguard-h1|bare|meshguard-policy|meshguard-jwt|meshguard-assert) ;;
+    direct|nginx|haproxy|stunnel|meshguard|meshguard-h1|bare|meshguard-policy|meshguard-jwt|meshguard-assert|meshguard-mc) ;;
     *) die "unknown pair $p" ;;
   esac
 done
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers wants a positive integer, not $WORKERS"
 # The variants are reported against the plain meshguard pair of the same rounds.
-MG_VARIANTS=(meshguard-policy meshguard-jwt meshguard-assert)
+MG_VARIANTS=(meshguard-policy meshguard-jwt meshguard-assert meshguard-mc)
 for p in "${MG_VARIANTS[@]}"; do
   if has_pair "$p" && [ -n "$IDLE" ]; then die "$p is a load-test pair; not with --idle"; fi
   if has_pair "$p" && ! has_pair meshguard; then
@@ -261,7 +265,8 @@ P_BARE_OUT=$((B + 60)) P_BARE_IN=$((B + 61))
 P_MGP_OUT=$((B + 70)) P_MGP_IN=$((B + 71)) P_MGP_ADMIN_OUT=$((B + 72)) P_MGP_ADMIN_IN=$((B + 73))
 P_MGJ_OUT=$((B + 80)) P_MGJ_IN=$((B + 81)) P_MGJ_ADMIN_OUT=$((B + 82)) P_MGJ_ADMIN_IN=$((B + 83))
 P_MGA_OUT=$((B + 90)) P_MGA_IN=$((B + 91)) P_MGA_ADMIN_OUT=$((B + 92)) P_MGA_ADMIN_IN=$((B + 93))
-for p in $P_MGP_OUT $P_MGP_IN $P_MGP_ADMIN_OUT $P_MGP_ADMIN_IN $P_MGJ_OUT $P_MGJ_IN $P_MGJ_ADMIN_OUT $P_MGJ_ADMIN_IN \
+P_MGC_OUT=$((B + 100)) P_MGC_IN=$((B + 101)) P_MGC_ADMIN_OUT=$((B + 102)) P_MGC_ADMIN_IN=$((B + 103))
+for p in $P_MGC_OUT $P_MGC_IN $P_MGC_ADMIN_OUT $P_MGC_ADMIN_IN $P_MGP_OUT $P_MGP_IN $P_MGP_ADMIN_OUT $P_MGP_ADMIN_IN $P_MGJ_OUT $P_MGJ_IN $P_MGJ_ADMIN_OUT $P_MGJ_ADMIN_IN \
   $P_MGA_OUT $P_MGA_IN $P_MGA_ADMIN_OUT $P_MGA_ADMIN_IN $P_BARE_OUT $P_BARE_IN $P_MG2_OUT $P_MG2_IN $P_MG2_ADMIN_OUT $P_MG2_ADMIN_IN $B $P_NGINX_OUT $P_NGINX_IN $P_HAP_OUT $P_HAP_IN $P_ST_OUT $P_ST_IN $P_MG_OUT $P_MG_IN $P_MG_ADMIN_OUT $P_MG_ADMIN_IN; do
   port_free "$p" || die "port 127.0.0.1:$p is in use; pick another --base-port"
 done
@@ -541,6 +546,25 @@ EOF
   mg_ready "$P_MG2_ADMIN_IN" meshguard-h1-in
   mg_ready "$P_MG2_ADMIN_OUT" meshguard-h1-out
 fi
+if has_pair meshguard-mc; then
+  # The meshguard pair with `outbound.h2_connections_per_peer: $H2_CONNS`: the
+  # requests take that many multiplexed HTTP/2 connections in turn.
+  cat >"$TMP/meshguard-mc-out.yaml" <<EOF
+identity: {cert: $CC, key: $CK, bundle: $CA}
+outbound:
+  h2_connections_per_peer: $H2_CONNS
+  routes:
+    - {listen: 127.0.0.1:$P_MGC_OUT, peer: 127.0.0.1:$P_MGC_IN, identity: $SERVER_ID}
+admin: {listen: 127.0.0.1:$P_MGC_ADMIN_OUT}
+runtime: {workers: $WORKERS}
+EOF
+  say "meshguard-mc pair: 127.0.0.1:$P_MGC_OUT → mTLS ($H2_CONNS HTTP/2 connections) 127.0.0.1:$P_MGC_IN"
+  start meshguard-mc-in "$MESHGUARD_BIN" --log-format json run --cert "$SC" --key "$SK" --bundle "$CA" \
+    --inbound "127.0.0.1:$P_MGC_IN" --app "127.0.0.1:$B" --admin "127.0.0.1:$P_MGC_ADMIN_IN" --workers "$WORKERS"
+  start meshguard-mc-out "$MESHGUARD_BIN" --log-format json run --config "$TMP/meshguard-mc-out.yaml"
+  mg_ready "$P_MGC_ADMIN_IN" meshguard-mc-in
+  mg_ready "$P_MGC_ADMIN_OUT" meshguard-mc-out
+fi
 
 # ---- the meshguard feature variants (issue 21's policy figure, issues 15 and 16)
 # Each is the `meshguard` pair with one thing added on the inbound, which runs
@@ -674,6 +698,7 @@ for pair in "${PAIR_LIST[@]}"; do
     meshguard-policy) in=$P_MGP_IN out=$P_MGP_OUT ;;
     meshguard-jwt) in=$P_MGJ_IN out=$P_MGJ_OUT ;;
     meshguard-assert) in=$P_MGA_IN out=$P_MGA_OUT ;;
+    meshguard-mc) in=$P_MGC_IN out=$P_MGC_OUT ;;
   esac
   EXTRA_HDR=
   [ "$pair" = meshguard-jwt ] && EXTRA_HDR="Authorization: Bearer $JWT_TOKEN"
@@ -716,6 +741,7 @@ pids_json() { # pids_json out-name in-name
       meshguard-policy) url=http://127.0.0.1:$P_MGP_OUT/ in=$P_MGP_IN procs=$(pids_json meshguard-policy-out meshguard-policy-in) ;;
       meshguard-jwt) url=http://127.0.0.1:$P_MGJ_OUT/ in=$P_MGJ_IN procs=$(pids_json meshguard-jwt-out meshguard-jwt-in) ;;
       meshguard-assert) url=http://127.0.0.1:$P_MGA_OUT/ in=$P_MGA_IN procs=$(pids_json meshguard-assert-out meshguard-assert-in) ;;
+      meshguard-mc) url=http://127.0.0.1:$P_MGC_OUT/ in=$P_MGC_IN procs=$(pids_json meshguard-mc-out meshguard-mc-in) ;;
     esac
     # A pair whose requests need more than the plain GET has a wrk script of its own.
     lua=

@@ -237,20 +237,13 @@ async fn listener_bound_route_sends_everything_to_its_peer() {
     cfg.outbound = Some(OutboundConfig {
         listen: None,
         protocol: UpstreamProtocol::Http1,
-        max_idle_per_peer: None,
-        h2_connections_per_peer: 1,
-        destinations: Vec::new(),
-        undeclared: Default::default(),
-        keep_underscore_headers: false,
-        strip_headers: Vec::new(),
-        tcp_routes: Vec::new(),
-        egress: Default::default(),
         routes: vec![RouteConfig {
             host: None,
             listen: Some(any_port()),
             peer: p.server.inbound.unwrap().to_string(),
             identity: id("default", "server"),
         }],
+        ..Default::default()
     });
     let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let (status, _) = http_get(
@@ -364,7 +357,12 @@ async fn requests_take_several_http2_connections_to_a_peer_in_turn() {
     let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
     let accepted = || async {
         let text = scrape(server.admin).await;
-        series(&text, "meshguard_connections_total", &[("direction", "inbound")]).unwrap_or(0.0)
+        series(
+            &text,
+            "meshguard_connections_total",
+            &[("direction", "inbound")],
+        )
+        .unwrap_or(0.0)
     };
     for round in 0..2 {
         for i in 0..6 {
@@ -384,9 +382,16 @@ fn h2_connections_per_peer_is_bounded() {
         let yaml = format!(
             "identity: {{cert: c.pem, key: k.pem, bundle: b.pem}}\noutbound:\n  listen: 127.0.0.1:0\n  h2_connections_per_peer: {bad}\n"
         );
-        let err = meshguard::sidecar::config::Config::from_yaml(&yaml, "m.yaml", std::path::Path::new("."))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("m.yaml:4") && err.contains("between 1 and 64"), "{err}");
+        let err = meshguard::sidecar::config::Config::from_yaml(
+            &yaml,
+            "m.yaml",
+            std::path::Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("m.yaml:4") && err.contains("between 1 and 64"),
+            "{err}"
+        );
     }
 }

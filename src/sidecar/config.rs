@@ -134,7 +134,7 @@ pub enum AppProtocol {
     Http2,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Where the local app sends plain HTTP/1.1 requests routed by Host.
@@ -177,6 +177,25 @@ pub struct OutboundConfig {
     /// Destinations outside the mesh, and the address guard.
     #[serde(default)]
     pub egress: EgressConfig,
+}
+
+impl Default for OutboundConfig {
+    /// What an empty `outbound:` section means (serde's defaults).
+    fn default() -> Self {
+        OutboundConfig {
+            listen: None,
+            protocol: UpstreamProtocol::default(),
+            max_idle_per_peer: None,
+            h2_connections_per_peer: 1,
+            routes: Vec::new(),
+            destinations: Vec::new(),
+            undeclared: Undeclared::default(),
+            keep_underscore_headers: false,
+            strip_headers: Vec::new(),
+            tcp_routes: Vec::new(),
+            egress: EgressConfig::default(),
+        }
+    }
 }
 
 /// A declared destination for transparently captured traffic.

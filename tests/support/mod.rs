@@ -221,21 +221,13 @@ pub fn outbound_config(
         inbound: None,
         outbound: Some(OutboundConfig {
             listen: Some(any_port()),
-            protocol: Default::default(),
-            max_idle_per_peer: None,
-            h2_connections_per_peer: 1,
-            destinations: Vec::new(),
-            undeclared: Default::default(),
-            keep_underscore_headers: false,
-            strip_headers: Vec::new(),
-            tcp_routes: Vec::new(),
-            egress: Default::default(),
             routes: vec![RouteConfig {
                 host: Some(host.into()),
                 listen: None,
                 peer: peer.to_string(),
                 identity: expected,
             }],
+            ..Default::default()
         }),
         admin: AdminConfig { listen: any_port() },
         runtime: RuntimeConfig::default(),

@@ -69,16 +69,8 @@ impl QuickStart {
             }),
             outbound: self.outbound.map(|o| OutboundConfig {
                 listen: o.listen,
-                protocol: Default::default(),
-                max_idle_per_peer: None,
-                h2_connections_per_peer: 1,
-                destinations: Vec::new(),
-                undeclared: Default::default(),
-                keep_underscore_headers: false,
-                strip_headers: Vec::new(),
                 routes: vec![o.route],
-                tcp_routes: Vec::new(),
-                egress: Default::default(),
+                ..Default::default()
             }),
             admin: AdminConfig {
                 listen: self.admin.unwrap_or(DEFAULT_ADMIN),

@@ -278,3 +278,17 @@ fn an_unknown_app_protocol_is_refused_with_its_line() {
         assert!(parse(&text).is_ok(), "{known} must be accepted");
     }
 }
+
+#[test]
+fn outbound_default_is_an_empty_outbound_section() {
+    let c = parse("identity: {cert: c, key: k, bundle: b}\noutbound: {listen: 127.0.0.1:15001}\n")
+        .unwrap();
+    let parsed = serde_json::to_value(c.outbound.unwrap()).unwrap();
+    let default = serde_json::to_value(OutboundConfig {
+        listen: Some("127.0.0.1:15001".parse().unwrap()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(parsed, default);
+    assert_eq!(default["h2_connections_per_peer"], 1);
+}

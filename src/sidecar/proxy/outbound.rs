@@ -231,10 +231,10 @@ impl Outbound {
         };
         self.destinations.resolve(dst, |cfg| {
             Route::new(&self.store, cfg, self.hop, &self.metrics)
-            .inspect_err(
-                |e| tracing::error!(destination = %dst, error = %e, "cannot build a route"),
-            )
-            .ok()
+                .inspect_err(
+                    |e| tracing::error!(destination = %dst, error = %e, "cannot build a route"),
+                )
+                .ok()
         })
     }
 

@@ -233,6 +233,9 @@ class Bench:
             "proxy_cpu_us_per_req": (sum(proxy_cpu.values()) / req * 1e6) if req and trees else None,
             "wrk_cpu_s": round(wrk_cpu, 3),
             "machine_busy_s": round(busy, 3),
+            # Share of the machine's CPU time nobody used during the measurement
+            # (issue 21: a pipeline that waits leaves the machine idle).
+            "machine_idle_share": round(max(0.0, 1 - busy / (wall * NCPU)), 4) if wall else None,
             "ours_cpu_s": round(ours_cpu, 3),
             "foreign_cpu_s": round(foreign, 3),
             "foreign_cores": round(foreign / wall, 3),

@@ -46,8 +46,18 @@ def ratio(a, b):
     return a / b
 
 
+def idle_share(rec, nproc):
+    """Share of all cores' time nobody used during one measurement."""
+    if rec.get("machine_idle_share") is not None:
+        return rec["machine_idle_share"]
+    if rec.get("machine_busy_s") is None or not rec.get("wall_s") or not nproc:
+        return None
+    return max(0.0, 1 - rec["machine_busy_s"] / (rec["wall_s"] * nproc))
+
+
 def summarize(result):
     recs = [r for r in result["records"] if r["phase"] == "round"]
+    nproc = result.get("machine", {}).get("nproc")
     pairs = [p["name"] for p in result["pairs"]]
     s = {}
     for name in pairs:
@@ -85,6 +95,10 @@ def summarize(result):
             "foreign_cores": med([r["foreign_cores"] for r in mine]),
             "steal_cores": med([r["steal_cores"] for r in mine]),
             "errors": sum(r["errors"] for r in mine),
+            # Machine idle share per phase (for older result files, from busy
+            # time, wall time and the machine's CPU count).
+            "idle": {t: med([x for x in (idle_share(r, nproc) for r in by[t]) if x is not None])
+                     for t in ("ka", "nc", "lat")},
         }
         row["cpu_us_by_round"] = {
             r["round"]: r["proxy_cpu_us_per_req"] for r in by["ka"] if r["proxy_cpu_us_per_req"] is not None
@@ -276,6 +290,15 @@ def render(result):
             f"| {f1(r['nc_cpu_us'])} | {rss} | {r['disturbed']}/{r['measurements']} ({r['foreign_cores']:.2f}){err} |"
         )
     out.append("")
+    if any(r["idle"]["ka"] is not None for r in s.values()):
+        out.append("Machine idle during each phase (share of all cores' time nobody used, median of the rounds; "
+                   "a proxy pair whose pipeline waits leaves the machine idle while its peers keep it busy):\n")
+        out.append("| pair | idle % keep-alive (c50) | idle % new connections | idle % one request in flight (c1) |")
+        out.append("|---|---:|---:|---:|")
+        pct = lambda x: "–" if x is None else f"{100 * x:.0f}"
+        for name, r in s.items():
+            out.append(f"| {name} | {pct(r['idle']['ka'])} | {pct(r['idle']['nc'])} | {pct(r['idle']['lat'])} |")
+        out.append("")
     out.append(
         "| pair | keep-alive × direct | keep-alive × best peer | new-conn × direct | new-conn × best peer "
         "| CPU/req × best peer | p99 × best peer | p50 added × best peer | peak RSS × best peer |"

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # server for the metrics tests); iproute2, iptables and util-linux (setpriv)
 # for the network-namespace test; python3 with venv for the offline
 # Kubernetes schema validation; redis-server and redis-tools for the opaque
-# TCP tests (tests/tcp.rs, netns_e2e).
+# TCP tests (tests/tcp.rs, netns_tcp).
 install_packages gcc curl openssl ca-certificates prometheus iproute2 iptables util-linux python3 python3-venv python3-cryptography redis-server redis-tools
 # The package starts a system Prometheus where systemd runs; the tests start
 # their own on loopback ports, so a running one does no harm, but stop it

@@ -9,8 +9,11 @@
 //! memory and in an fsynced append-only file), `secrets` (the secret
 //! files, hot-reloaded), `listener` (the listener for callers without a
 //! client certificate, serving only declared routes), `route` (one
-//! declared route's check, shared by that listener).
+//! declared route's check, shared by that listener),
+//! `deliver` (the verified bytes to the app; the replay key committed or
+//! forgotten by its answer).
 
+pub mod deliver;
 mod formats;
 pub mod listener;
 pub mod replay;

@@ -16,6 +16,7 @@ use meshguard::sidecar::webhook::Format;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use support::*;
 
@@ -24,8 +25,9 @@ type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a [u8], u16, &'a str);
 
 type Got = Arc<Mutex<Vec<(String, Vec<(String, String)>, Bytes)>>>;
 
-/// An app that records each request's target, headers and exact body.
-async fn body_app() -> (SocketAddr, Got) {
+/// An app that records each request's target, headers and exact body,
+/// and answers 500 while `failing` is above zero (counting it down).
+async fn body_app(failing: Arc<AtomicUsize>) -> (SocketAddr, Got) {
     let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got: Got = Arc::default();
@@ -33,9 +35,11 @@ async fn body_app() -> (SocketAddr, Got) {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let record = record.clone();
+            let failing = failing.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let record = record.clone();
+                    let failing = failing.clone();
                     async move {
                         let target = req.uri().to_string();
                         let headers = req
@@ -45,9 +49,14 @@ async fn body_app() -> (SocketAddr, Got) {
                             .collect();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         record.lock().unwrap().push((target, headers, body));
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
+                        let fail = failing
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        let mut resp = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                        if fail {
+                            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -110,6 +119,8 @@ struct Setup {
     pki: Pki,
     app: SocketAddr,
     got: Got,
+    /// The app answers 500 to this many requests.
+    failing: Arc<AtomicUsize>,
 }
 
 impl Setup {
@@ -118,12 +129,14 @@ impl Setup {
         std::fs::write(dir.path().join("stripe"), "whsec_test\n").unwrap();
         std::fs::write(dir.path().join("github"), "gh-secret\n").unwrap();
         std::fs::write(dir.path().join("slack"), "slack-secret\n").unwrap();
-        let (app, got) = body_app().await;
+        let failing = Arc::new(AtomicUsize::new(0));
+        let (app, got) = body_app(failing.clone()).await;
         Setup {
             dir,
             pki: Pki::new(),
             app,
             got,
+            failing,
         }
     }
 
@@ -544,4 +557,57 @@ async fn mesh_requests_carry_an_assertion_the_app_verifies_and_callers_cannot_fo
     assert!(verify_assertion(forged, caller, "GET", &seen.target, &keys).is_err());
     assert!(verify_assertion(assertion[0], caller, "DELETE", &seen.target, &keys).is_err());
     running.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_the_app_failed_on_is_delivered_on_retry_and_only_once_committed_a_replay() {
+    let s = Setup::new().await;
+    let body = br#"{"id":"evt_retry"}"#;
+    let headers = stripe_headers(body, now(), "whsec_test");
+    // The app is unreachable: 502, nothing kept, also across a restart.
+    let mut dead = s.config(false);
+    dead.inbound.as_mut().unwrap().app = closed_port().await;
+    let running = meshguard::sidecar::app::start(&dead).await.unwrap();
+    let addr = running.webhooks.unwrap();
+    assert_eq!(post(addr, false, "/stripe/e", &headers, body).await, 502);
+    running.stop().await;
+    // The app answers 500 to the first delivery: the identical retry is
+    // delivered; after its 200, the next is a replay.
+    s.failing.store(1, Ordering::SeqCst);
+    let running = s.start(false).await;
+    let addr = running.webhooks.unwrap();
+    assert_eq!(post(addr, false, "/stripe/e", &headers, body).await, 500);
+    assert_eq!(post(addr, false, "/stripe/e", &headers, body).await, 200);
+    assert_eq!(post(addr, false, "/stripe/e", &headers, body).await, 409);
+    let m = scrape(running.admin).await;
+    for (result, n) in [("app_error", 1.0), ("accepted", 1.0), ("replay", 1.0)] {
+        let got = series(
+            &m,
+            "meshguard_webhook_requests_total",
+            &[("route", "stripe"), ("result", result)],
+        );
+        assert_eq!(got, Some(n), "{result}");
+    }
+    running.stop().await;
+    let running = s.start(false).await;
+    let addr = running.webhooks.unwrap();
+    assert_eq!(
+        post(addr, false, "/stripe/e", &headers, body).await,
+        409,
+        "committed, so refused after a restart"
+    );
+    running.stop().await;
+    let got = s.got.lock().unwrap();
+    assert_eq!(
+        got.len(),
+        2,
+        "the failed delivery and its retry reached the app"
+    );
+    assert!(got.iter().all(|(_, _, b)| &b[..] == body));
+}
+
+/// A loopback address nothing listens on.
+async fn closed_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    l.local_addr().unwrap()
 }

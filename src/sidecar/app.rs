@@ -236,8 +236,11 @@ impl Starting<'_> {
             egress_listener: None,
         };
         let assertion = parts.start_assertion()?;
-        let inbound = parts.start_inbound(policy_hash, assertion.clone()).await?;
-        let webhooks = parts.start_webhooks(assertion).await?;
+        let hooks = parts.webhook_routes()?;
+        let inbound = parts
+            .start_inbound(policy_hash, assertion.clone(), hooks.clone())
+            .await?;
+        let webhooks = parts.start_webhooks(hooks, assertion).await?;
         let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
         parts.watch_credentials(identity);
         admin_state.set_ready(true);
@@ -325,6 +328,7 @@ impl Parts<'_> {
         &mut self,
         policy_hash: [u8; 32],
         assertion: Option<Arc<Assertion>>,
+        webhooks: Option<Arc<Webhooks>>,
     ) -> Result<Option<SocketAddr>, AppError> {
         let Some(cfg) = &self.config.inbound else {
             return Ok(None);
@@ -350,7 +354,8 @@ impl Parts<'_> {
             self.config.limits.clone(),
             tcp,
         )?;
-        let proxy = Arc::new(proxy.with_jwt(jwt).with_assertion(assertion));
+        let proxy = proxy.with_jwt(jwt).with_assertion(assertion);
+        let proxy = Arc::new(proxy.with_webhooks(webhooks));
         let served = proxy.serve(listener, self.drain.clone(), self.connections.clone());
         self.tasks.spawn(served);
         if let Some(path) = &cfg.policy {
@@ -497,12 +502,10 @@ impl Parts<'_> {
         Ok(Some(assertion))
     }
 
-    /// The webhook routes, their secret watcher and `webhooks.listen`.
-    async fn start_webhooks(
-        &mut self,
-        assertion: Option<Arc<Assertion>>,
-    ) -> Result<Option<SocketAddr>, AppError> {
-        let (Some(cfg), Some(inbound)) = (&self.config.webhooks, &self.config.inbound) else {
+    /// The webhook routes (served on the mesh inbound and on
+    /// `webhooks.listen`) and their secret watcher.
+    fn webhook_routes(&mut self) -> Result<Option<Arc<Webhooks>>, AppError> {
+        let (Some(cfg), Some(_)) = (&self.config.webhooks, &self.config.inbound) else {
             return Ok(None);
         };
         let webhooks = Webhooks::new(cfg, self.metrics.clone())?;
@@ -511,6 +514,20 @@ impl Parts<'_> {
                 .clone()
                 .watch_secrets(self.poll, self.shutdown.clone()),
         );
+        Ok(Some(webhooks))
+    }
+
+    /// `webhooks.listen`, if configured.
+    async fn start_webhooks(
+        &mut self,
+        webhooks: Option<Arc<Webhooks>>,
+        assertion: Option<Arc<Assertion>>,
+    ) -> Result<Option<SocketAddr>, AppError> {
+        let (Some(cfg), Some(inbound), Some(webhooks)) =
+            (&self.config.webhooks, &self.config.inbound, webhooks)
+        else {
+            return Ok(None);
+        };
         let Some(listen) = cfg.listen else {
             return Ok(None);
         };

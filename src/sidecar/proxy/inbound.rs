@@ -23,6 +23,7 @@ use crate::sidecar::metrics::{Disposition, Metrics, RequestCounters};
 use crate::sidecar::pathnorm::NormalizedPath;
 use crate::sidecar::policy::{self, DecisionCounters, Permit, Policy, PolicySlot};
 use crate::sidecar::tls::{handshake_failure, peer_identity, CredentialStore};
+use crate::sidecar::webhook::mesh::Body;
 use app::{app_failed, as_http2, AppPool, AppTarget};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
@@ -43,6 +44,7 @@ mod app;
 mod authn;
 mod boundary;
 mod normalise;
+mod webhook;
 
 pub use app::APP_POOL_IDLE;
 
@@ -114,6 +116,8 @@ pub struct Inbound {
     jwt: Option<Arc<Authenticator>>,
     /// The identity assertion stamped for the app (`assertion`), if configured.
     assertion: Option<Arc<crate::sidecar::assertion::Assertion>>,
+    /// Declared webhook routes, whose requests must carry a valid signature.
+    webhooks: Option<Arc<crate::sidecar::webhook::route::Webhooks>>,
 }
 
 impl Inbound {
@@ -154,6 +158,7 @@ impl Inbound {
             limiter: Limiter::default(),
             jwt: None,
             assertion: None,
+            webhooks: None,
         })
     }
 
@@ -175,6 +180,15 @@ impl Inbound {
         assertion: Option<Arc<crate::sidecar::assertion::Assertion>>,
     ) -> Self {
         self.assertion = assertion;
+        self
+    }
+
+    /// Requests on these webhook routes are verified (`webhook/mesh.rs`).
+    pub fn with_webhooks(
+        mut self,
+        webhooks: Option<Arc<crate::sidecar::webhook::route::Webhooks>>,
+    ) -> Self {
+        self.webhooks = webhooks;
         self
     }
 
@@ -413,6 +427,11 @@ impl Inbound {
         if let Err(refused) = claims {
             return self.record(peer, &method, path, start, refused);
         }
+        let body = self.verify_webhook(peer, &parts, path, upgrade.is_some(), body);
+        let body = match body.await {
+            Ok(body) => body,
+            Err(refused) => return self.record_as(peer, &method, path, start, refused, &authn),
+        };
         let form = match &upgrade {
             Some(up) => AppForm::Upgrade(up),
             None if self.app_speaks_h2(&parts) => AppForm::Http2,
@@ -421,9 +440,12 @@ impl Inbound {
         if let Err(refused) = self.rewrite(&mut parts, peer, &uri, &target, form, &authn) {
             return self.record_as(peer, &method, path, start, refused, &authn);
         }
-        let answer = match upgrade {
-            None => self.forward(parts, body, peer, permit, allowed).await,
-            Some(up) => {
+        let answer = match (upgrade, body) {
+            (_, Body::Verified(hook)) => {
+                Self::forward_webhook(parts, hook, peer, permit, allowed).await
+            }
+            (None, Body::Stream(body)) => self.forward(parts, body, peer, permit, allowed).await,
+            (Some(up), Body::Stream(body)) => {
                 let splice = self.splice(peer, path, &up);
                 Self::forward_upgrade(parts, body, peer, permit, allowed, splice).await
             }

@@ -132,8 +132,8 @@ impl WebhookListener {
             return refusal(StatusCode::NOT_FOUND, "no webhook route here");
         };
         let name = route.cfg.name.as_str();
-        let body = match self.webhooks.check(route, &parts.headers, body).await {
-            Verdict::Forward(body) => body,
+        let verified = match self.webhooks.check(route, &parts.headers, body).await {
+            Verdict::Forward(verified) => verified,
             Verdict::Refuse(status, reason, message) => {
                 self.webhooks.record(name, &addr, reason, status.as_u16());
                 if status == StatusCode::OK {
@@ -165,35 +165,16 @@ impl WebhookListener {
         };
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
-        let resp = send(self.app, Request::from_parts(parts, Full::new(body))).await;
-        match resp {
+        let sent = self
+            .webhooks
+            .deliver(name, &addr, self.app, parts, verified);
+        match sent.await {
             Ok(resp) => {
-                self.webhooks
-                    .record(name, &addr, "accepted", resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Either::Left(UpstreamBody::shared(body)))
             }
-            Err(e) => {
-                tracing::warn!(route = name, error = %e, "webhook: local app unavailable");
-                self.webhooks.record(name, &addr, "app_unavailable", 502);
-                refusal(StatusCode::BAD_GATEWAY, "local app unavailable")
-            }
+            Err(_) => refusal(StatusCode::BAD_GATEWAY, "local app unavailable"),
         }
     }
-}
-
-/// One request to the app on a connection of its own (webhooks are rare;
-/// a pool would only hold idle sockets).
-async fn send(
-    app: SocketAddr,
-    req: Request<Full<bytes::Bytes>>,
-) -> Result<Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = TcpStream::connect(app).await?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender.send_request(req).await?)
 }

@@ -9,15 +9,24 @@
 //! memory and in an fsynced append-only file), `secrets` (the secret
 //! files, hot-reloaded), `listener` (the listener for callers without a
 //! client certificate, serving only declared routes), `route` (one
-//! declared route's check, shared by that listener).
+//! declared route's check, shared by that listener and the mesh inbound),
+//! `deliver` (the verified bytes to the app; the replay key committed or
+//! forgotten by its answer), `mesh` (the same check on the mesh inbound,
+//! for webhooks an ingress peer forwards).
 
+pub mod deliver;
 mod formats;
 pub mod listener;
+pub mod mesh;
 pub mod replay;
 pub mod route;
 pub mod secrets;
 
 pub use formats::verify;
+/// The signature-header parsers, for the fuzz targets.
+pub use formats::{
+    parse_generic, parse_github, parse_slack, parse_standard, parse_stripe, StandardSig,
+};
 pub use secrets::{Secret, SecretSet};
 
 /// Why a webhook was refused. Its [`Reject::as_str`] is the bounded

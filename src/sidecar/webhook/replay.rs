@@ -1,24 +1,36 @@
-//! Replay protection that survives restarts. A verified webhook's key
-//! (route, id) is kept until its timestamp leaves the tolerance window, in
-//! memory (bounded: a full store refuses new webhooks rather than forget
-//! live keys, which would reopen the window) and in an append-only file,
-//! written and fsynced before the request is forwarded. A crash between
-//! the fsync and the forward loses the event (the provider retries and
-//! is refused as a replay, so configure `on_replay: accept` where that
-//! matters); a crash before the fsync forwarded nothing. The file is
-//! compacted (expired keys dropped, atomically replaced) on start and when
-//! it grows past twice the live keys.
+//! Replay protection that survives restarts and loses no event. A
+//! verified webhook's key (route, id) goes through three states:
+//! - reserved (in memory only) while the request is with the app: a
+//!   concurrent duplicate is refused ([`Seen::InFlight`]);
+//! - committed once the app has taken the event (any answer but a 5xx):
+//!   a line written and fsynced before the app's answer goes back to the
+//!   provider, kept until the key's timestamp leaves the tolerance window;
+//! - forgotten when the app did not take it (unreachable, no response, a
+//!   5xx) or the caller went away: the provider's retry is a first
+//!   delivery, not a replay.
+//!
+//! The file only ever holds committed keys, so a forgotten key cannot come
+//! back after a restart (nothing was written; no tombstone is needed) and
+//! a committed one cannot be forgotten by one (a crash does not reopen its
+//! window). A crash while a request is with the app leaves nothing on
+//! disk: the provider, which got no answer, retries and the app may see
+//! the event twice (at-least-once, as every provider delivers).
+//!
+//! Memory is bounded: a full store refuses new webhooks rather than forget
+//! live keys, which would reopen the window. The file is compacted
+//! (expired keys dropped, atomically replaced) on start and when it grows
+//! past twice the live keys.
 //!
 //! A line is `<expiry unix seconds> <hex sha256 of the key>\n`; a torn last
-//! line (a crash mid-write, so never fsynced and never forwarded) is
+//! line (a crash mid-write, so never fsynced and never answered) is
 //! ignored.
 
 use aws_lc_rs::digest;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 type Key = [u8; 32];
 
@@ -34,17 +46,24 @@ pub enum ReplayError {
     Full(usize),
 }
 
-/// What [`ReplayStore::record`] decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`ReplayStore::reserve`] decided.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Seen {
-    /// First time: recorded (on disk too) and may be forwarded.
-    New,
-    /// Already seen within the window.
+    /// First time: reserved, may be forwarded; settle it with
+    /// [`Reservation::commit`] or let it go (forgotten).
+    New(Reservation),
+    /// Committed already within the window.
     Replay,
+    /// Reserved by a request still with the app: its outcome is unknown,
+    /// so this one is neither forwarded nor called a replay.
+    InFlight,
 }
 
 struct State {
+    /// Committed keys and their expiry.
     live: HashMap<Key, i64>,
+    /// Reserved keys (requests with the app).
+    in_flight: HashSet<Key>,
     order: VecDeque<(i64, Key)>,
     file: Option<File>,
     lines: usize,
@@ -76,6 +95,7 @@ impl ReplayStore {
     pub fn open(path: Option<&Path>, max: usize, now: i64) -> Result<ReplayStore, ReplayError> {
         let mut state = State {
             live: HashMap::new(),
+            in_flight: HashSet::new(),
             order: VecDeque::new(),
             file: None,
             lines: 0,
@@ -109,40 +129,111 @@ impl ReplayStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `key` until `expiry`, unless it is live already. The line is
-    /// fsynced before this returns `New`. Blocking (the fsync): call it from
-    /// `spawn_blocking`.
-    pub fn record(&self, key: Key, expiry: i64, now: i64) -> Result<Seen, ReplayError> {
+    /// Reserves `key` (memory only, no I/O) unless it is committed or
+    /// reserved already. The reservation is forgotten when dropped
+    /// unsettled.
+    pub fn reserve(self: &Arc<Self>, key: Key, expiry: i64, now: i64) -> Result<Seen, ReplayError> {
         let mut state = self.lock();
         expire(&mut state, now);
         if state.live.get(&key).is_some_and(|&e| e > now) {
             return Ok(Seen::Replay);
         }
-        if state.live.len() >= self.max {
-            return Err(ReplayError::Full(state.live.len()));
+        if state.in_flight.contains(&key) {
+            return Ok(Seen::InFlight);
         }
-        if let (Some(path), Some(file)) = (&self.path, state.file.as_mut()) {
-            let line = format!("{expiry} {}\n", super::formats::hex(&key));
-            let io = |source| ReplayError::Io {
-                file: path.display().to_string(),
-                source,
-            };
-            file.write_all(line.as_bytes()).map_err(io)?;
-            file.sync_data().map_err(io)?;
-            state.lines += 1;
+        let held = state.live.len() + state.in_flight.len();
+        if held >= self.max {
+            return Err(ReplayError::Full(held));
         }
+        state.in_flight.insert(key);
+        Ok(Seen::New(Reservation {
+            store: self.clone(),
+            key,
+            expiry,
+            settled: false,
+        }))
+    }
+
+    /// Commits a reserved key: the line is fsynced before this returns.
+    /// If the write fails the key stays committed in memory (the app took
+    /// the event) and the error is returned for the caller to report.
+    fn commit(&self, key: Key, expiry: i64) -> Result<(), ReplayError> {
+        let mut state = self.lock();
+        state.in_flight.remove(&key);
         state.live.insert(key, expiry);
         state.order.push_back((expiry, key));
-        if let Some(path) = &self.path {
-            if state.lines > 2 * state.live.len() + 1024 {
-                // A failed compaction leaves the (longer) file as it was.
-                if let Ok(file) = compact(path, &state.live) {
-                    state.file = Some(file);
-                    state.lines = state.live.len();
-                }
+        let (Some(path), Some(file)) = (&self.path, state.file.as_mut()) else {
+            return Ok(());
+        };
+        let line = format!("{expiry} {}\n", super::formats::hex(&key));
+        let io = |source| ReplayError::Io {
+            file: path.display().to_string(),
+            source,
+        };
+        file.write_all(line.as_bytes()).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        state.lines += 1;
+        if state.lines > 2 * state.live.len() + 1024 {
+            // A failed compaction leaves the (longer) file as it was.
+            if let Ok(file) = compact(path, &state.live) {
+                state.file = Some(file);
+                state.lines = state.live.len();
             }
         }
-        Ok(Seen::New)
+        Ok(())
+    }
+
+    /// Forgets a reserved key (nothing of it is on disk).
+    fn release(&self, key: &Key) {
+        self.lock().in_flight.remove(key);
+    }
+
+    /// Keys reserved now (requests with the app).
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+}
+
+/// A reserved key, held while its request is with the app. Dropped
+/// without [`Reservation::commit`] (the app failed, the caller went away),
+/// the key is forgotten.
+pub struct Reservation {
+    store: Arc<ReplayStore>,
+    key: Key,
+    expiry: i64,
+    settled: bool,
+}
+
+impl PartialEq for Reservation {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Reservation {}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reservation {
+    /// The app took the event: the key is committed, on disk before this
+    /// returns. Blocking (the fsync): call it from `spawn_blocking`.
+    pub fn commit(mut self) -> Result<(), ReplayError> {
+        self.settled = true;
+        self.store.commit(self.key, self.expiry)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.store.release(&self.key);
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The declared webhook routes at run time: which route a request takes,
 //! and its check (body bound, signature, replay), counted and audited.
 
-use super::replay::{self, ReplayStore, Seen};
+use super::replay::{self, ReplayStore, Reservation, Seen};
 use super::secrets::{SecretError, SecretSlot};
 use super::{verify, Check, Reject};
 use crate::sidecar::config::{OnReplay, WebhookRoute, WebhooksConfig};
@@ -40,10 +40,18 @@ pub struct Webhooks {
 
 /// How a webhook request ends at its check.
 pub enum Verdict {
-    /// Verified and first seen: forward this body, byte for byte.
-    Forward(Bytes),
+    /// Verified and first seen: forward this body, byte for byte, then
+    /// settle its reservation ([`Webhooks::deliver`]).
+    Forward(Verified),
     /// Answered by meshguard: status, reason label, message.
     Refuse(StatusCode, &'static str, String),
+}
+
+/// A verified webhook on its way to the app: the exact bytes that were
+/// verified, and its replay key, reserved until the app has answered.
+pub struct Verified {
+    pub body: Bytes,
+    pub(super) reservation: Reservation,
 }
 
 impl Webhooks {
@@ -137,8 +145,7 @@ impl Webhooks {
     }
 
     /// The check of one request on `route`: the body buffered up to the
-    /// bound, the signature, then the replay store (fsynced before the
-    /// request may go on).
+    /// bound, the signature, then a reservation in the replay store.
     pub async fn check(&self, route: &Route, headers: &HeaderMap, body: Incoming) -> Verdict {
         let max = route.cfg.max_body_bytes;
         let declared = headers
@@ -175,27 +182,32 @@ impl Webhooks {
         };
         let key = replay::key(&route.cfg.name, &verified.id);
         let expiry = verified.timestamp.unwrap_or(now).max(now) + tolerance;
-        let store = self.replay.clone();
-        let recorded = tokio::task::spawn_blocking(move || store.record(key, expiry, now)).await;
-        match recorded {
-            Ok(Ok(Seen::New)) => Verdict::Forward(body),
-            Ok(Ok(Seen::Replay)) => match route.cfg.on_replay {
+        match self.replay.reserve(key, expiry, now) {
+            Ok(Seen::New(reservation)) => Verdict::Forward(Verified { body, reservation }),
+            Ok(Seen::Replay) => match route.cfg.on_replay {
                 OnReplay::Reject => {
                     let m = "webhook already delivered".to_owned();
                     Verdict::Refuse(StatusCode::CONFLICT, "replay", m)
                 }
                 OnReplay::Accept => Verdict::Refuse(StatusCode::OK, "replay", String::new()),
             },
-            Ok(Err(e)) => {
+            // Never the configured 200: if the first delivery fails, the
+            // provider must still retry.
+            Ok(Seen::InFlight) => {
+                let m = "the same webhook is being delivered; retry later".to_owned();
+                Verdict::Refuse(StatusCode::SERVICE_UNAVAILABLE, "in_flight", m)
+            }
+            Err(e) => {
                 tracing::error!(route = %route.cfg.name, error = %e, "replay store refused a webhook");
                 let m = "replay store unavailable".to_owned();
                 Verdict::Refuse(StatusCode::SERVICE_UNAVAILABLE, "replay_store", m)
             }
-            Err(_) => {
-                let m = "replay store unavailable".to_owned();
-                Verdict::Refuse(StatusCode::SERVICE_UNAVAILABLE, "replay_store", m)
-            }
         }
+    }
+
+    /// The replay store (tests and the admin's view of it).
+    pub fn replay(&self) -> &ReplayStore {
+        &self.replay
     }
 }
 

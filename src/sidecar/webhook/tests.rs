@@ -6,6 +6,7 @@ use super::replay::{key, ReplayStore, Seen};
 use super::*;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::process::Command;
+use std::sync::Arc;
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -234,16 +235,25 @@ fn secrets_are_never_printed() {
     assert!(!format!("{s:?}").contains("hunter2"));
 }
 
+/// Reserves and commits `key`; whether it was new.
+fn deliver(store: &Arc<ReplayStore>, key: [u8; 32], expiry: i64, now: i64) -> Result<bool, String> {
+    match store.reserve(key, expiry, now).map_err(|e| e.to_string())? {
+        Seen::New(r) => r.commit().map(|()| true).map_err(|e| e.to_string()),
+        Seen::Replay => Ok(false),
+        Seen::InFlight => Err("in flight".into()),
+    }
+}
+
 #[test]
 fn replay_store_survives_a_reopen_and_forgets_expired_ids() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replay.log");
     let now = 1_000;
-    let store = ReplayStore::open(Some(&path), 10, now).unwrap();
+    let store = Arc::new(ReplayStore::open(Some(&path), 10, now).unwrap());
     let (a, b) = (key("r", "a"), key("r", "b"));
-    assert_eq!(store.record(a, now + 300, now).unwrap(), Seen::New);
-    assert_eq!(store.record(a, now + 300, now).unwrap(), Seen::Replay);
-    assert_eq!(store.record(b, now + 10, now).unwrap(), Seen::New);
+    assert_eq!(deliver(&store, a, now + 300, now), Ok(true));
+    assert_eq!(deliver(&store, a, now + 300, now), Ok(false));
+    assert_eq!(deliver(&store, b, now + 10, now), Ok(true));
     assert_ne!(key("r", "a"), key("s", "a"), "routes do not share ids");
     drop(store);
     // A torn last line (a crash mid-write) is ignored.
@@ -254,11 +264,11 @@ fn replay_store_survives_a_reopen_and_forgets_expired_ids() {
         .unwrap()
         .write_all(b"99999 abc")
         .unwrap();
-    let store = ReplayStore::open(Some(&path), 10, now + 20).unwrap();
-    assert_eq!(store.record(a, now + 300, now + 20).unwrap(), Seen::Replay);
+    let store = Arc::new(ReplayStore::open(Some(&path), 10, now + 20).unwrap());
+    assert_eq!(deliver(&store, a, now + 300, now + 20), Ok(false));
     assert_eq!(
-        store.record(b, now + 320, now + 20).unwrap(),
-        Seen::New,
+        deliver(&store, b, now + 320, now + 20),
+        Ok(true),
         "b expired"
     );
     assert_eq!(store.len(), 2);
@@ -266,11 +276,54 @@ fn replay_store_survives_a_reopen_and_forgets_expired_ids() {
 
 #[test]
 fn a_full_replay_store_refuses_rather_than_forgets() {
-    let store = ReplayStore::open(None, 2, 0).unwrap();
-    store.record(key("r", "1"), 100, 0).unwrap();
-    store.record(key("r", "2"), 100, 0).unwrap();
-    assert!(store.record(key("r", "3"), 100, 0).is_err());
-    assert_eq!(store.record(key("r", "1"), 100, 0).unwrap(), Seen::Replay);
+    let store = Arc::new(ReplayStore::open(None, 2, 0).unwrap());
+    deliver(&store, key("r", "1"), 100, 0).unwrap();
+    // A reservation takes room too.
+    let Seen::New(held) = store.reserve(key("r", "2"), 100, 0).unwrap() else {
+        panic!("new");
+    };
+    assert!(store.reserve(key("r", "3"), 100, 0).is_err());
+    assert_eq!(deliver(&store, key("r", "1"), 100, 0), Ok(false));
+    drop(held);
+    assert_eq!(deliver(&store, key("r", "3"), 100, 0), Ok(true));
     // Once expired, room again.
-    assert_eq!(store.record(key("r", "3"), 300, 101).unwrap(), Seen::New);
+    assert_eq!(deliver(&store, key("r", "4"), 300, 101), Ok(true));
+}
+
+#[test]
+fn an_in_flight_key_refuses_a_duplicate_and_a_forgotten_one_stays_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replay.log");
+    let store = Arc::new(ReplayStore::open(Some(&path), 10, 0).unwrap());
+    let (a, b) = (key("r", "a"), key("r", "b"));
+    let Seen::New(first) = store.reserve(a, 100, 0).unwrap() else {
+        panic!("new");
+    };
+    assert_eq!(store.reserve(a, 100, 0).unwrap(), Seen::InFlight);
+    assert_eq!(store.in_flight(), 1);
+    // The app failed: forgotten, and the retry is a first delivery.
+    drop(first);
+    assert_eq!(store.in_flight(), 0);
+    let Seen::New(retry) = store.reserve(a, 100, 0).unwrap() else {
+        panic!("the retry is new");
+    };
+    // Committed b, reserved a: a crash (the store dropped without
+    // settling a) keeps b and forgets a.
+    deliver(&store, b, 100, 0).unwrap();
+    std::mem::forget(retry);
+    drop(store);
+    let store = Arc::new(ReplayStore::open(Some(&path), 10, 1).unwrap());
+    assert_eq!(deliver(&store, b, 100, 1), Ok(false), "committed survives");
+    assert_eq!(
+        deliver(&store, a, 100, 1),
+        Ok(true),
+        "uncommitted does not come back"
+    );
+    drop(store);
+    let store = Arc::new(ReplayStore::open(Some(&path), 10, 2).unwrap());
+    assert_eq!(
+        deliver(&store, a, 100, 2),
+        Ok(false),
+        "then committed, it survives"
+    );
 }

@@ -48,6 +48,12 @@ impl AppPool {
         }
     }
 
+    /// The app's address (a verified webhook goes there on a connection
+    /// of its own).
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Sends a request in the version `rewrite` gave it.
     pub(super) async fn send(
         &self,

@@ -8,9 +8,10 @@ refused.
 argv: min_refresh_s. Prints the port it listens on, then reads the JWKS
 source (an admin URL or a file path) from stdin: the sidecar's admin address
 is known only once the sidecar is up, and the sidecar needs this port first.
-The echoed x-seen-assertion lets the test replay what reached the app.
+The echoed x-seen-assertion lets the test replay what reached the app; a
+path under /slow is verified only after half a second.
 """
-import os, sys
+import os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
@@ -24,6 +25,10 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
+        if self.path.startswith("/slow"):
+            # Still in flight when the test rotates the key: verified after
+            # requests signed by the new key made the app reload the JWKS.
+            time.sleep(0.5)
         header = self.headers.get("x-meshguard-assertion", "")
         caller = self.headers.get("x-meshguard-client-id", "")
         try:

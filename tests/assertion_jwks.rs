@@ -172,16 +172,21 @@ fn caller() -> String {
     id("default", "client").to_string()
 }
 
-/// The documented verifier's command line at a given clock.
-fn verify_cli(h: &str, target: &str, jwks: &str, now: i64) -> String {
+/// The documented verifier's command line at a given clock (a child
+/// process the runtime waits for without blocking: it may fetch the JWKS
+/// from the admin listener served by this very runtime).
+async fn verify_cli(h: &str, target: &str, jwks: &str, now: i64) -> String {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/verify_assertion_jwks.py"
     );
-    let out = Command::new("python3")
+    let out = tokio::process::Command::new("python3")
         .args([script, h, &caller(), "GET", target, jwks, &now.to_string()])
         .output()
+        .await
         .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "{err}");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -245,9 +250,12 @@ async fn refusals(mode: AssertionMode, source: Source) {
     let url = format!("http://{}/.well-known/jwks.json", mesh.server.admin);
     let file = mesh.dir.path().join("jwks.json").display().to_string();
     for jwks in [&url, &file] {
-        assert_eq!(verify_cli(&seen, "/orders/7?x=1", jwks, exp - 1), parts[4]);
         assert_eq!(
-            verify_cli(&seen, "/orders/7?x=1", jwks, exp + 1),
+            verify_cli(&seen, "/orders/7?x=1", jwks, exp - 1).await,
+            parts[4]
+        );
+        assert_eq!(
+            verify_cli(&seen, "/orders/7?x=1", jwks, exp + 1).await,
             "refused: expired"
         );
     }
@@ -266,7 +274,9 @@ async fn es256_verified_with_the_jwks_file_refuses_what_did_not_come_through_the
 
 /// Clients send requests on keep-alive connections while the server
 /// sidecar rotates its key three times (each retired after a while, as its
-/// rotation task does after `grace_s`): every request is served.
+/// rotation task does after `grace_s`): every request is served, also one
+/// signed by the old key and verified by the app only after requests signed
+/// by the new one made it reload the JWKS.
 async fn rotation_under_load(mode: AssertionMode, source: Source) {
     let mesh = Mesh::start(mode, source).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -285,10 +295,21 @@ async fn rotation_under_load(mode: AssertionMode, source: Source) {
         }));
     }
     let signer = mesh.server.assertion.clone().unwrap();
+    let ms = std::time::Duration::from_millis;
     for _ in 0..3 {
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        signer.rotate().unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        // Signed by the old key, verified after the rotation (and after the
+        // app reloaded the JWKS for the new key's requests).
+        let addr = mesh.outbound();
+        let in_flight = tokio::spawn(async move { once(addr, "POST", "/slow", &[]).await });
+        tokio::time::sleep(ms(200)).await;
+        let old = signer.rotate().unwrap();
+        let (status, body, seen) = in_flight.await.unwrap();
+        assert_eq!(
+            (status, seen.split('.').nth(1)),
+            (200, Some(old.as_str())),
+            "{body}"
+        );
+        tokio::time::sleep(ms(100)).await;
         signer.retire().unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;

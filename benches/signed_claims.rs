@@ -1,8 +1,9 @@
 //! Criterion: the cost of signed claims (issue 16).
 //!
-//! - `assertion_stamp`: one identity assertion (HMAC-SHA256 over the
-//!   caller, method, target, times and request id, plus the header value),
-//!   which the inbound adds to every request it forwards;
+//! - `assertion_stamp/{hmac,ed25519,es256}`: one identity assertion (the
+//!   signature over the caller, method, target, times and request id, plus
+//!   the header value) in each `assertion.mode`, which the inbound adds to
+//!   every request it forwards;
 //! - `webhook_verify/stripe/<size>`: a Stripe signature check (HMAC-SHA256
 //!   of `t.body`) at 1 KiB and 1 MiB bodies;
 //! - `webhook_verify/standard_v1a/1KiB`: an Ed25519 (Standard Webhooks
@@ -18,31 +19,46 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
 use meshguard::sidecar::assertion::Assertion;
-use meshguard::sidecar::config::AssertionConfig;
+use meshguard::sidecar::config::{AssertionConfig, AssertionMode};
 use meshguard::sidecar::webhook::{verify, Check, Format, SecretSet};
 
 fn assertion(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let a = Assertion::start(&AssertionConfig {
-        key_file: dir.path().join("keys"),
-        ttl_s: 30,
-        rotate_s: 3600,
-        grace_s: 300,
-    })
-    .unwrap();
-    let mut headers = HeaderMap::new();
     let caller = "spiffe://cluster.local/ns/shop/sa/checkout";
-    c.bench_function("assertion_stamp", |b| {
-        b.iter(|| {
-            a.stamp(
-                black_box(&mut headers),
-                caller,
-                "POST",
-                "/api/v1/orders/1234?expand=items",
-                1_800_000_000,
-            )
+    let mut group = c.benchmark_group("assertion_stamp");
+    for mode in [
+        AssertionMode::Hmac,
+        AssertionMode::Ed25519,
+        AssertionMode::Es256,
+    ] {
+        let (key_file, jwks_file) = match mode {
+            AssertionMode::Hmac => (Some(dir.path().join("keys")), None),
+            _ => (
+                None,
+                Some(dir.path().join(format!("{}.jwks", mode.as_str()))),
+            ),
+        };
+        let a = Assertion::start(&AssertionConfig {
+            mode,
+            key_file,
+            jwks_file,
+            ..Default::default()
         })
-    });
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        group.bench_function(mode.as_str(), |b| {
+            b.iter(|| {
+                a.stamp(
+                    black_box(&mut headers),
+                    caller,
+                    "POST",
+                    "/api/v1/orders/1234?expand=items",
+                    1_800_000_000,
+                )
+            })
+        });
+    }
+    group.finish();
 }
 
 fn stripe(c: &mut Criterion) {

@@ -160,10 +160,8 @@ impl Setup {
             ],
         });
         config.assertion = Some(AssertionConfig {
-            key_file: self.path("assertion.keys"),
-            ttl_s: 30,
-            rotate_s: 3600,
-            grace_s: 300,
+            key_file: Some(self.path("assertion.keys")),
+            ..Default::default()
         });
         config
     }

@@ -1,7 +1,9 @@
-//! The admin listener: Prometheus metrics, liveness, readiness and a
-//! read-only view of the effective configuration. It is never subject to the allow matrix: a
+//! The admin listener: Prometheus metrics, liveness, readiness, a
+//! read-only view of the effective configuration and the identity
+//! assertion's public keys (`/.well-known/jwks.json`). It is never subject to the allow matrix: a
 //! deny-by-default policy must not break health checks or scraping.
 
+use crate::sidecar::assertion::Assertion;
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::tls::CredentialStore;
 use bytes::Bytes;
@@ -29,6 +31,10 @@ pub struct AdminState {
     /// Our credentials, once we have any (an identity streamed from the
     /// Workload API arrives after the admin listener is up).
     store: OnceLock<Arc<CredentialStore>>,
+    /// An asymmetric identity assertion is configured: its JWKS is served
+    /// once the signer is up (503 before, 404 when not configured).
+    jwks_expected: AtomicBool,
+    assertion: OnceLock<Arc<Assertion>>,
 }
 
 impl AdminState {
@@ -39,12 +45,25 @@ impl AdminState {
             config_json,
             metrics,
             store: OnceLock::new(),
+            jwks_expected: AtomicBool::new(false),
+            assertion: OnceLock::new(),
         })
     }
 
     /// The credentials readiness checks from now on (set once).
     pub fn set_store(&self, store: Arc<CredentialStore>) {
         let _ = self.store.set(store);
+    }
+
+    /// `/.well-known/jwks.json` will be served (503 until
+    /// [`AdminState::set_assertion`]).
+    pub fn expect_jwks(&self) {
+        self.jwks_expected.store(true, Ordering::Release);
+    }
+
+    /// The assertion signer whose public keys are served (set once).
+    pub fn set_assertion(&self, assertion: Arc<Assertion>) {
+        let _ = self.assertion.set(assertion);
     }
 
     fn svid_is_valid_now(&self) -> bool {
@@ -131,9 +150,35 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
             );
             resp
         }
+        "/.well-known/jwks.json" => jwks(state),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /live, /ready, /config\n",
+        ),
+    }
+}
+
+/// The identity assertion's public keys (RFC 7517), newest first. Not
+/// cached by clients: after a rotation the new key must be fetched.
+fn jwks(state: &AdminState) -> Response<Full<Bytes>> {
+    match state.assertion.get().and_then(|a| a.jwks()) {
+        Some(doc) => {
+            let mut resp = text(StatusCode::OK, doc);
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            resp
+        }
+        None if state.jwks_expected.load(Ordering::Acquire) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no keys yet: the assertion signer is starting\n",
+        ),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "no public keys: assertion.mode is not ed25519 or es256\n",
         ),
     }
 }

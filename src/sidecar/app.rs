@@ -63,6 +63,9 @@ pub struct Running {
     pub egress: Option<SocketAddr>,
     /// `webhooks.listen`, if configured.
     pub webhooks: Option<SocketAddr>,
+    /// The identity assertion's signer, if configured (rotated on its own
+    /// schedule; `rotate` here rotates now).
+    pub assertion: Option<Arc<Assertion>>,
     pub admin: SocketAddr,
     pub store: Arc<CredentialStore>,
     pub metrics: Arc<Metrics>,
@@ -184,6 +187,13 @@ pub async fn begin(config: &Config) -> Result<Starting<'_>, AppError> {
     let config_json =
         serde_json::to_string_pretty(config).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     let admin_state = AdminState::new(config_json, metrics.clone());
+    if config
+        .assertion
+        .as_ref()
+        .is_some_and(|a| a.mode.is_asymmetric())
+    {
+        admin_state.expect_jwks();
+    }
     let (admin_listener, admin) = bind_local(config.admin.listen).await?;
     tasks.spawn(admin::serve(
         admin_listener,
@@ -236,11 +246,14 @@ impl Starting<'_> {
             egress_listener: None,
         };
         let assertion = parts.start_assertion()?;
+        if let Some(a) = &assertion {
+            admin_state.set_assertion(a.clone());
+        }
         let hooks = parts.webhook_routes()?;
         let inbound = parts
             .start_inbound(policy_hash, assertion.clone(), hooks.clone())
             .await?;
-        let webhooks = parts.start_webhooks(hooks, assertion).await?;
+        let webhooks = parts.start_webhooks(hooks, assertion.clone()).await?;
         let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
         parts.watch_credentials(identity);
         admin_state.set_ready(true);
@@ -261,6 +274,7 @@ impl Starting<'_> {
             tcp_route_listeners,
             egress: parts.egress_listener,
             webhooks,
+            assertion,
             admin,
             store: parts.store,
             metrics: parts.metrics,

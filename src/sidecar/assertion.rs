@@ -1,11 +1,12 @@
 //! The identity assertion: with every request the inbound forwards, a
-//! short-lived MAC binding the caller, the method, the request target, a
-//! timestamp and a request id, so the app can check that a request came
-//! through its own sidecar (and not from anything else that reaches its
-//! port: an excluded port, a host-network neighbour, a broken capture).
+//! short-lived signature binding the caller, the method, the request
+//! target, a timestamp and a request id, so the app can check that a
+//! request came through its own sidecar (and not from anything else that
+//! reaches its port: an excluded port, a host-network neighbour, a broken
+//! capture).
 //!
-//! Header `x-meshguard-assertion: v1.<kid>.<iat>.<exp>.<rid>.<mac>` where
-//! `mac` is base64url (no padding) of HMAC-SHA256 under key `kid` of
+//! Header `x-meshguard-assertion: v1.<kid>.<iat>.<exp>.<rid>.<sig>` where
+//! `sig` is base64url (no padding) of the signature under key `kid` of
 //!
 //! ```text
 //! meshguard-assertion-v1\n<kid>\n<iat>\n<exp>\n<rid>\n<caller>\n<METHOD>\n<target>
@@ -13,22 +14,31 @@
 //!
 //! `caller` is the `x-meshguard-client-id` the app receives (the caller's
 //! SPIFFE ID; `webhook:<route>` on the webhook listener), `target` the
-//! request target the app receives (path and query). The keys are in
-//! `assertion.key_file` (mode 0400), one `<kid> <base64url key>` per line,
-//! newest first; a rotation writes the new key to the file before it signs
-//! with it, and the previous key stays in the file for `grace_s`.
+//! request target the app receives (path and query).
+//!
+//! `assertion.mode` picks the signature: `hmac` (default), HMAC-SHA256 with
+//! keys in `assertion.key_file` (mode 0400), one `<kid> <base64url key>`
+//! per line, newest first; `ed25519` (64 bytes) or `es256` (ECDSA P-256
+//! SHA-256, `r || s`, 64 bytes) with a private key generated here and kept
+//! in memory only, the public keys published as a JWKS at the admin
+//! `/.well-known/jwks.json` and in `assertion.jwks_file` (mode 0444). The
+//! verifier takes the algorithm from the key its `kid` names, never from
+//! the header. A rotation publishes the new key before it signs with it,
+//! and the previous key stays published for `grace_s`.
 
-use crate::sidecar::config::AssertionConfig;
+use crate::sidecar::config::{AssertionConfig, AssertionMode};
 use arc_swap::ArcSwap;
-use aws_lc_rs::{hmac, rand};
-use base64::Engine;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::io::Write;
+use keys::SigningKey;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+mod keys;
+mod publish;
 
 pub const ASSERTION_HEADER: &str = "x-meshguard-assertion";
 const ASSERTION: HeaderName = HeaderName::from_static(ASSERTION_HEADER);
@@ -37,60 +47,91 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssertionError {
-    #[error("assertion key file {file}: {source}")]
+    #[error("assertion file {file}: {source}")]
     Write {
         file: String,
         source: std::io::Error,
     },
     #[error("no randomness for a key")]
     Random,
+    #[error("the signing key refused to sign")]
+    Sign,
 }
 
-struct SigningKey {
-    kid: String,
-    key: hmac::Key,
-    raw: [u8; 32],
+/// The keys in force: `current` signs; `previous` is still published
+/// during the grace period after a rotation. `jwks` is the published
+/// document (asymmetric modes), built once per change.
+struct KeySet {
+    current: Arc<SigningKey>,
+    previous: Option<Arc<SigningKey>>,
+    jwks: Option<Bytes>,
+}
+
+impl KeySet {
+    fn new(
+        mode: AssertionMode,
+        current: Arc<SigningKey>,
+        previous: Option<Arc<SigningKey>>,
+    ) -> KeySet {
+        let mut set = KeySet {
+            current,
+            previous,
+            jwks: None,
+        };
+        if mode.is_asymmetric() {
+            set.jwks = Some(publish::jwks_json(&set.published()).into());
+        }
+        set
+    }
+
+    /// Newest first.
+    fn published(&self) -> Vec<&SigningKey> {
+        std::iter::once(&*self.current)
+            .chain(self.previous.as_deref())
+            .collect()
+    }
 }
 
 /// The assertion signer of one sidecar.
 pub struct Assertion {
-    key: ArcSwap<SigningKey>,
+    mode: AssertionMode,
+    keys: ArcSwap<KeySet>,
     ttl: i64,
-    file: PathBuf,
+    /// `hmac`: the key file; asymmetric: the JWKS file, if configured.
+    file: Option<PathBuf>,
     /// Request ids: a random per-process prefix and a counter.
     rid_prefix: String,
     counter: AtomicU64,
 }
 
-fn random<const N: usize>() -> Result<[u8; N], AssertionError> {
-    let mut out = [0u8; N];
-    rand::fill(&mut out).map_err(|_| AssertionError::Random)?;
-    Ok(out)
-}
-
-fn new_key() -> Result<SigningKey, AssertionError> {
-    let raw = random::<32>()?;
-    let kid = super::webhook::hex(&random::<6>()?);
-    Ok(SigningKey {
-        kid,
-        key: hmac::Key::new(hmac::HMAC_SHA256, &raw),
-        raw,
-    })
-}
-
 impl Assertion {
-    /// A first key, written to the key file before anything is signed.
+    /// A first key, published (key file or JWKS file) before anything is
+    /// signed.
     pub fn start(cfg: &AssertionConfig) -> Result<Arc<Assertion>, AssertionError> {
-        let key = new_key()?;
-        let this = Assertion {
-            ttl: cfg.ttl_s as i64,
-            file: cfg.key_file.clone(),
-            rid_prefix: super::webhook::hex(&random::<8>()?),
-            counter: AtomicU64::new(0),
-            key: ArcSwap::from_pointee(key),
+        let key = Arc::new(SigningKey::generate(cfg.mode)?);
+        let file = match cfg.mode {
+            AssertionMode::Hmac => cfg.key_file.clone(),
+            _ => cfg.jwks_file.clone(),
         };
-        this.write_file(&[&this.key.load()])?;
+        let this = Assertion {
+            mode: cfg.mode,
+            ttl: cfg.ttl_s as i64,
+            file,
+            rid_prefix: webhook_hex(&keys::random::<8>()?),
+            counter: AtomicU64::new(0),
+            keys: ArcSwap::from_pointee(KeySet::new(cfg.mode, key, None)),
+        };
+        this.publish(&this.keys.load())?;
         Ok(Arc::new(this))
+    }
+
+    pub fn mode(&self) -> AssertionMode {
+        self.mode
+    }
+
+    /// The JWKS of the published public keys (`None` in `hmac` mode).
+    pub fn jwks(&self) -> Option<Bytes> {
+        self.keys.load().jwks.clone()
     }
 
     /// Adds the assertion of one request to `headers`.
@@ -102,12 +143,12 @@ impl Assertion {
         target: &str,
         now: i64,
     ) {
-        let key = self.key.load();
+        let keys = self.keys.load();
+        let key = &keys.current;
         let rid = self.counter.fetch_add(1, Ordering::Relaxed);
         let (iat, exp) = (itoa(now), itoa(now + self.ttl));
         let rid = format!("{}-{rid:x}", self.rid_prefix);
-        let mut ctx = hmac::Context::with_key(&key.key);
-        for part in [
+        let signed: [&[u8]; 14] = [
             DOMAIN,
             key.kid.as_bytes(),
             b"\n",
@@ -122,66 +163,56 @@ impl Assertion {
             method.as_bytes(),
             b"\n",
             target.as_bytes(),
-        ] {
-            ctx.update(part);
-        }
-        let tag = ctx.sign();
-        let mut value = String::with_capacity(96);
+        ];
+        let mut value = String::with_capacity(160);
         for part in ["v1", &key.kid, &iat, &exp, &rid] {
             value.push_str(part);
             value.push('.');
         }
-        B64.encode_string(tag.as_ref(), &mut value);
+        if let Err(e) = key.sign_into(&signed, &mut value) {
+            // Forwarded without an assertion: the app refuses it, which
+            // fails closed without a second refusal path here.
+            tracing::error!(error = %e, "identity assertion not signed");
+            return;
+        }
         // Only [A-Za-z0-9._-]: always a valid header value.
         if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(ASSERTION, v);
         }
     }
 
-    /// A new key: written to the file (with the previous one) first, then
-    /// signed with. Returns the previous key's id.
+    /// A new key: published (with the previous one) first, then signed
+    /// with. Returns the previous key's id.
     pub fn rotate(&self) -> Result<String, AssertionError> {
-        let next = new_key()?;
-        let old = self.key.load_full();
-        self.write_file(&[&next, &old])?;
-        self.key.store(Arc::new(next));
+        let next = Arc::new(SigningKey::generate(self.mode)?);
+        let old = self.keys.load().current.clone();
+        let set = KeySet::new(self.mode, next, Some(old.clone()));
+        self.publish(&set)?;
+        self.keys.store(Arc::new(set));
         Ok(old.kid.clone())
     }
 
-    /// Drops the previous key from the file (after the grace period).
+    /// Stops publishing the previous key (after the grace period).
     pub fn retire(&self) -> Result<(), AssertionError> {
-        self.write_file(&[&self.key.load()])
+        let current = self.keys.load().current.clone();
+        let set = KeySet::new(self.mode, current, None);
+        self.publish(&set)?;
+        self.keys.store(Arc::new(set));
+        Ok(())
     }
 
-    /// Atomically replaces the key file (mode 0400): temporary file,
-    /// fsync, rename.
-    fn write_file(&self, keys: &[&SigningKey]) -> Result<(), AssertionError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |source| AssertionError::Write {
-            file: self.file.display().to_string(),
-            source,
+    /// Writes what the app reads: the key file (0400) or the JWKS file
+    /// (0444), atomically.
+    fn publish(&self, set: &KeySet) -> Result<(), AssertionError> {
+        let Some(file) = &self.file else {
+            return Ok(());
         };
-        let mut text = String::new();
-        for k in keys {
-            text.push_str(&k.kid);
-            text.push(' ');
-            B64.encode_string(k.raw, &mut text);
-            text.push('\n');
+        match &set.jwks {
+            None => publish::write_atomic(file, &publish::key_file_text(&set.published()), 0o400),
+            Some(jwks) => {
+                publish::write_atomic(file, std::str::from_utf8(jwks).unwrap_or(""), 0o444)
+            }
         }
-        if let Some(dir) = self.file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = self.file.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o400)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.file).map_err(io)
     }
 
     /// Rotates every `rotate`, retiring the previous key `grace` later.
@@ -198,7 +229,7 @@ impl Assertion {
             }
             match self.rotate() {
                 Ok(old) => {
-                    tracing::info!(retired_after_s = grace.as_secs(), old_kid = %old, "assertion key rotated")
+                    tracing::info!(mode = self.mode.as_str(), retired_after_s = grace.as_secs(), old_kid = %old, "assertion key rotated")
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "assertion key rotation failed; the current key stays");
@@ -210,10 +241,14 @@ impl Assertion {
                 _ = shutdown.changed() => return,
             }
             if let Err(e) = self.retire() {
-                tracing::error!(error = %e, "assertion key file not rewritten; the previous key stays in it");
+                tracing::error!(error = %e, "assertion keys not republished; the previous key stays published");
             }
         }
     }
+}
+
+fn webhook_hex(bytes: &[u8]) -> String {
+    super::webhook::hex(bytes)
 }
 
 fn itoa(n: i64) -> String {

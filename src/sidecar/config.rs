@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod assertion;
 mod egress;
 mod flags;
 mod jwt;
@@ -17,10 +18,11 @@ mod tcp;
 mod workload_api;
 pub use egress::{EgressConfig, EgressDestination, EgressMode};
 mod webhook;
+pub use assertion::{AssertionConfig, AssertionMode};
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
 pub use jwt::{JwksConfig, JwtConfig, ProviderConfig, ProviderKind};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};
-pub use webhook::{AssertionConfig, OnReplay, WebhookRoute, WebhooksConfig};
+pub use webhook::{OnReplay, WebhookRoute, WebhooksConfig};
 pub use workload_api::{parse_unix_uri, WorkloadApiConfig, ENDPOINT_ENV};
 
 /// Default admin listener (metrics, health, config view).
@@ -466,6 +468,7 @@ impl Config {
             jwt.resolve_paths(base);
         }
         webhook::resolve_paths(self, base);
+        assertion::resolve_paths(self, base);
     }
 
     /// Cross-field rules serde cannot express. On failure returns the
@@ -520,6 +523,7 @@ impl Config {
         tcp::validate(self)?;
         egress::validate(self)?;
         webhook::validate(self)?;
+        assertion::validate(self)?;
         let Some(out) = &self.outbound else {
             return Ok(());
         };

@@ -7,10 +7,8 @@ use std::process::Command;
 
 fn signer(dir: &std::path::Path) -> Arc<Assertion> {
     let cfg = AssertionConfig {
-        key_file: dir.join("keys"),
-        ttl_s: 30,
-        rotate_s: 3600,
-        grace_s: 300,
+        key_file: Some(dir.join("keys")),
+        ..Default::default()
     };
     Assertion::start(&cfg).unwrap()
 }
@@ -52,6 +50,8 @@ fn python(
 }
 
 use std::path::Path;
+
+mod asymmetric;
 
 const ID: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
 

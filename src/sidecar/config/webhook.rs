@@ -1,4 +1,5 @@
-//! The `webhooks` and `assertion` sections of the configuration.
+//! The `webhooks` section of the configuration (`assertion` is in
+//! `config/assertion.rs`).
 
 use super::Config;
 use crate::sidecar::webhook::Format;
@@ -67,25 +68,6 @@ pub enum OnReplay {
     Accept,
 }
 
-/// `assertion`: the signed identity assertion the inbound adds to every
-/// request it forwards.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssertionConfig {
-    /// Where the per-pod keys are written for the app (mode 0400).
-    pub key_file: PathBuf,
-    /// Seconds an assertion is valid (default 30).
-    #[serde(default = "default_ttl")]
-    pub ttl_s: u64,
-    /// Seconds between key rotations (default 3600).
-    #[serde(default = "default_rotate")]
-    pub rotate_s: u64,
-    /// Seconds the previous key stays in the file after a rotation
-    /// (default 300); at least `ttl_s`.
-    #[serde(default = "default_grace")]
-    pub grace_s: u64,
-}
-
 fn yes() -> bool {
     true
 }
@@ -97,15 +79,6 @@ fn default_tolerance() -> u64 {
 }
 fn default_max_body() -> usize {
     1024 * 1024
-}
-fn default_ttl() -> u64 {
-    30
-}
-fn default_rotate() -> u64 {
-    3600
-}
-fn default_grace() -> u64 {
-    300
 }
 
 type Invalid = (String, Option<String>);
@@ -123,27 +96,9 @@ pub(super) fn resolve_paths(config: &mut Config, base: &std::path::Path) {
             .flat_map(|r| r.secrets.iter_mut())
             .for_each(resolve);
     }
-    if let Some(a) = &mut config.assertion {
-        resolve(&mut a.key_file);
-    }
 }
 
 pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
-    if let Some(a) = &config.assertion {
-        let at = |m: &str| Err((format!("assertion: {m}"), Some("assertion:".into())));
-        if !(1..=3600).contains(&a.ttl_s) {
-            return at("ttl_s must be between 1 and 3600");
-        }
-        if a.rotate_s < 60 {
-            return at("rotate_s must be at least 60");
-        }
-        if a.grace_s < a.ttl_s {
-            return at("grace_s must be at least ttl_s (a live assertion's key stays)");
-        }
-        if config.inbound.is_none() {
-            return at("needs `inbound` (the assertion is added to what it forwards)");
-        }
-    }
     let Some(w) = &config.webhooks else {
         return Ok(());
     };

@@ -63,6 +63,13 @@ pub const ENV_SHUTDOWN_LISTEN: &str = "MESHGUARD_SHUTDOWN_LISTEN";
 /// `meshguard.io/inbound-tcp-ports` annotation; `meshguard run` adds them to
 /// `inbound.tcp_ports`.
 pub const ENV_INBOUND_TCP_PORTS: &str = "MESHGUARD_INBOUND_TCP_PORTS";
+/// The identity assertion's mode (`hmac`, `ed25519`, `es256`), from the
+/// `meshguard.io/assertion` annotation; `meshguard run` adds an `assertion`
+/// section writing to [`ASSERTION_DIR`].
+pub const ENV_ASSERTION: &str = "MESHGUARD_ASSERTION";
+/// The pod's memory volume shared with the app's containers (read-only
+/// there): `key` (hmac) or `jwks.json` (ed25519, es256).
+pub const ASSERTION_DIR: &str = "/var/run/meshguard/assertion";
 
 /// URL path prefix of rewritten probes on the probe port.
 pub const PROBE_PATH_PREFIX: &str = "/app-probe/";

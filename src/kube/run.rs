@@ -8,9 +8,10 @@
 //! `kube` because `sidecar` must not depend on `kube`; outside an injected
 //! pod those variables are unset and it is the plain sidecar.
 
-use crate::kube::contract::{AppProbes, ENV_INBOUND_TCP_PORTS};
+use crate::kube::contract::{AppProbes, ASSERTION_DIR, ENV_ASSERTION, ENV_INBOUND_TCP_PORTS};
 use crate::kube::probe::{self, ProbeError};
 use crate::sidecar::app::AppError;
+use crate::sidecar::config::{AssertionConfig, AssertionMode, KeyFileAccess};
 use crate::sidecar::config::{
     Config, ConfigError, QuickInbound, QuickOutbound, QuickStart, QuickStartError, RouteConfig,
 };
@@ -91,6 +92,8 @@ pub enum RunError {
     Start(#[from] AppError),
     #[error(transparent)]
     TcpPorts(#[from] TcpPortsError),
+    #[error(transparent)]
+    Assertion(#[from] AssertionEnvError),
 }
 
 /// Why the ports of `MESHGUARD_INBOUND_TCP_PORTS` could not be applied.
@@ -145,6 +148,53 @@ fn add_inbound_tcp_ports_from_env(config: &mut Config) -> Result<(), TcpPortsErr
         Err(std::env::VarError::NotPresent) => Ok(()),
         Err(std::env::VarError::NotUnicode(_)) => Err(TcpPortsError::NotUnicode),
     }
+}
+
+/// Why `MESHGUARD_ASSERTION` could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum AssertionEnvError {
+    #[error("{ENV_ASSERTION}: {0:?} is not a mode; give hmac, ed25519 or es256")]
+    NotAMode(String),
+    #[error(
+        "{ENV_ASSERTION} is set (annotation meshguard.io/assertion) and the config has an \
+         assertion section too; set it in one place"
+    )]
+    Twice,
+    #[error("{ENV_ASSERTION} is set, but the config has no inbound whose requests it would sign")]
+    NoInbound,
+}
+
+/// The `assertion` section `MESHGUARD_ASSERTION` (set by injection from the
+/// pod's annotation) stands for: `mode`, writing to [`ASSERTION_DIR`], a
+/// directory only the app's containers mount, so the HMAC key file is
+/// readable by all there (the app runs as another user than meshguard).
+pub fn add_assertion(config: &mut Config, mode: &str) -> Result<(), AssertionEnvError> {
+    let mode = match mode.trim() {
+        "hmac" => AssertionMode::Hmac,
+        "ed25519" => AssertionMode::Ed25519,
+        "es256" => AssertionMode::Es256,
+        other => return Err(AssertionEnvError::NotAMode(other.to_owned())),
+    };
+    if config.assertion.is_some() {
+        return Err(AssertionEnvError::Twice);
+    }
+    if config.inbound.is_none() {
+        return Err(AssertionEnvError::NoInbound);
+    }
+    let dir = PathBuf::from(ASSERTION_DIR);
+    config.assertion = Some(match mode {
+        AssertionMode::Hmac => AssertionConfig {
+            key_file: Some(dir.join("key")),
+            key_file_access: KeyFileAccess::All,
+            ..Default::default()
+        },
+        _ => AssertionConfig {
+            mode,
+            jwks_file: Some(dir.join("jwks.json")),
+            ..Default::default()
+        },
+    });
+    Ok(())
 }
 
 impl RunArgs {
@@ -214,6 +264,10 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     let mut config = args.config()?;
     // Injected pods name their opaque TCP ports through the environment.
     add_inbound_tcp_ports_from_env(&mut config)?;
+    // ... and whether the app gets an identity assertion.
+    if let Some(mode) = std::env::var_os(ENV_ASSERTION) {
+        add_assertion(&mut config, &mode.to_string_lossy())?;
+    }
     // Injected pods hand over the app's kubelet probes and, in
     // classic-container mode, a loopback shutdown endpoint. Bad values
     // refuse to start.

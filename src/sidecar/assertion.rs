@@ -99,6 +99,8 @@ pub struct Assertion {
     ttl: i64,
     /// `hmac`: the key file; asymmetric: the JWKS file, if configured.
     file: Option<PathBuf>,
+    /// The key file's mode (`assertion.key_file_access`).
+    key_mode: u32,
     /// Request ids: a random per-process prefix and a counter.
     rid_prefix: String,
     counter: AtomicU64,
@@ -117,6 +119,7 @@ impl Assertion {
             mode: cfg.mode,
             ttl: cfg.ttl_s as i64,
             file,
+            key_mode: cfg.key_file_access.mode(),
             rid_prefix: webhook_hex(&keys::random::<8>()?),
             counter: AtomicU64::new(0),
             keys: ArcSwap::from_pointee(KeySet::new(cfg.mode, key, None)),
@@ -201,14 +204,17 @@ impl Assertion {
         Ok(())
     }
 
-    /// Writes what the app reads: the key file (0400) or the JWKS file
+    /// Writes what the app reads: the key file (0400 by default) or the JWKS file
     /// (0444), atomically.
     fn publish(&self, set: &KeySet) -> Result<(), AssertionError> {
         let Some(file) = &self.file else {
             return Ok(());
         };
         match &set.jwks {
-            None => publish::write_atomic(file, &publish::key_file_text(&set.published()), 0o400),
+            None => {
+                let text = publish::key_file_text(&set.published());
+                publish::write_atomic(file, &text, self.key_mode)
+            }
             Some(jwks) => {
                 publish::write_atomic(file, std::str::from_utf8(jwks).unwrap_or(""), 0o444)
             }

@@ -18,7 +18,7 @@ mod tcp;
 mod workload_api;
 pub use egress::{EgressConfig, EgressDestination, EgressMode};
 mod webhook;
-pub use assertion::{AssertionConfig, AssertionMode};
+pub use assertion::{AssertionConfig, AssertionMode, KeyFileAccess};
 pub use flags::{QuickInbound, QuickOutbound, QuickStart, QuickStartError};
 pub use jwt::{JwksConfig, JwtConfig, ProviderConfig, ProviderKind};
 pub use tcp::{DestinationProtocol, TcpRouteConfig};

@@ -33,6 +33,10 @@ pub const APP_PORT: &str = "meshguard.io/app-port";
 /// App ports carried as opaque TCP (comma-separated), passed to the
 /// sidecar as `inbound.tcp_ports` (see `contract::ENV_INBOUND_TCP_PORTS`).
 pub const INBOUND_TCP_PORTS: &str = "meshguard.io/inbound-tcp-ports";
+/// `disabled` (default), `hmac` (or `enabled`), `ed25519` or `es256`: the
+/// identity assertion for the app, its key file or JWKS on a memory volume
+/// the app's containers mount read-only (see `contract::ENV_ASSERTION`).
+pub const ASSERTION: &str = "meshguard.io/assertion";
 pub const EXCLUDE_INBOUND_PORTS: &str = "meshguard.io/exclude-inbound-ports";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "meshguard.io/exclude-outbound-ports";
 pub const EXCLUDE_OUTBOUND_CIDRS: &str = "meshguard.io/exclude-outbound-cidrs";
@@ -59,6 +63,7 @@ pub const USER_ANNOTATIONS: &[&str] = &[
     SPIFFE_CSI,
     APP_PORT,
     INBOUND_TCP_PORTS,
+    ASSERTION,
     EXCLUDE_INBOUND_PORTS,
     EXCLUDE_OUTBOUND_PORTS,
     EXCLUDE_OUTBOUND_CIDRS,
@@ -90,6 +95,8 @@ pub(super) struct Settings {
     pub app_port: Option<u16>,
     /// `meshguard.io/inbound-tcp-ports`, validated, as written back.
     pub inbound_tcp_ports: Option<String>,
+    /// `meshguard.io/assertion`: the mode, when the app gets an assertion.
+    pub assertion: Option<&'static str>,
     pub capture: CaptureConfig,
     pub resources: ProxyResources,
 }
@@ -113,6 +120,7 @@ pub(super) fn settings(
     let spiffe_csi = values.spiffe_csi(identity_secret.is_some())?;
     let app_port = values.app_port(config_map.is_some())?;
     let inbound_tcp_ports = values.tcp_ports()?;
+    let assertion = values.assertion()?;
     let capture = values.capture(opts)?;
     let resources = values.resources(&opts.resources)?;
     Ok(Settings {
@@ -125,6 +133,7 @@ pub(super) fn settings(
         spiffe_csi,
         app_port,
         inbound_tcp_ports,
+        assertion,
         capture,
         resources,
     })
@@ -280,6 +289,20 @@ impl<'a> Values<'a> {
         }
         let list: Vec<String> = ports.iter().map(u16::to_string).collect();
         Ok(Some(list.join(",")))
+    }
+
+    /// `meshguard.io/assertion`: the mode `meshguard run` is told.
+    fn assertion(&self) -> Result<Option<&'static str>, BadAnnotation> {
+        match self.get(ASSERTION) {
+            None | Some("disabled") => Ok(None),
+            Some("hmac" | "enabled") => Ok(Some("hmac")),
+            Some("ed25519") => Ok(Some("ed25519")),
+            Some("es256") => Ok(Some("es256")),
+            Some(_) => Err(self.bad(
+                ASSERTION,
+                "must be `disabled`, `hmac` (or `enabled`), `ed25519` or `es256`".into(),
+            )),
+        }
     }
 
     /// The capture settings: the exclusion lists, parsed and validated.

@@ -93,6 +93,7 @@ pub(super) fn uninject(template: &mut Mapping) -> Result<(bool, Vec<String>), Po
             });
         }
     }
+    remove_app_assertion_mounts(spec);
     if let Some(Value::Sequence(items)) = spec.get_mut("volumes") {
         items.retain(|v| {
             !v.get("name")
@@ -241,7 +242,48 @@ fn add_sidecar(
     child_seq(spec, "volumes")
         .map_err(in_spec)?
         .extend(sidecar::volumes(settings));
+    if settings.assertion.is_some() {
+        add_app_assertion_mounts(spec)?;
+    }
     Ok(())
+}
+
+/// Every app container (not ours, not the app's init containers, which
+/// run before the sidecar signs anything) reads the assertion volume.
+fn add_app_assertion_mounts(spec: &mut Mapping) -> Result<(), String> {
+    let Some(Value::Sequence(containers)) = spec.get_mut("containers") else {
+        return Ok(());
+    };
+    for c in containers.iter_mut() {
+        let Value::Mapping(c) = c else { continue };
+        if c.get("name").and_then(Value::as_str) == Some(SIDECAR_NAME) {
+            continue;
+        }
+        child_seq(c, "volumeMounts")
+            .map_err(|m| format!("spec.containers[].{m}"))?
+            .push(sidecar::app_assertion_mount());
+    }
+    Ok(())
+}
+
+/// Undoes [`add_app_assertion_mounts`].
+fn remove_app_assertion_mounts(spec: &mut Mapping) {
+    let Some(Value::Sequence(containers)) = spec.get_mut("containers") else {
+        return;
+    };
+    for c in containers.iter_mut() {
+        let Value::Mapping(c) = c else { continue };
+        if let Some(Value::Sequence(mounts)) = c.get_mut("volumeMounts") {
+            let before = mounts.len();
+            mounts.retain(|m| {
+                m.get("name").and_then(Value::as_str) != Some(sidecar::ASSERTION_VOLUME)
+            });
+            // Only a list we emptied goes: an app's own `[]` stays.
+            if mounts.len() < before {
+                drop_if_empty(c, "volumeMounts");
+            }
+        }
+    }
 }
 
 /// The status annotations uninject reads back.

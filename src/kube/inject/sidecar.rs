@@ -5,8 +5,8 @@ use super::annotations::{Settings, APP_PROBES};
 use super::yaml::{map, n, s, seq_of_str};
 use super::{InjectOptions, ProxyResources, SidecarMode};
 use crate::kube::contract::{
-    ENV_APP_PROBES, ENV_INBOUND_TCP_PORTS, ENV_LOG_FORMAT, ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN,
-    SHUTDOWN_PORT,
+    ASSERTION_DIR, ENV_APP_PROBES, ENV_ASSERTION, ENV_INBOUND_TCP_PORTS, ENV_LOG_FORMAT,
+    ENV_PROBE_LISTEN, ENV_SHUTDOWN_LISTEN, SHUTDOWN_PORT,
 };
 use crate::kube::iptables::CaptureConfig;
 use serde_norway::{Mapping, Value};
@@ -22,11 +22,15 @@ pub const POLICY_VOLUME: &str = "meshguard-policy";
 /// iptables takes a lock file in /run; with a read-only root filesystem
 /// the init container needs a writable /run of its own.
 pub const XTABLES_VOLUME: &str = "meshguard-xtables-lock";
-pub const VOLUMES: [&str; 4] = [
+/// The identity assertion's key file or JWKS: a memory volume the sidecar
+/// writes and the app's containers read (`meshguard.io/assertion`).
+pub const ASSERTION_VOLUME: &str = "meshguard-assertion";
+pub const VOLUMES: [&str; 5] = [
     IDENTITY_VOLUME,
     CONFIG_VOLUME,
     POLICY_VOLUME,
     XTABLES_VOLUME,
+    ASSERTION_VOLUME,
 ];
 
 /// Where the SVID lands: tls.crt, tls.key, ca.crt (the file names both
@@ -290,6 +294,9 @@ fn sidecar_env(settings: &Settings, has_app_probes: bool) -> Vec<Value> {
             ("value", s(ports)),
         ]));
     }
+    if let Some(mode) = settings.assertion {
+        env.push(map([("name", s(ENV_ASSERTION)), ("value", s(mode))]));
+    }
     if settings.spiffe_csi {
         env.push(map([
             ("name", s(crate::sidecar::config::ENDPOINT_ENV)),
@@ -325,7 +332,22 @@ fn sidecar_mounts(settings: &Settings) -> Vec<Value> {
     if settings.policy_config_map.is_some() {
         mounts.push(read_only(POLICY_DIR, POLICY_VOLUME));
     }
+    if settings.assertion.is_some() {
+        mounts.push(map([
+            ("mountPath", s(ASSERTION_DIR)),
+            ("name", s(ASSERTION_VOLUME)),
+        ]));
+    }
     mounts
+}
+
+/// The mount each app container gets when the pod has an assertion volume.
+pub(super) fn app_assertion_mount() -> Value {
+    map([
+        ("mountPath", s(ASSERTION_DIR)),
+        ("name", s(ASSERTION_VOLUME)),
+        ("readOnly", Value::Bool(true)),
+    ])
 }
 
 fn sidecar_security_context(proxy_uid: u32) -> Value {
@@ -390,5 +412,15 @@ pub(super) fn volumes(settings: &Settings) -> Vec<Value> {
         ("name", s(XTABLES_VOLUME)),
         ("emptyDir", Value::Mapping(Mapping::new())),
     ]));
+    if settings.assertion.is_some() {
+        // In memory: a key must not land on the node's disk.
+        out.push(map([
+            ("name", s(ASSERTION_VOLUME)),
+            (
+                "emptyDir",
+                map([("medium", s("Memory")), ("sizeLimit", s("1Mi"))]),
+            ),
+        ]));
+    }
     out
 }

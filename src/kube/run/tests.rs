@@ -36,3 +36,52 @@ fn tcp_ports_without_an_inbound_are_refused() {
     let err = add_inbound_tcp_ports(&mut c, "6379").unwrap_err();
     assert!(matches!(err, TcpPortsError::NoInbound), "{err}");
 }
+
+#[test]
+fn the_assertion_mode_from_the_environment_writes_to_the_shared_volume() {
+    let mut c = config();
+    add_assertion(&mut c, "hmac").unwrap();
+    let a = c.assertion.as_ref().unwrap();
+    assert_eq!(a.mode, AssertionMode::Hmac);
+    assert_eq!(
+        a.key_file.as_deref(),
+        Some(std::path::Path::new("/var/run/meshguard/assertion/key"))
+    );
+    assert_eq!(a.key_file_access, KeyFileAccess::All);
+    assert!(a.jwks_file.is_none());
+    for (value, mode) in [
+        ("ed25519", AssertionMode::Ed25519),
+        ("es256", AssertionMode::Es256),
+    ] {
+        let mut c = config();
+        add_assertion(&mut c, value).unwrap();
+        let a = c.assertion.as_ref().unwrap();
+        assert_eq!(a.mode, mode);
+        assert!(a.key_file.is_none(), "an asymmetric key stays in memory");
+        assert_eq!(
+            a.jwks_file.as_deref(),
+            Some(std::path::Path::new(
+                "/var/run/meshguard/assertion/jwks.json"
+            ))
+        );
+    }
+}
+
+#[test]
+fn a_bad_or_conflicting_assertion_mode_refuses_to_start() {
+    let mut c = config();
+    let err = add_assertion(&mut c, "rsa").unwrap_err().to_string();
+    assert!(err.starts_with("MESHGUARD_ASSERTION: \"rsa\""), "{err}");
+    assert!(c.assertion.is_none());
+    add_assertion(&mut c, "hmac").unwrap();
+    assert!(matches!(
+        add_assertion(&mut c, "hmac"),
+        Err(AssertionEnvError::Twice)
+    ));
+    let yaml = "identity:\n  cert: c\n  key: k\n  bundle: b\noutbound:\n  listen: 127.0.0.1:1\n";
+    let mut c = Config::from_yaml(yaml, "m.yaml", std::path::Path::new("/")).unwrap();
+    assert!(matches!(
+        add_assertion(&mut c, "hmac"),
+        Err(AssertionEnvError::NoInbound)
+    ));
+}

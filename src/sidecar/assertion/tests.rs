@@ -123,3 +123,23 @@ fn an_assertion_made_without_the_key_is_refused() {
     let h = header(&theirs, ID, "GET", "/", now);
     assert!(python(&h, ID, "GET", "/", &dir.path().join("keys"), now).is_err());
 }
+
+#[test]
+fn key_file_access_sets_the_mode_and_rotation_keeps_it() {
+    use crate::sidecar::config::KeyFileAccess;
+    use std::os::unix::fs::PermissionsExt;
+    for (access, want) in [(KeyFileAccess::Group, 0o440), (KeyFileAccess::All, 0o444)] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        let a = Assertion::start(&AssertionConfig {
+            key_file: Some(file.clone()),
+            key_file_access: access,
+            ..Default::default()
+        })
+        .unwrap();
+        let mode = || std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(), want, "{access:?}");
+        a.rotate().unwrap();
+        assert_eq!(mode(), want, "{access:?} after a rotation");
+    }
+}

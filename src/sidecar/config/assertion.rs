@@ -34,6 +34,31 @@ impl AssertionMode {
     }
 }
 
+/// Who may read the HMAC key file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFileAccess {
+    /// Mode 0400: the app runs as meshguard's user (default).
+    #[default]
+    Owner,
+    /// Mode 0440: the app is in meshguard's group.
+    Group,
+    /// Mode 0444: for a directory only the app can reach, such as a pod's
+    /// memory volume mounted into the app's containers and no others
+    /// (what `meshguard.io/assertion` sets up).
+    All,
+}
+
+impl KeyFileAccess {
+    pub fn mode(self) -> u32 {
+        match self {
+            KeyFileAccess::Owner => 0o400,
+            KeyFileAccess::Group => 0o440,
+            KeyFileAccess::All => 0o444,
+        }
+    }
+}
+
 /// `assertion`: the signed identity assertion the inbound adds to every
 /// request it forwards.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -45,6 +70,9 @@ pub struct AssertionConfig {
     /// `hmac`: where the per-pod keys are written for the app (mode 0400).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// `hmac`: `owner` (0400, default), `group` (0440) or `all` (0444).
+    #[serde(default)]
+    pub key_file_access: KeyFileAccess,
     /// `ed25519`/`es256`: where the public keys are written as a JWKS
     /// (mode 0444), besides the admin `/.well-known/jwks.json`.
     #[serde(default)]
@@ -66,6 +94,7 @@ impl Default for AssertionConfig {
         AssertionConfig {
             mode: AssertionMode::Hmac,
             key_file: None,
+            key_file_access: KeyFileAccess::Owner,
             jwks_file: None,
             ttl_s: default_ttl(),
             rotate_s: default_rotate(),

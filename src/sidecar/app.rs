@@ -166,6 +166,7 @@ pub struct Starting<'c> {
 /// The first half of [`start`]: identity files loaded (or the Workload API
 /// client started) and the admin listener serving.
 pub async fn begin(config: &Config) -> Result<Starting<'_>, AppError> {
+    warm_random();
     let known_peers = config
         .outbound
         .iter()
@@ -579,6 +580,22 @@ fn jwt_provider_names(config: &Config) -> Vec<String> {
     jwt.map_or_else(Vec::new, |j| {
         j.providers.iter().map(|p| p.name.clone()).collect()
     })
+}
+
+/// AWS-LC seeds its random generator from CPU-jitter entropy on the first
+/// draw, ~30 ms of CPU (perf: `jent_*`). Drawn here on a thread of its own,
+/// so it runs beside the start instead of inside the first TLS handshake
+/// (or, with the assertion, the first key).
+fn warm_random() {
+    static WARM: std::sync::Once = std::sync::Once::new();
+    WARM.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("meshguard-rng".into())
+            .spawn(|| aws_lc_rs::rand::fill(&mut [0u8; 1]));
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "random generator not warmed ahead");
+        }
+    });
 }
 
 /// `a, b, c`: a list of addresses as a log field reads it.

@@ -42,8 +42,7 @@ pub(super) fn write_atomic(file: &Path, text: &str, mode: u32) -> Result<(), Ass
     f.write_all(text.as_bytes()).map_err(io)?;
     // No fsync: the rename makes the switch atomic for readers, and after a
     // crash the sidecar writes new keys at start anyway, so durability buys
-    // nothing; measured, the fsync was ~24 ms of a 28 ms start on disk
-    // (benches/startup.sh).
+    // nothing but a disk flush in the start.
     f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io)?;
     std::fs::rename(&tmp, file).map_err(io)

@@ -14,13 +14,14 @@ use crate::sidecar::proxy::serve::ConnectionTracker;
 use crate::sidecar::proxy::tcp::{self, TcpInbound, TcpOutbound, TcpSettings};
 use crate::sidecar::proxy::{bind, outbound::Outbound, BindError};
 use crate::sidecar::tls::{inbound_server_config, CredentialStore, TlsError};
-use crate::sidecar::webhook::listener::WebhookListener;
 use crate::sidecar::webhook::route::Webhooks;
 use crate::sidecar::workload_api::{self, JwtBundles, WorkloadApi, WorkloadApiError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+mod signed;
 
 /// Why a sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -501,67 +502,6 @@ impl Parts<'_> {
             }
         }
     }
-
-    /// The identity assertion's signer and its rotation, if configured.
-    fn start_assertion(&mut self) -> Result<Option<Arc<Assertion>>, AppError> {
-        let Some(cfg) = &self.config.assertion else {
-            return Ok(None);
-        };
-        let assertion = Assertion::start(cfg)?;
-        let rotate = std::time::Duration::from_secs(cfg.rotate_s);
-        let grace = std::time::Duration::from_secs(cfg.grace_s);
-        let rotation = assertion
-            .clone()
-            .rotate_loop(rotate, grace, self.shutdown.clone());
-        self.tasks.spawn(rotation);
-        Ok(Some(assertion))
-    }
-
-    /// The webhook routes (served on the mesh inbound and on
-    /// `webhooks.listen`) and their secret watcher.
-    fn webhook_routes(&mut self) -> Result<Option<Arc<Webhooks>>, AppError> {
-        let (Some(cfg), Some(_)) = (&self.config.webhooks, &self.config.inbound) else {
-            return Ok(None);
-        };
-        let webhooks = Webhooks::new(cfg, self.metrics.clone())?;
-        self.tasks.spawn(
-            webhooks
-                .clone()
-                .watch_secrets(self.poll, self.shutdown.clone()),
-        );
-        Ok(Some(webhooks))
-    }
-
-    /// `webhooks.listen`, if configured.
-    async fn start_webhooks(
-        &mut self,
-        webhooks: Option<Arc<Webhooks>>,
-        assertion: Option<Arc<Assertion>>,
-    ) -> Result<Option<SocketAddr>, AppError> {
-        let (Some(cfg), Some(inbound), Some(webhooks)) =
-            (&self.config.webhooks, &self.config.inbound, webhooks)
-        else {
-            return Ok(None);
-        };
-        let Some(listen) = cfg.listen else {
-            return Ok(None);
-        };
-        let (listener, addr) = bind_local(listen).await?;
-        let tls = match cfg.tls {
-            true => Some(webhook_tls(&self.store)?),
-            false => None,
-        };
-        let served = Arc::new(WebhookListener {
-            webhooks,
-            tls,
-            app: inbound.app,
-            limits: self.config.limits.clone(),
-            assertion,
-        })
-        .serve(listener, self.drain.clone(), self.connections.clone());
-        self.tasks.spawn(served);
-        Ok(Some(addr))
-    }
 }
 
 /// Binds `addr`, returning the listener and the address it really got
@@ -605,9 +545,4 @@ fn join_addrs(addrs: &[SocketAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn webhook_tls(store: &Arc<CredentialStore>) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-    let config = crate::sidecar::webhook::listener::server_config(store)?;
-    Ok(tokio_rustls::TlsAcceptor::from(config))
 }

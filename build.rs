@@ -9,11 +9,22 @@
 //! x86_64-unknown-linux-gnu with its bundled lld from 1.90 on; with an older
 //! compiler, or a linker of the user's own choosing, the layout is skipped
 //! (the binary is the same, only less compact in memory).
+//!
+//! They also pack relative relocations (`-z pack-relative-relocs`, DT_RELR):
+//! a position-independent binary otherwise carries 372 KiB of RELA entries
+//! that the loader reads, and so makes resident, at every start (measured:
+//! peak RSS under load −0.7 to −0.9 MiB per proxy). The loader must know
+//! DT_RELR (glibc 2.36, Debian 12): the flag is set only when the glibc of
+//! the building machine, which is the one the binary runs with here and in
+//! the image (deploy/image copies it), is that new.
 
 use std::process::Command;
 
 /// The first Rust release that links x86_64 Linux with lld by default.
 const LLD_DEFAULT_SINCE: (u32, u32) = (1, 90);
+
+/// The first glibc whose loader applies DT_RELR relocations.
+const GLIBC_RELR_SINCE: (u32, u32) = (2, 36);
 
 fn main() {
     let list = "benches/layout/hot-symbols.txt";
@@ -23,7 +34,13 @@ fn main() {
     let target = std::env::var("TARGET").unwrap_or_default();
     let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
     let path = std::path::Path::new(&manifest).join(list);
-    if !(release && target == "x86_64-unknown-linux-gnu" && path.exists()) {
+    if !(release && target == "x86_64-unknown-linux-gnu") {
+        return;
+    }
+    if std::env::var("HOST").is_ok_and(|h| h == target) && glibc_at_least(GLIBC_RELR_SINCE) {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
+    if !path.exists() {
         return;
     }
     if !links_with_lld() {
@@ -61,13 +78,26 @@ fn links_with_lld() -> bool {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .unwrap_or_default();
     // "rustc 1.95.0 (59807616e 2026-04-14)"
+    major_minor(version.split_whitespace().nth(1)) >= LLD_DEFAULT_SINCE
+}
+
+/// Whether the building machine's glibc is at least `since`
+/// (`getconf GNU_LIBC_VERSION` prints "glibc 2.36"); false when unknown.
+fn glibc_at_least(since: (u32, u32)) -> bool {
+    let out = Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default();
+    major_minor(out.split_whitespace().nth(1)) >= since
+}
+
+/// "1.95.0" or "2.36" as (major, minor); (0, 0) when it does not parse.
+fn major_minor(version: Option<&str>) -> (u32, u32) {
     let mut numbers = version
-        .split_whitespace()
-        .nth(1)
         .unwrap_or("")
         .split(['.', '-'])
         .map(|n| n.parse::<u32>().unwrap_or(0));
-    let major = numbers.next().unwrap_or(0);
-    let minor = numbers.next().unwrap_or(0);
-    (major, minor) >= LLD_DEFAULT_SINCE
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }

@@ -418,6 +418,12 @@ pub async fn accept_loop<F, Fut>(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, addr)) => match (permits.clone().try_acquire_owned(), super::transparent::canonical(addr)) {
                     (Ok(permit), addr) => {
+                        // Every write of ours is a whole message (a response,
+                        // a batch of HTTP/2 frames, a TCP read passed on):
+                        // Nagle would only hold a second small write, such as
+                        // a WINDOW_UPDATE, until the first is acknowledged.
+                        // Our own connections set it when they dial.
+                        let _ = tcp.set_nodelay(true);
                         tokio::spawn(handle(tcp, addr, tracker.track(permit)));
                     }
                     (Err(_), addr) => {

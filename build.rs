@@ -71,31 +71,28 @@ fn links_with_lld() -> bool {
         return flags.contains("fuse-ld=lld") || flags.contains("linker-flavor=gnu-lld");
     }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version = Command::new(rustc)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .unwrap_or_default();
     // "rustc 1.95.0 (59807616e 2026-04-14)"
-    major_minor(version.split_whitespace().nth(1)) >= LLD_DEFAULT_SINCE
+    second_word_version(&rustc, "--version") >= LLD_DEFAULT_SINCE
 }
 
 /// Whether the building machine's glibc is at least `since`
 /// (`getconf GNU_LIBC_VERSION` prints "glibc 2.36"); false when unknown.
 fn glibc_at_least(since: (u32, u32)) -> bool {
-    let out = Command::new("getconf")
-        .arg("GNU_LIBC_VERSION")
+    second_word_version("getconf", "GNU_LIBC_VERSION") >= since
+}
+
+/// The version that `program arg` prints as its second word ("1.95.0",
+/// "2.36"), as (major, minor); (0, 0) when it cannot be run or parsed.
+fn second_word_version(program: &str, arg: &str) -> (u32, u32) {
+    let out = Command::new(program)
+        .arg(arg)
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .unwrap_or_default();
-    major_minor(out.split_whitespace().nth(1)) >= since
-}
-
-/// "1.95.0" or "2.36" as (major, minor); (0, 0) when it does not parse.
-fn major_minor(version: Option<&str>) -> (u32, u32) {
-    let mut numbers = version
+    let mut numbers = out
+        .split_whitespace()
+        .nth(1)
         .unwrap_or("")
         .split(['.', '-'])
         .map(|n| n.parse::<u32>().unwrap_or(0));

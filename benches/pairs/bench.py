@@ -25,7 +25,9 @@ import report  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
-TESTS = ("ka", "lat", "nc")
+# keep-alive at --conns, one request in flight, keep-alive at --lat-conns (latency
+# under load: issue 21 asks for p50 and p99 at c1 and at c32), new connections.
+TESTS = ("ka", "lat", "l32", "nc")
 
 
 # ---------------------------------------------------------------- /proc
@@ -185,7 +187,7 @@ class Bench:
         ours = set()
         for root in self.ours_roots:
             ours.update(tree(root))
-        conns = 1 if test == "lat" else self.args.conns
+        conns = {"lat": 1, "l32": self.args.lat_conns}.get(test, self.args.conns)
         m0, ours0, self0, ch0 = machine_ticks(), cpu_ticks(ours), self_cpu_s(), children_cpu_s()
         role0 = {r: cpu_split(t) for r, t in trees.items()}
         everyone0 = all_proc_ticks()
@@ -391,6 +393,7 @@ def cmd_run(args):
             "tests": {
                 "ka": f"wrk -t1 -c{args.conns}, keep-alive",
                 "lat": "wrk -t1 -c1, keep-alive",
+                "l32": f"wrk -t1 -c{args.lat_conns}, keep-alive (latency under load)",
                 "nc": f"wrk -t1 -c{args.conns} -H 'Connection: close'",
             },
         },
@@ -493,6 +496,7 @@ def main():
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--duration", type=int, default=10)
     r.add_argument("--warmup", type=int, default=3)
+    r.add_argument("--lat-conns", type=int, default=32, help="connections of the latency-under-load test")
     r.add_argument("--perf", action=argparse.BooleanOptionalAction, default=True,
                    help="count syscalls and context switches per request with perf stat (after the rounds)")
     s = sub.choices["soak"]

@@ -9,6 +9,9 @@ import statistics
 import sys
 
 PEERS = ("nginx", "haproxy", "stunnel")
+# The peers that proxy HTTP (stunnel only tunnels bytes): issue 21's latency
+# targets are against the best of these.
+HTTP_PEERS = ("nginx", "haproxy")
 MIB = 2**20
 
 # The feature variants of the meshguard pair (run.sh), each set against the
@@ -62,7 +65,7 @@ def summarize(result):
     s = {}
     for name in pairs:
         mine = [r for r in recs if r["pair"] == name]
-        by = {t: [r for r in mine if r["test"] == t] for t in ("ka", "lat", "nc")}
+        by = {t: [r for r in mine if r["test"] == t] for t in ("ka", "lat", "l32", "nc")}
         rss = result.get("peak_rss", {}).get(name, {})
         row = {
             "ka_rps": med([r["rps"] for r in by["ka"]]),
@@ -86,6 +89,8 @@ def summarize(result):
             "c1_rps": med([r["rps"] for r in by["lat"]]),
             "c1_cpu_us": med([r["proxy_cpu_us_per_req"] for r in by["lat"]]),
             "ka_p99": med([r["wrk"]["latency_us"]["p99"] for r in by["ka"]]),
+            "c32_p50": med([r["wrk"]["latency_us"]["p50"] for r in by["l32"]]),
+            "c32_p99": med([r["wrk"]["latency_us"]["p99"] for r in by["l32"]]),
             "nc_rps": med([r["rps"] for r in by["nc"]]),
             "nc_cpu_us": med([r["proxy_cpu_us_per_req"] for r in by["nc"]]),
             "rss_out": (rss.get("out") or {}).get("peak_rss_max"),
@@ -108,10 +113,8 @@ def summarize(result):
         s[name] = row
     direct = s.get("direct", {})
     for name, row in s.items():
-        if direct.get("p50") is not None and row["p50"] is not None:
-            row["p50_added"] = row["p50"] - direct["p50"]
-        else:
-            row["p50_added"] = None
+        row["p50_added"] = added(row.get("p50"), direct.get("p50"))
+        row["c32_added"] = added(row.get("c32_p50"), direct.get("c32_p50"))
     peers = [n for n in PEERS if n in s]
 
     def best(key, fn):
@@ -138,6 +141,7 @@ def summarize(result):
         row["added_x_best"] = ratio(row["p50_added"], b) if b and b > 0 else None
         row["rss_x_best"] = ratio(row["rss_max"], bests["rss_max"][0])
         row["rss_mib"] = row["rss_max"] / MIB if row["rss_max"] else None
+    http_latency(s)
     for name in VARIANTS:
         if name in s:
             s[name]["vs_meshguard"] = variant_delta(s[name], s.get("meshguard"))
@@ -151,6 +155,30 @@ def summarize(result):
         "measurements": total,
         "disturbed": dist,
     }
+
+
+def added(p50, direct_p50):
+    """What a pair adds to the direct path's median latency."""
+    return None if p50 is None or direct_p50 is None else p50 - direct_p50
+
+
+# Issue 21's latency figures, each against the best HTTP peer of the run.
+HTTP_LATENCY = (
+    ("p50_added", "added p50 at c1", 0.8),
+    ("p99", "p99 at c1", 1.0),
+    ("c32_added", "added p50 at c32", 0.8),
+    ("c32_p99", "p99 at c32", 1.0),
+)
+
+
+def http_latency(s):
+    """Sets `<key>_x_http` on every row: its latency over the best HTTP peer's."""
+    for key, _, _ in HTTP_LATENCY:
+        vals = [s[n][key] for n in HTTP_PEERS if n in s and s[n].get(key) is not None]
+        best = min(vals) if vals else None
+        for row in s.values():
+            ok = best is not None and best > 0 and row.get(key) is not None
+            row[f"{key}_x_http"] = row[key] / best if ok else None
 
 
 def variant_delta(row, base):
@@ -312,6 +340,7 @@ def render(result):
             f"| {fx(r['cpu_x_best'])} | {fx(r['p99_x_best'])} | {fx(r['added_x_best'])} | {fx(r['rss_x_best'])} |"
         )
     out.append("")
+    out.extend(render_http_latency(s))
     names = {
         "ka_rps": "keep-alive",
         "nc_rps": "new-conn",
@@ -367,10 +396,36 @@ def render(result):
             r = mg["cpu_us"] / bare["cpu_us"]
             out.append(f"| proxy CPU per request ≤ 0.9× the bare tokio+hyper+rustls pair (issue 21) "
                        f"| {r:.3f}× | {'yes' if r <= 0.9 else 'no'} |")
+        for key, label, bound in HTTP_LATENCY:
+            v = mg.get(f"{key}_x_http")
+            if v is not None:
+                out.append(f"| {label} ≤ {bound}× the best HTTP peer's (issue 21) | {v:.3f}× "
+                           f"| {'yes' if v <= bound else 'no'} |")
         if bare.get("ka_rps") and mg.get("ka_rps"):
             out.append(f"| keep-alive throughput × the bare pair (information) | {mg['ka_rps'] / bare['ka_rps']:.3f}× | – |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def render_http_latency(s):
+    """Issue 21's latency table: c1 and c32, against the best HTTP peer."""
+    if not any(r.get("c32_p50") is not None for r in s.values()):
+        return []  # a result file from before the c32 test
+    out = ["Latency at one request in flight (c1) and under load (c32, keep-alive), medians of the rounds; "
+           "× is against the best HTTP peer (nginx or haproxy) for that figure:\n",
+           "| pair | added p50 c1 µs | p99 c1 µs | p50 c32 µs | added p50 c32 µs | p99 c32 µs "
+           "| added p50 c1 × | p99 c1 × | added p50 c32 × | p99 c32 × |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in s.items():
+        if name == "direct":
+            continue
+        out.append(
+            f"| {name} | {fsigned(r['p50_added'])} | {f0(r['p99'])} | {f0(r['c32_p50'])} "
+            f"| {fsigned(r['c32_added'])} | {f0(r['c32_p99'])} | {fx(r['p50_added_x_http'])} "
+            f"| {fx(r['p99_x_http'])} | {fx(r['c32_added_x_http'])} | {fx(r['c32_p99_x_http'])} |"
+        )
+    out.append("")
+    return out
 
 
 def render_soak(result):

@@ -17,6 +17,12 @@ cargo build --release --manifest-path "$REPO/Cargo.toml" >&2
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/meshguard
 TMP=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
 "$BIN" certs dev --out "$TMP/certs" --workload default/client --workload default/server >/dev/null
+# The inbound runs with the benchmark's seven-rule policy, so that the
+# authorization step's code is laid out with the rest (without it a pair
+# with a policy had ~1 MiB more text resident than one without).
+die() { echo "collect.sh: $*" >&2; exit 1; }
+. "$HERE/../pairs/variants-lib.sh"
+write_policy "$TMP/policy.yaml"
 C=$TMP/certs; P=${BASE_PORT:-18700}
 "$BIN" echo --listen 127.0.0.1:$P >/dev/null 2>&1 &
 VG=(valgrind --tool=callgrind --demangle=no --dump-instr=no)
@@ -30,7 +36,7 @@ admin: {listen: "127.0.0.1:$((P + 3))"}
 YAML
   "${VG[@]}" --callgrind-out-file="$TMP/in-$proto.cg" "$BIN" run --cert "$C/default/server/tls.crt" \
     --key "$C/default/server/tls.key" --bundle "$C/ca.crt" --inbound 127.0.0.1:$((P + 2)) \
-    --app 127.0.0.1:$P --admin 127.0.0.1:$((P + 4)) --workers 1 >/dev/null 2>&1 & IN=$!
+    --app 127.0.0.1:$P --admin 127.0.0.1:$((P + 4)) --policy "$TMP/policy.yaml" --workers 1 >/dev/null 2>&1 & IN=$!
   "${VG[@]}" --callgrind-out-file="$TMP/out-$proto.cg" "$BIN" run --config "$TMP/out.yaml" >/dev/null 2>&1 & OUT=$!
   for _ in $(seq 200); do
     curl -sf http://127.0.0.1:$((P + 3))/ready >/dev/null && curl -sf http://127.0.0.1:$((P + 4))/ready >/dev/null && break
@@ -40,6 +46,7 @@ YAML
   wrk -t1 -c4 -d2s -H 'Connection: close' "http://127.0.0.1:$((P + 1))/" >/dev/null
   curl -s http://127.0.0.1:$((P + 3))/metrics >/dev/null; curl -s http://127.0.0.1:$((P + 4))/metrics >/dev/null
   curl -s -H 'Host: undeclared' http://127.0.0.1:$((P + 1))/ >/dev/null || true
+  curl -s http://127.0.0.1:$((P + 1))/admin/x >/dev/null || true
   kill "$IN" "$OUT"; wait "$IN" "$OUT" 2>/dev/null || true
 done
 python3 "$HERE/hot_symbols.py" "$BIN" "$TMP"/*.cg >"$HERE/hot-symbols.txt"

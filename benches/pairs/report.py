@@ -332,13 +332,9 @@ def render(result):
         "| CPU/req × best peer | p99 × best peer | p50 added × best peer | peak RSS × best peer |"
     )
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, r in s.items():
-        if name == "direct":
-            continue
-        out.append(
-            f"| {name} | {fx(r['ka_x_direct'])} | {fx(r['ka_x_best'])} | {fx(r['nc_x_direct'])} | {fx(r['nc_x_best'])} "
-            f"| {fx(r['cpu_x_best'])} | {fx(r['p99_x_best'])} | {fx(r['added_x_best'])} | {fx(r['rss_x_best'])} |"
-        )
+    out.extend(proxy_rows(s, lambda r: [fx(r[k]) for k in (
+        "ka_x_direct", "ka_x_best", "nc_x_direct", "nc_x_best", "cpu_x_best", "p99_x_best", "added_x_best",
+        "rss_x_best")]))
     out.append("")
     out.extend(render_http_latency(s))
     names = {
@@ -416,16 +412,16 @@ def render_http_latency(s):
            "| pair | added p50 c1 µs | p99 c1 µs | p50 c32 µs | added p50 c32 µs | p99 c32 µs "
            "| added p50 c1 × | p99 c1 × | added p50 c32 × | p99 c32 × |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in s.items():
-        if name == "direct":
-            continue
-        out.append(
-            f"| {name} | {fsigned(r['p50_added'])} | {f0(r['p99'])} | {f0(r['c32_p50'])} "
-            f"| {fsigned(r['c32_added'])} | {f0(r['c32_p99'])} | {fx(r['p50_added_x_http'])} "
-            f"| {fx(r['p99_x_http'])} | {fx(r['c32_added_x_http'])} | {fx(r['c32_p99_x_http'])} |"
-        )
+    out.extend(proxy_rows(s, lambda r: [
+        fsigned(r["p50_added"]), f0(r["p99"]), f0(r["c32_p50"]), fsigned(r["c32_added"]), f0(r["c32_p99"]),
+        *(fx(r[f"{key}_x_http"]) for key, _, _ in HTTP_LATENCY)]))
     out.append("")
     return out
+
+
+def proxy_rows(s, cells):
+    """One table row per pair but the direct path: its name, then `cells(row)`."""
+    return [f"| {name} | " + " | ".join(cells(r)) + " |" for name, r in s.items() if name != "direct"]
 
 
 def render_soak(result):

@@ -8,6 +8,8 @@ refused.
 argv: min_refresh_s. Prints the port it listens on, then reads the JWKS
 source (an admin URL or a file path) from stdin: the sidecar's admin address
 is known only once the sidecar is up, and the sidecar needs this port first.
+A source `hmac:PATH` verifies the default HMAC assertion with the key file
+instead (examples/verify_assertion.py, unchanged; it keeps no replay list).
 The echoed x-seen-assertion lets the test replay what reached the app; a
 path under /slow is verified only after half a second.
 """
@@ -15,6 +17,7 @@ import os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+from verify_assertion import verify as verify_hmac  # noqa: E402
 from verify_assertion_jwks import Jwks, Seen, verify  # noqa: E402
 
 
@@ -32,7 +35,7 @@ class Handler(BaseHTTPRequestHandler):
         header = self.headers.get("x-meshguard-assertion", "")
         caller = self.headers.get("x-meshguard-client-id", "")
         try:
-            rid = verify(header, caller, self.command, self.path, JWKS, seen=SEEN)
+            rid = VERIFY(header, caller, self.command, self.path)
             status, body = 200, f"ok {rid}\n"
         except ValueError as e:
             status, body = 401, f"refused: {e}\n"
@@ -51,6 +54,14 @@ class Handler(BaseHTTPRequestHandler):
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 server.daemon_threads = True
 print(server.server_address[1], flush=True)
-JWKS = Jwks(sys.stdin.readline().strip(), min_refresh_s=float(sys.argv[1]))
-SEEN = Seen()
+SOURCE = sys.stdin.readline().strip()
+if SOURCE.startswith("hmac:"):
+    def VERIFY(header, caller, method, target):
+        return verify_hmac(header, caller, method, target, SOURCE[len("hmac:"):])
+else:
+    JWKS = Jwks(SOURCE, min_refresh_s=float(sys.argv[1]))
+    SEEN = Seen()
+
+    def VERIFY(header, caller, method, target):
+        return verify(header, caller, method, target, JWKS, seen=SEEN)
 server.serve_forever()

@@ -3,7 +3,9 @@
 //! (tests/assertion_app.py) that verifies every request with only the
 //! server sidecar's public keys, fetched from the admin listener or read
 //! from `assertion.jwks_file`, using the documented verifier
-//! (examples/verify_assertion_jwks.py).
+//! (examples/verify_assertion_jwks.py). Key rotation under load also runs
+//! in the default HMAC mode, the app reading the key file with
+//! examples/verify_assertion.py.
 
 mod support;
 
@@ -71,6 +73,8 @@ impl Drop for PyApp {
 enum Source {
     Admin,
     File,
+    /// The default HMAC mode: the app reads the key file.
+    HmacKeyFile,
 }
 
 struct Mesh {
@@ -87,15 +91,24 @@ impl Mesh {
         let mut app = PyApp::start();
         let identity = pki.identity("server", &id("default", "server"));
         let mut config = inbound_config(identity, app.addr);
-        config.assertion = Some(AssertionConfig {
-            mode,
-            jwks_file: Some(dir.path().join("jwks.json")),
-            ..Default::default()
+        let keys = dir.path().join("assertion.keys");
+        config.assertion = Some(match source {
+            Source::HmacKeyFile => AssertionConfig {
+                mode,
+                key_file: Some(keys.clone()),
+                ..Default::default()
+            },
+            _ => AssertionConfig {
+                mode,
+                jwks_file: Some(dir.path().join("jwks.json")),
+                ..Default::default()
+            },
         });
         let server = meshguard::sidecar::app::start(&config).await.unwrap();
         app.jwks_from(&match source {
             Source::Admin => format!("http://{}/.well-known/jwks.json", server.admin),
             Source::File => dir.path().join("jwks.json").display().to_string(),
+            Source::HmacKeyFile => format!("hmac:{}", keys.display()),
         });
         let client = start_outbound(&pki, HOST, &server).await;
         Mesh {
@@ -339,6 +352,11 @@ async fn rotation_under_load(mode: AssertionMode, source: Source) {
 #[tokio::test]
 async fn a_rotation_under_load_loses_no_request_with_the_admin_jwks() {
     rotation_under_load(AssertionMode::Ed25519, Source::Admin).await;
+}
+
+#[tokio::test]
+async fn a_rotation_under_load_loses_no_request_with_the_hmac_key_file() {
+    rotation_under_load(AssertionMode::Hmac, Source::HmacKeyFile).await;
 }
 
 #[tokio::test]

@@ -177,8 +177,8 @@ def http_latency(s):
         vals = [s[n][key] for n in HTTP_PEERS if n in s and s[n].get(key) is not None]
         best = min(vals) if vals else None
         for row in s.values():
-            ok = best is not None and best > 0 and row.get(key) is not None
-            row[f"{key}_x_http"] = row[key] / best if ok else None
+            # An added latency can be 0 or below for the best peer itself.
+            row[f"{key}_x_http"] = ratio(row.get(key), best) if best and best > 0 else None
 
 
 def variant_delta(row, base):

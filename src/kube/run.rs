@@ -19,6 +19,7 @@ use crate::sidecar::identity::SpiffeId;
 use crate::sidecar::logbuf;
 use crate::sidecar::proxy::BindError;
 use crate::sidecar::runtime::{self, RuntimeError, Stop};
+use crate::sidecar::workers::{self, WorkersError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ pub struct RunArgs {
     /// Excludes the flags below.
     #[arg(long, short = 'c', conflicts_with_all = ["cert", "key", "bundle", "workload_api", "inbound", "app", "policy", "outbound", "peer", "peer_id"])]
     config: Option<PathBuf>,
-    /// Tokio worker threads (overrides the config; 1 = single-threaded).
+    /// Event loops, one thread each (overrides the config; default 1).
     #[arg(long)]
     workers: Option<usize>,
     /// Our SVID certificate (PEM).
@@ -86,6 +87,8 @@ pub enum RunError {
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Workers(#[from] WorkersError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
@@ -275,8 +278,13 @@ pub fn run(args: &RunArgs) -> Result<(), RunError> {
     let shutdown_listen = probe::shutdown_listen_from_env()?;
     // Log lines are written in batches, each time the event loop runs out
     // of work (see logbuf).
-    let runtime =
-        runtime::finish(runtime::builder(config.runtime.workers).on_thread_park(logbuf::flush))?;
+    // One single-threaded loop per worker (`sidecar/workers.rs`), this one first.
+    let runtime = runtime::finish(runtime::builder(1).on_thread_park(logbuf::flush))?;
+    workers::start(
+        runtime.handle().clone(),
+        config.runtime.workers,
+        logbuf::flush,
+    )?;
     logbuf::start();
     let result = runtime.block_on(run_sidecar(config, probes, shutdown_listen));
     logbuf::stop();

@@ -22,4 +22,5 @@ pub mod reload;
 pub mod runtime;
 pub mod tls;
 pub mod webhook;
+pub mod workers;
 pub mod workload_api;

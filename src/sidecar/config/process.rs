@@ -102,7 +102,8 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Tokio worker threads; 1 runs a single-threaded runtime.
+    /// Event loops, one thread each, that connections are dealt to
+    /// (`sidecar/workers.rs`); 1 runs everything on one loop.
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// How often the policy, SVID, key and bundle files are re-read, in

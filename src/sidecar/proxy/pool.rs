@@ -11,6 +11,7 @@
 //! pop from a list under an uncontended lock, and an HTTP/1.1 connection
 //! goes back to the list when its response body ends, from the body itself.
 
+use crate::sidecar::workers::PerWorker;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -69,7 +70,8 @@ type Idle = Mutex<VecDeque<(http1::SendRequest<Incoming>, Instant)>>;
 /// HTTP/1.1 connections to one destination, reused one request at a time.
 pub struct Http1Pool<D> {
     dial: D,
-    idle: Arc<Idle>,
+    /// Per worker loop: a connection is only reused on the loop that drives it.
+    idle: PerWorker<Arc<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -78,7 +80,7 @@ impl<D: Dial> Http1Pool<D> {
     pub fn new(dial: D, max_idle: usize, idle_timeout: Duration) -> Self {
         Http1Pool {
             dial,
-            idle: Arc::default(),
+            idle: PerWorker::new(Arc::default),
             max_idle,
             idle_timeout,
         }
@@ -92,8 +94,9 @@ impl<D: Dial> Http1Pool<D> {
         &self,
         mut req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, UpstreamError<D::Error>> {
+        let idle = self.idle.get();
         loop {
-            let (mut sender, reused) = match self.take_idle() {
+            let (mut sender, reused) = match self.take_idle(idle) {
                 Some(sender) => (sender, true),
                 // Boxed: the connect future is large and rarely needed;
                 // this keeps every request's future small.
@@ -109,7 +112,7 @@ impl<D: Dial> Http1Pool<D> {
                 Ok(resp) => {
                     let checkin = Checkin {
                         sender,
-                        idle: self.idle.clone(),
+                        idle: idle.clone(),
                         max_idle: self.max_idle,
                         idle_timeout: self.idle_timeout,
                     };
@@ -125,8 +128,8 @@ impl<D: Dial> Http1Pool<D> {
 
     /// The most recently used idle connection that is still open and not
     /// past the idle timeout; the others are dropped (which closes them).
-    fn take_idle(&self) -> Option<http1::SendRequest<Incoming>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+    fn take_idle(&self, idle: &Idle) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((sender, since)) = idle.pop_back() {
             if !sender.is_closed() && since.elapsed() < self.idle_timeout {
                 return Some(sender);
@@ -271,11 +274,17 @@ impl Body for UpstreamBody {
 pub struct Http2Conn<D> {
     dial: D,
     keep: bool,
+    /// Per worker loop: each loop multiplexes over a connection it drives.
+    slots: PerWorker<H2Slot>,
+    idle_timeout: Duration,
+}
+
+#[derive(Default)]
+struct H2Slot {
     current: Mutex<Option<(http2::SendRequest<RequestBody>, Instant)>>,
     /// Held while a connection is being opened, so that a burst of
     /// requests opens one connection, not one each.
     opening: tokio::sync::Mutex<()>,
-    idle_timeout: Duration,
 }
 
 impl<D: Dial> Http2Conn<D> {
@@ -283,8 +292,7 @@ impl<D: Dial> Http2Conn<D> {
         Http2Conn {
             dial,
             keep,
-            current: Mutex::new(None),
-            opening: tokio::sync::Mutex::new(()),
+            slots: PerWorker::new(H2Slot::default),
             idle_timeout,
         }
     }
@@ -301,9 +309,10 @@ impl<D: Dial> Http2Conn<D> {
         // Keeping a copy costs a header map clone; only a request without
         // a body can be replayed, and only those are copied.
         let replay = req.body().is_end_stream().then(|| head_copy(&req));
-        let mut sender = match self.open_sender() {
+        let slot = self.slots.get();
+        let mut sender = match self.open_sender(slot) {
             Some(sender) => sender,
-            None => Box::pin(self.connect()).await?,
+            None => Box::pin(self.connect(slot)).await?,
         };
         let unsent = match sender.try_send_request(req.map(RequestBody::Stream)).await {
             Ok(resp) => return Ok(resp.map(UpstreamBody::shared)),
@@ -319,16 +328,16 @@ impl<D: Dial> Http2Conn<D> {
             },
         };
         // This connection is closing: forget it and open another.
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let mut sender = Box::pin(self.connect()).await?;
+        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut sender = Box::pin(self.connect(slot)).await?;
         let resp = sender.send_request(unsent).await;
         resp.map(|r| r.map(UpstreamBody::shared))
             .map_err(UpstreamError::Http)
     }
 
     /// The current connection if it is open and was used recently.
-    fn open_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+    fn open_sender(&self, slot: &H2Slot) -> Option<http2::SendRequest<RequestBody>> {
+        let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
         match current.as_mut() {
             Some((sender, last_used))
                 if !sender.is_closed() && last_used.elapsed() < self.idle_timeout =>
@@ -340,13 +349,16 @@ impl<D: Dial> Http2Conn<D> {
         }
     }
 
-    async fn connect(&self) -> Result<http2::SendRequest<RequestBody>, UpstreamError<D::Error>> {
+    async fn connect(
+        &self,
+        slot: &H2Slot,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError<D::Error>> {
         let _opening = match self.keep {
-            true => Some(self.opening.lock().await),
+            true => Some(slot.opening.lock().await),
             false => None,
         };
         // Another request may have opened one while this one waited.
-        if let Some(sender) = self.open_sender() {
+        if let Some(sender) = self.open_sender(slot) {
             return Ok(sender);
         }
         let io = self.dial.dial().await.map_err(UpstreamError::Connect)?;
@@ -357,7 +369,7 @@ impl<D: Dial> Http2Conn<D> {
             .map_err(UpstreamError::Http)?;
         drive(conn);
         if self.keep {
-            *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            *slot.current.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((sender.clone(), Instant::now()));
         }
         Ok(sender)

@@ -10,6 +10,7 @@ use crate::sidecar::audit;
 use crate::sidecar::config::LimitsConfig;
 use crate::sidecar::metrics::Direction;
 use crate::sidecar::tls::{LiveConn, Revocation};
+use crate::sidecar::workers;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::{service_fn, HttpService};
@@ -400,7 +401,8 @@ fn close_if_draining<B>(closing: &AtomicBool, http1: bool, resp: &mut http::Resp
 
 /// Accepts connections until a drain starts, at most `max_connections` at
 /// once (the excess is closed at once, with a log line: queueing them would
-/// only hide the overload), and hands each to `handle` on its own task.
+/// only hide the overload), and hands each to `handle` on its own task, on
+/// the next worker loop in turn (`runtime.workers`, `sidecar/workers.rs`).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     direction: Direction,
@@ -409,10 +411,12 @@ pub async fn accept_loop<F, Fut>(
     tracker: ConnectionTracker,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Tracked) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Tracked) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(max_connections));
+    let handle = Arc::new(handle);
+    let mut dealt = 0usize;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -424,7 +428,9 @@ pub async fn accept_loop<F, Fut>(
                         // a WINDOW_UPDATE, until the first is acknowledged.
                         // Our own connections set it when they dial.
                         let _ = tcp.set_nodelay(true);
-                        tokio::spawn(handle(tcp, addr, tracker.track(permit)));
+                        let (handle, tracked) = (handle.clone(), tracker.track(permit));
+                        workers::spawn_connection(dealt, tcp, move |tcp| handle(tcp, addr, tracked));
+                        dealt = dealt.wrapping_add(1);
                     }
                     (Err(_), addr) => {
                         audit::connection_refused(direction, addr, max_connections);

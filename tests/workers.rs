@@ -40,13 +40,16 @@ async fn two_workers_share_the_connections_and_lose_no_request() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
         .args(["run", "--config"])
         .arg(&cfg)
         .env("MESHGUARD_LOG", "warn")
         .spawn()
         .unwrap();
-    let pid = child.id();
+    // Killed if an assertion fails first: an orphan would keep its
+    // listeners and the test's output pipes open.
+    let mut child = KillOnDrop(Some(child));
+    let pid = child.0.as_ref().unwrap().id();
     wait_ready(admin).await;
     let threads = thread_names(pid);
     assert!(
@@ -89,7 +92,8 @@ async fn two_workers_share_the_connections_and_lose_no_request() {
         .status()
         .unwrap()
         .success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
+    let mut exited = child.0.take().unwrap();
+    let exit = tokio::task::spawn_blocking(move || exited.wait())
         .await
         .unwrap()
         .unwrap();
@@ -118,6 +122,17 @@ async fn keep_alive_client(
         resp.into_body().collect().await.unwrap();
     }
     sender
+}
+
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 fn free_port() -> u16 {

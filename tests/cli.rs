@@ -1,31 +1,17 @@
 //! The command line is the product here: real child processes.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{free_port, Killed};
 
 fn meshguard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshguard"));
     cmd.env("MESHGUARD_LOG", "warn");
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn certs_dev(out: &Path, extra: &[&str]) -> std::process::Output {

@@ -3,10 +3,13 @@
 //! not bind, and log lines without Rust debug formatting or colour codes
 //! when stderr is not a terminal.
 
+mod support;
+
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::Killed;
 
 fn meshguard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshguard"));
@@ -202,15 +205,6 @@ fn an_address_in_use_is_named_with_its_cause_once() {
         "use"
     };
     assert_eq!(err.matches(word).count(), 1, "run: {err}");
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The log lines of a sidecar up to and including "meshguard ready", with

@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -351,22 +351,6 @@ async fn exposition_passes_promtool_check_metrics() {
     }
 }
 
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_real_prometheus_scrapes_meshguard() {
     assert!(
@@ -432,26 +416,6 @@ fn meshguard_json(args: &[String]) -> Killed {
             .spawn()
             .unwrap(),
     )
-}
-
-fn wait_ready(admin: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin)) {
-            use std::io::{Read, Write};
-            let _ = write!(
-                s,
-                "GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-            );
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            if out.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("sidecar not ready");
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! `runtime.workers: 2` in the real binary: connections are dealt to both
 //! event loops (each thread does part of the work), every request through
-//! the outbound and inbound arrives, and a drain still ends the process
-//! with connections open on both loops.
+//! the outbound and inbound arrives, the refusals hold on every loop (a
+//! request the policy denies, a caller without a certificate), and a drain
+//! still ends the process with connections open on both loops.
 
 mod support;
 
@@ -21,6 +22,12 @@ async fn two_workers_share_the_connections_and_lose_no_request() {
     let me = id("default", "server");
     let ident = pki.identity("server", &me);
     let (inbound, outbound, admin) = (free_port(), free_port(), free_port());
+    let policy = pki.dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!("mode: enforce\nrules:\n  - name: load\n    action: allow\n    from: [\"{me}\"]\n    methods: [GET]\n    paths: [\"/w/*\"]\n"),
+    )
+    .unwrap();
     let cfg = pki.dir.path().join("sidecar.yaml");
     // One sidecar that calls its own inbound through its outbound: both
     // directions, both pools, in one process with two loops.
@@ -28,7 +35,7 @@ async fn two_workers_share_the_connections_and_lose_no_request() {
         &cfg,
         format!(
             "identity:\n  cert: {}\n  key: {}\n  bundle: {}\n\
-             inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {}\n\
+             inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {}\n  policy: {}\n\
              outbound:\n  listen: 127.0.0.1:{outbound}\n  routes:\n  - host: server.default.svc\n    peer: 127.0.0.1:{inbound}\n    identity: {me}\n\
              admin:\n  listen: 127.0.0.1:{admin}\n\
              runtime:\n  workers: 2\n\
@@ -37,20 +44,20 @@ async fn two_workers_share_the_connections_and_lose_no_request() {
             ident.key.display(),
             ident.bundle.display(),
             app.addr,
+            policy.display(),
         ),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("MESHGUARD_LOG", "warn")
-        .spawn()
-        .unwrap();
-    // Killed if an assertion fails first: an orphan would keep its
-    // listeners and the test's output pipes open.
-    let mut child = KillOnDrop(Some(child));
-    let pid = child.0.as_ref().unwrap().id();
-    wait_ready(admin).await;
+    let child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("MESHGUARD_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    wait_ready(admin);
     let threads = thread_names(pid);
     assert!(
         threads.iter().any(|(_, name)| name == "meshguard-w1"),
@@ -84,6 +91,28 @@ async fn two_workers_share_the_connections_and_lose_no_request() {
         "CPU ticks during the load: main {main}, worker {worker}"
     );
 
+    // Refusals on every loop: the policy denies another path on each of the
+    // clients' connections (both outbound loops, both multiplexed
+    // connections to the inbound), and callers without a certificate are
+    // refused on as many fresh connections, dealt to both inbound loops.
+    for sender in &mut senders {
+        let req = http::Request::get("/denied")
+            .header("host", "server.default.svc")
+            .body(Empty::new())
+            .unwrap();
+        assert_eq!(sender.send_request(req).await.unwrap().status(), 403);
+    }
+    assert_eq!(app.seen.lock().unwrap().len(), CONNECTIONS * REQUESTS);
+    let inbound_addr = format!("127.0.0.1:{inbound}").parse().unwrap();
+    for _ in 0..CONNECTIONS {
+        let anonymous = tls_get(inbound_addr, tls_client(None, &[b"http/1.1"]), "/w/0", &[]);
+        assert!(
+            anonymous.await.is_err(),
+            "a caller without a certificate is refused"
+        );
+    }
+    assert_eq!(app.seen.lock().unwrap().len(), CONNECTIONS * REQUESTS);
+
     // A drain with the clients' keep-alive connections still open on both
     // loops ends the process, cleanly.
     let started = Instant::now();
@@ -92,8 +121,8 @@ async fn two_workers_share_the_connections_and_lose_no_request() {
         .status()
         .unwrap()
         .success());
-    let mut exited = child.0.take().unwrap();
-    let exit = tokio::task::spawn_blocking(move || exited.wait())
+    let mut child = child;
+    let exit = tokio::task::spawn_blocking(move || child.0.wait())
         .await
         .unwrap()
         .unwrap();
@@ -122,39 +151,6 @@ async fn keep_alive_client(
         resp.into_body().collect().await.unwrap();
     }
     sender
-}
-
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_ready(admin: u16) {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http_get(addr, "a", "/ready", &[]).await.0 == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The process's threads: (tid, name).

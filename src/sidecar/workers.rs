@@ -21,12 +21,8 @@ use std::sync::OnceLock;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
-/// The loops of this process, once started.
-struct Loops {
-    handles: Box<[Handle]>,
-}
-
-static LOOPS: OnceLock<Loops> = OnceLock::new();
+/// The loops of this process (loop 0 first), once started.
+static LOOPS: OnceLock<Box<[Handle]>> = OnceLock::new();
 
 thread_local! {
     /// The loop this thread runs; 0 on every thread but the workers'.
@@ -72,15 +68,14 @@ pub fn start(main: Handle, n: usize, on_park: fn()) -> Result<(), WorkersError> 
             })
             .map_err(fail)?;
     }
-    let loops = Loops {
-        handles: handles.into_boxed_slice(),
-    };
-    LOOPS.set(loops).map_err(|_| WorkersError::AlreadyStarted)
+    LOOPS
+        .set(handles.into_boxed_slice())
+        .map_err(|_| WorkersError::AlreadyStarted)
 }
 
 /// How many loops this process runs.
 pub fn count() -> usize {
-    LOOPS.get().map_or(1, |l| l.handles.len())
+    LOOPS.get().map_or(1, |l| l.len())
 }
 
 /// The loop the calling thread runs.
@@ -102,7 +97,7 @@ where
         tokio::spawn(serve(tcp));
         return;
     };
-    let turn = nth % loops.handles.len();
+    let turn = nth % loops.len();
     if turn == current() {
         tokio::spawn(serve(tcp));
         return;
@@ -116,7 +111,7 @@ where
             return;
         }
     };
-    loops.handles[turn].spawn(async move {
+    loops[turn].spawn(async move {
         match TcpStream::from_std(moved) {
             Ok(tcp) => serve(tcp).await,
             Err(e) => tracing::warn!(error = %e, "registering a connection on a worker failed"),

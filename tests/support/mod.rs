@@ -38,6 +38,49 @@ pub fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A loopback port free at the time of asking, for a child process's
+/// listener (its address must be known before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when the test lets go of it, also when an
+/// assertion fails first: an orphan would keep its listeners and the test's
+/// output pipes open.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (blocking, up to 20 s) until the admin listener on `admin` says ready.
+pub fn wait_ready(admin: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin)) {
+            use std::io::{Read, Write};
+            let _ = write!(
+                s,
+                "GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            );
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("sidecar not ready");
+}
+
 /// A trust domain's CA plus a directory to write files into.
 pub struct Pki {
     pub dir: tempfile::TempDir,

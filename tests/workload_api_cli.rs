@@ -76,52 +76,43 @@ fn the_spire_example_injected_mounts_the_socket_its_config_names() {
 #[test]
 fn the_binary_waits_for_the_agent_not_ready_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
-        .args([
-            "run",
-            "--workload-api",
-            "--inbound",
-            "127.0.0.1:0",
-            "--app",
-            "127.0.0.1:1",
-        ])
-        .args(["--admin", &admin.to_string()])
-        .env(
-            "SPIFFE_ENDPOINT_SOCKET",
-            format!("unix://{}/no-agent.sock", dir.path().display()),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let body = loop {
-        assert!(std::time::Instant::now() < deadline, "admin never answered");
-        if std::net::TcpStream::connect(admin).is_ok() {
-            let (status, body) = rt.block_on(support::http_get(admin, "admin", "/ready", &[]));
-            assert_eq!(status, 503);
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let admin = support::free_port();
+    // Killed on drop: an assertion failing first must not leave it running.
+    let mut child = support::Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
+            .args([
+                "run",
+                "--workload-api",
+                "--inbound",
+                "127.0.0.1:0",
+                "--app",
+                "127.0.0.1:1",
+            ])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .env(
+                "SPIFFE_ENDPOINT_SOCKET",
+                format!("unix://{}/no-agent.sock", dir.path().display()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Retried until a whole answer arrives: the listener may not be up yet.
+    let body = support::wait_answer(admin, "/ready");
+    assert!(body.starts_with("HTTP/1.1 503"), "{body}");
     assert!(body.contains("waiting for the first SVID"), "{body}");
     let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let deadline = std::time::Instant::now() + WAIT;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         if std::time::Instant::now() > deadline {
-            let _ = child.kill();
             panic!("SIGTERM did not stop a sidecar waiting for its SVID");
         }
         std::thread::sleep(Duration::from_millis(50));

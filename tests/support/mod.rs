@@ -64,21 +64,41 @@ impl Drop for Killed {
 pub fn wait_ready(admin: u16) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin)) {
-            use std::io::{Read, Write};
-            let _ = write!(
-                s,
-                "GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-            );
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            if out.starts_with("HTTP/1.1 200") {
-                return;
-            }
+        if admin_answer(admin, "/ready").is_some_and(|out| out.starts_with("HTTP/1.1 200")) {
+            return;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("sidecar not ready");
+}
+
+/// The first whole answer (status line, headers, body) of the admin
+/// listener on `admin` to `GET path`, waiting (blocking, up to 20 s) while
+/// the listener is not up yet or drops the connection before answering.
+pub fn wait_answer(admin: u16, path: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Some(out) = admin_answer(admin, path) {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("admin listener on port {admin} never answered {path}");
+}
+
+/// One `GET path` with `Connection: close`; None when the connection fails
+/// or ends before a status line arrives.
+fn admin_answer(admin: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 ").then_some(out)
 }
 
 /// A trust domain's CA plus a directory to write files into.

@@ -44,6 +44,13 @@ pub const PROXY_CPU_REQUEST: &str = "meshguard.io/proxy-cpu-request";
 pub const PROXY_MEMORY_REQUEST: &str = "meshguard.io/proxy-memory-request";
 pub const PROXY_CPU_LIMIT: &str = "meshguard.io/proxy-cpu-limit";
 pub const PROXY_MEMORY_LIMIT: &str = "meshguard.io/proxy-memory-limit";
+/// The sidecar's event loops (`meshguard run --workers`). Without it the
+/// count follows the proxy's CPU limit, rounded up, as linkerd's
+/// proxy-cpu-limit and Istio's concurrency do: a sidecar allowed two
+/// cores runs two loops.
+pub const PROXY_WORKERS: &str = "meshguard.io/proxy-workers";
+/// The most workers injection asks for, set or derived.
+pub const MAX_WORKERS: usize = 64;
 
 /// Written by `inject`: the pod carries a meshguard sidecar (value: the
 /// sidecar mode). Its presence is what lets injection be undone/repeated.
@@ -71,6 +78,7 @@ pub const USER_ANNOTATIONS: &[&str] = &[
     PROXY_MEMORY_REQUEST,
     PROXY_CPU_LIMIT,
     PROXY_MEMORY_LIMIT,
+    PROXY_WORKERS,
 ];
 
 /// An annotation that cannot be used: its name, value and why.
@@ -99,6 +107,8 @@ pub(super) struct Settings {
     pub assertion: Option<&'static str>,
     pub capture: CaptureConfig,
     pub resources: ProxyResources,
+    /// `--workers` for the sidecar; None leaves its default (one loop).
+    pub workers: Option<usize>,
 }
 
 /// Reads the pod's annotations. Unknown `meshguard.io/` names are refused:
@@ -123,6 +133,7 @@ pub(super) fn settings(
     let assertion = values.assertion()?;
     let capture = values.capture(opts)?;
     let resources = values.resources(&opts.resources)?;
+    let workers = values.workers(&resources)?;
     Ok(Settings {
         opted_out,
         mode,
@@ -136,6 +147,7 @@ pub(super) fn settings(
         assertion,
         capture,
         resources,
+        workers,
     })
 }
 
@@ -381,6 +393,50 @@ impl<'a> Values<'a> {
             memory_limit: quantity(PROXY_MEMORY_LIMIT, &defaults.memory_limit)?,
         })
     }
+
+    /// `meshguard.io/proxy-workers`, or else one worker per core of the
+    /// proxy's CPU limit (rounded up). One worker, the sidecar's default,
+    /// is left unsaid.
+    fn workers(&self, resources: &ProxyResources) -> Result<Option<usize>, BadAnnotation> {
+        let workers = match self.get(PROXY_WORKERS) {
+            Some(v) => match v.parse::<usize>() {
+                Ok(n)
+                    if (1..=MAX_WORKERS).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    n
+                }
+                _ => {
+                    let why = format!("must be a whole number from 1 to {MAX_WORKERS}");
+                    return Err(self.bad(PROXY_WORKERS, why));
+                }
+            },
+            None => match resources.cpu_limit.as_deref().and_then(cpu_cores) {
+                Some(cores) => (cores.ceil() as usize).clamp(1, MAX_WORKERS),
+                None => 1,
+            },
+        };
+        Ok((workers > 1).then_some(workers))
+    }
+}
+
+/// The cores a CPU quantity (`500m`, `2`, `1.5`, `2e0`) stands for; None for
+/// a quantity that is not a CPU amount (`64Mi`) or is not finite.
+pub(super) fn cpu_cores(q: &str) -> Option<f64> {
+    if !is_quantity(q) {
+        return None;
+    }
+    let (number, suffix) = split_quantity(q);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        _ => match suffix.strip_prefix(['e', 'E']) {
+            Some(exp) => 10f64.powi(exp.parse::<i32>().ok()?),
+            None => return None,
+        },
+    };
+    Some(number * scale).filter(|c| c.is_finite())
 }
 
 /// The known annotation closest to a misspelt `name`, when close enough
@@ -420,10 +476,7 @@ pub(super) fn is_dns_subdomain(s: &str) -> bool {
 /// A Kubernetes resource quantity without a sign: `100m`, `0.5`, `64Mi`,
 /// `1e3`. Kubernetes checks ranges itself; this catches typos like `64MB`.
 pub(crate) fn is_quantity(s: &str) -> bool {
-    let number_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(number_end);
+    let (number, suffix) = split_quantity(s);
     let digits = number.replace('.', "");
     if digits.is_empty() || number.matches('.').count() > 1 {
         return false;
@@ -442,6 +495,14 @@ pub(crate) fn is_quantity(s: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// A quantity's number (digits and dots) and what follows it.
+fn split_quantity(s: &str) -> (&str, &str) {
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    s.split_at(number_end)
 }
 
 /// Levenshtein distance, for suggesting the annotation a typo meant.

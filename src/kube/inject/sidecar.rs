@@ -162,8 +162,17 @@ fn init_security_context() -> Value {
 }
 
 /// `meshguard run` arguments: the config file from the ConfigMap, or (no
-/// ConfigMap) an inbound-only sidecar described by flags.
+/// ConfigMap) an inbound-only sidecar described by flags; then the workers
+/// (`meshguard.io/proxy-workers` or the CPU limit) when more than one.
 fn run_args(settings: &Settings, app_port: Option<u16>) -> Vec<String> {
+    let mut args = listener_args(settings, app_port);
+    if let Some(workers) = settings.workers {
+        args.extend(["--workers".into(), workers.to_string()]);
+    }
+    args
+}
+
+fn listener_args(settings: &Settings, app_port: Option<u16>) -> Vec<String> {
     let c = &settings.capture;
     if settings.config_map.is_some() {
         // The admin port is forced onto all addresses whatever the config

@@ -203,6 +203,7 @@ fn every_annotation_value_is_validated() {
         ("meshguard.io/exclude-outbound-cidrs", "::/0"),
         ("meshguard.io/proxy-memory-limit", "64MB"),
         ("meshguard.io/proxy-cpu-request", "-1"),
+        ("meshguard.io/proxy-workers", "0"),
         ("meshguard.io/injectt", "enabled"),
     ];
     for (name, value) in bad {
@@ -231,6 +232,66 @@ fn quantities_and_names() {
     assert!(annotations::is_dns_subdomain("orders-meshguard.v2"));
     for n in ["", "A", "a_b", "-a", "a-", "a..b"] {
         assert!(!annotations::is_dns_subdomain(n), "{n}");
+    }
+}
+
+#[test]
+fn cpu_quantities_in_cores() {
+    for (q, cores) in [
+        ("500m", 0.5),
+        ("1500m", 1.5),
+        ("2", 2.0),
+        ("0.25", 0.25),
+        ("2e0", 2.0),
+        ("1.5E+1", 15.0),
+    ] {
+        assert_eq!(annotations::cpu_cores(q), Some(cores), "{q}");
+    }
+    for q in ["64Mi", "1Gi", "", "m", "-1"] {
+        assert_eq!(annotations::cpu_cores(q), None, "{q}");
+    }
+}
+
+/// The `--workers` a pod's sidecar gets: from `proxy-workers`, else one per
+/// core of the CPU limit (rounded up), and none when that is one.
+#[test]
+fn workers_follow_the_cpu_limit_unless_set() {
+    let workers = |annotations: &str| -> Option<String> {
+        let out = inject(&pod(annotations, ""), &test_options()).unwrap().yaml;
+        let args: Vec<&str> = out.lines().map(str::trim).collect();
+        let at = args.iter().position(|a| *a == "- --workers")?;
+        Some(
+            args[at + 1]
+                .trim_start_matches("- ")
+                .trim_matches('\'')
+                .to_owned(),
+        )
+    };
+    assert_eq!(workers(""), None);
+    assert_eq!(workers("    meshguard.io/proxy-cpu-limit: 500m\n"), None);
+    assert_eq!(workers("    meshguard.io/proxy-cpu-limit: \"1\"\n"), None);
+    assert_eq!(
+        workers("    meshguard.io/proxy-cpu-limit: 1001m\n").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        workers("    meshguard.io/proxy-cpu-limit: \"4\"\n").as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        workers("    meshguard.io/proxy-cpu-limit: \"1000\"\n").as_deref(),
+        Some("64")
+    );
+    let set = "    meshguard.io/proxy-cpu-limit: \"4\"\n    meshguard.io/proxy-workers: \"1\"\n";
+    assert_eq!(workers(set), None);
+    assert_eq!(
+        workers("    meshguard.io/proxy-workers: \"2\"\n").as_deref(),
+        Some("2")
+    );
+    for bad in ["0", "65", "1.5", "+2", "two"] {
+        let input = pod(&format!("    meshguard.io/proxy-workers: {bad:?}\n"), "");
+        let err = inject(&input, &test_options()).expect_err(bad);
+        assert!(err.to_string().contains("from 1 to 64"), "{bad}: {err}");
     }
 }
 

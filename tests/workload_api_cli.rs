@@ -8,17 +8,23 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// `meshguard run --workload-api` with an inbound to an app that is not there.
+fn workload_api_run() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"));
+    cmd.args([
+        "run",
+        "--workload-api",
+        "--inbound",
+        "127.0.0.1:0",
+        "--app",
+        "127.0.0.1:1",
+    ]);
+    cmd
+}
+
 #[test]
 fn run_with_workload_api_and_no_socket_refuses_to_start_naming_the_variable() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
-        .args([
-            "run",
-            "--workload-api",
-            "--inbound",
-            "127.0.0.1:0",
-            "--app",
-            "127.0.0.1:1",
-        ])
+    let out = workload_api_run()
         .env_remove("SPIFFE_ENDPOINT_SOCKET")
         .output()
         .unwrap();
@@ -79,15 +85,7 @@ fn the_binary_waits_for_the_agent_not_ready_and_stops_on_sigterm() {
     let admin = support::free_port();
     // Killed on drop: an assertion failing first must not leave it running.
     let mut child = support::Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_meshguard"))
-            .args([
-                "run",
-                "--workload-api",
-                "--inbound",
-                "127.0.0.1:0",
-                "--app",
-                "127.0.0.1:1",
-            ])
+        workload_api_run()
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .env(
                 "SPIFFE_ENDPOINT_SOCKET",

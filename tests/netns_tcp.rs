@@ -212,6 +212,25 @@ fn opaque_tcp_is_carried_over_mtls_under_capture() {
         assert!(Instant::now() < deadline, "redis did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The banner server is a Python process: on a loaded machine it may
+    // bind its port well after redis is up (CI once read nothing from it).
+    let banner_up = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{BANNER_PORT}; head -c {} <&3",
+        BANNER.len()
+    );
+    while text(
+        &Lab::exec(
+            &server_ns,
+            Some(APP_UID),
+            &["timeout", "2", "bash", "-c", &banner_up],
+        )
+        .stdout,
+    ) != BANNER
+    {
+        lab.all_alive();
+        assert!(Instant::now() < deadline, "the banner server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // 1. The client app's redis-cli to the server's pod IP: captured,
     //    carried as mTLS, authorized per connection, relayed to redis.

@@ -55,6 +55,48 @@ fn a_log_level_that_is_not_a_level_refuses_to_start() {
     }
 }
 
+/// `--workers 0` (what a bad injection or a typo would pass) refuses to
+/// start instead of serving nothing; the config file's `runtime.workers: 0`
+/// is refused by the config's own validation (config tests).
+#[test]
+fn zero_workers_on_the_command_line_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    let w = dir.path().join("default/a");
+    let out = meshguard()
+        .arg("run")
+        .arg("--cert")
+        .arg(w.join("tls.crt"))
+        .arg("--key")
+        .arg(w.join("tls.key"))
+        .arg("--bundle")
+        .arg(w.join("ca.crt"))
+        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
+        .args(["--admin", "127.0.0.1:0", "--workers", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a sidecar that accepted zero workers would serve forever.
+    let mut child = Killed(out);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "started with --workers 0");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.0.wait().unwrap();
+    assert!(!status.success());
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("--workers must be at least 1"), "{err}");
+    assert!(!err.contains("meshguard ready"), "{err}");
+}
+
 #[test]
 fn a_workload_that_kubernetes_would_refuse_is_refused_naming_the_part() {
     for (workload, part) in [

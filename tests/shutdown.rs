@@ -176,11 +176,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits() {
         &[],
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(child.id());
     let (status, body) = request
         .await
         .unwrap()

@@ -116,11 +116,7 @@ async fn two_workers_share_the_connections_and_lose_no_request() {
     // A drain with the clients' keep-alive connections still open on both
     // loops ends the process, cleanly.
     let started = Instant::now();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(pid);
     let mut child = child;
     let exit = tokio::task::spawn_blocking(move || child.0.wait())
         .await

@@ -100,11 +100,7 @@ fn the_binary_waits_for_the_agent_not_ready_and_stops_on_sigterm() {
     let body = support::wait_answer(admin, "/ready");
     assert!(body.starts_with("HTTP/1.1 503"), "{body}");
     assert!(body.contains("waiting for the first SVID"), "{body}");
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    support::sigterm(child.0.id());
     let deadline = std::time::Instant::now() + WAIT;
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {

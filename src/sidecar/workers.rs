@@ -7,9 +7,11 @@
 //! Why not tokio's work-stealing runtime: it moved a request's tasks (the
 //! client connection, the HTTP/2 connection to the peer, the stream) between
 //! threads, and on a 2-core machine shared with the app the cross-thread
-//! wake-ups cost more than the second core gave (the pairs benchmark of
-//! 2026-12-02 18:11: 2 workers 0.95× the throughput of 1). Here a request
-//! never leaves its thread; only the hand-over of a new connection does.
+//! wake-ups cost more than the second core gave. Measured in the same
+//! minutes at 2 workers (`benches/results/workers-ab-20261203T130843Z.md`):
+//! keep-alive 1.05x haproxy's with work-stealing, 1.49x with these loops,
+//! at 44 instead of 66 µs CPU per request. Here a request never leaves its
+//! thread; only the hand-over of a new connection does.
 //!
 //! Loop 0 is the process's main runtime, which also runs the accept loops,
 //! the admin server and the watchers. Without [`start`] (one worker, every

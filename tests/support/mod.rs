@@ -60,6 +60,15 @@ impl Drop for Killed {
     }
 }
 
+/// Sends SIGTERM to process `pid` (the way kubelet stops a container).
+pub fn sigterm(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -TERM {pid}: {sent}");
+}
+
 /// Waits (blocking, up to 20 s) until the admin listener on `admin` says ready.
 pub fn wait_ready(admin: u16) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -2,6 +2,7 @@
 
 mod connect;
 pub mod grpc;
+mod h1client;
 pub mod inbound;
 mod io;
 pub mod outbound;

@@ -11,6 +11,8 @@
 //! pop from a list under an uncontended lock, and an HTTP/1.1 connection
 //! goes back to the list when its response body ends, from the body itself.
 
+pub use super::h1client::BoxError;
+use super::h1client::{connect_tcp, AppBody};
 use crate::sidecar::workers::PerWorker;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -41,7 +43,14 @@ pub enum UpstreamError<E: std::error::Error + 'static> {
     Connect(E),
     /// The connection was opened but the HTTP exchange on it failed.
     #[error("{0}")]
-    Http(hyper::Error),
+    Http(BoxError),
+}
+
+impl<E: std::error::Error + 'static> UpstreamError<E> {
+    /// The exchange failed (for `map_err`).
+    pub fn http(e: impl Into<BoxError>) -> Self {
+        UpstreamError::Http(e.into())
+    }
 }
 
 /// Plain TCP to the local app.
@@ -55,13 +64,7 @@ impl Dial for TcpDial {
     type Error = std::io::Error;
 
     async fn dial(&self) -> Result<Self::Io, Self::Error> {
-        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        let _ = tcp.set_nodelay(true);
-        Ok(TokioIo::new(tcp))
+        connect_tcp(self.addr, self.timeout).await.map(TokioIo::new)
     }
 }
 
@@ -106,7 +109,7 @@ impl<D: Dial> Http1Pool<D> {
                 if reused {
                     continue;
                 }
-                return Err(UpstreamError::Http(e));
+                return Err(UpstreamError::http(e));
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -120,7 +123,7 @@ impl<D: Dial> Http1Pool<D> {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(UpstreamError::Http(e.into_error())),
+                    _ => return Err(UpstreamError::http(e.into_error())),
                 },
             }
         }
@@ -143,7 +146,7 @@ impl<D: Dial> Http1Pool<D> {
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(UpstreamError::Http)?;
+            .map_err(UpstreamError::http)?;
         drive(conn);
         Ok(sender)
     }
@@ -192,38 +195,51 @@ impl Checkin {
 /// reaching its end puts the connection back in the pool; dropping it
 /// before the end closes the connection instead (it is mid-response).
 pub struct UpstreamBody {
-    body: Incoming,
+    body: Source,
     checkin: Option<Checkin>,
     /// Kept until the body ends, fails or is dropped (a request's slots
     /// under a concurrency limit).
     held: Option<Box<dyn Send + Sync>>,
 }
 
+/// Which client the body comes from.
+enum Source {
+    Hyper(Incoming),
+    /// The local app's HTTP/1.1 (`h1client`, which gives back its own
+    /// connection).
+    App(AppBody),
+}
+
 impl UpstreamBody {
     /// A body on a multiplexed connection: nothing to give back.
     pub fn shared(body: Incoming) -> Self {
+        UpstreamBody::new(Source::Hyper(body), None)
+    }
+
+    /// A body from the local app's HTTP/1.1 pool.
+    pub fn app(body: AppBody) -> Self {
+        UpstreamBody::new(Source::App(body), None)
+    }
+
+    fn new(body: Source, checkin: Option<Checkin>) -> Self {
         UpstreamBody {
             body,
-            checkin: None,
+            checkin,
             held: None,
         }
     }
 
     /// Keeps `value` alive until the body ends (or fails, or is dropped).
     pub fn hold_until_end(&mut self, value: Box<dyn Send + Sync>) {
-        if !self.body.is_end_stream() {
+        if !self.is_end_stream() {
             self.held = Some(value);
         }
     }
 
     fn pooled(body: Incoming, checkin: Checkin) -> Self {
-        let mut this = UpstreamBody {
-            body,
-            checkin: Some(checkin),
-            held: None,
-        };
+        let mut this = UpstreamBody::new(Source::Hyper(body), Some(checkin));
         // A response without a body may never be polled: release now.
-        if this.body.is_end_stream() {
+        if this.is_end_stream() {
             this.release();
         }
         this
@@ -239,16 +255,19 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match &mut self.body {
+            Source::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Source::App(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        };
         match &polled {
             Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.release(),
             Poll::Ready(Some(Err(_))) => {
                 self.checkin = None;
                 self.held = None;
@@ -259,11 +278,17 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Source::Hyper(body) => body.is_end_stream(),
+            Source::App(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Source::Hyper(body) => body.size_hint(),
+            Source::App(body) => body.size_hint(),
+        }
     }
 }
 
@@ -322,7 +347,7 @@ impl<D: Dial> Http2Conn<D> {
                     let error = e.into_error();
                     match replay {
                         Some(copy) if refused_unprocessed(&error) => copy,
-                        _ => return Err(UpstreamError::Http(error)),
+                        _ => return Err(UpstreamError::http(error)),
                     }
                 }
             },
@@ -332,7 +357,7 @@ impl<D: Dial> Http2Conn<D> {
         let mut sender = Box::pin(self.connect(slot)).await?;
         let resp = sender.send_request(unsent).await;
         resp.map(|r| r.map(UpstreamBody::shared))
-            .map_err(UpstreamError::Http)
+            .map_err(UpstreamError::http)
     }
 
     /// The current connection if it is open and was used recently.
@@ -366,7 +391,7 @@ impl<D: Dial> Http2Conn<D> {
             .timer(TokioTimer::new())
             .handshake(io)
             .await
-            .map_err(UpstreamError::Http)?;
+            .map_err(UpstreamError::http)?;
         drive(conn);
         if self.keep {
             *slot.current.lock().unwrap_or_else(|p| p.into_inner()) =

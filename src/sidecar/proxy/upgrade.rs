@@ -125,11 +125,11 @@ pub async fn send<D: Dial>(
     let io = dial.dial().await.map_err(UpstreamError::Connect)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(UpstreamError::Http)?;
+        .map_err(UpstreamError::http)?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    sender.send_request(req).await.map_err(UpstreamError::Http)
+    sender.send_request(req).await.map_err(UpstreamError::http)
 }
 
 /// The response to an upgrade request, as sent back: hop-by-hop headers

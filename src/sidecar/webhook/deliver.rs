@@ -88,15 +88,15 @@ async fn send(
     if req.version() == Version::HTTP_2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
-            .map_err(UpstreamError::Http)?;
+            .map_err(UpstreamError::http)?;
         tokio::spawn(conn);
-        return sender.send_request(req).await.map_err(UpstreamError::Http);
+        return sender.send_request(req).await.map_err(UpstreamError::http);
     }
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(UpstreamError::Http)?;
+        .map_err(UpstreamError::http)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender.send_request(req).await.map_err(UpstreamError::Http)
+    sender.send_request(req).await.map_err(UpstreamError::http)
 }

@@ -3,8 +3,9 @@
 //! upgrade), the HTTP/2 form of a request for an h2c app, and the answer
 //! when the app cannot answer.
 
+use super::super::h1client::{Http1App, SendError};
 use super::super::outcome::{Answer, Refusal, Ruling};
-use super::super::pool::{Http1Pool, Http2Conn, TcpDial, UpstreamBody, UpstreamError};
+use super::super::pool::{Http2Conn, TcpDial, UpstreamBody, UpstreamError};
 use super::super::{refusal, upgrade, Direction};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
@@ -29,7 +30,7 @@ const APP_POOL_MAX_IDLE: usize = 1024;
 /// multiplexed HTTP/2 (h2c) connection, each opened on first use.
 pub(super) struct AppPool {
     addr: SocketAddr,
-    http1: Http1Pool<TcpDial>,
+    http1: Http1App,
     http2: Http2Conn<TcpDial>,
 }
 
@@ -43,7 +44,7 @@ impl AppPool {
     pub(super) fn new(addr: SocketAddr) -> AppPool {
         AppPool {
             addr,
-            http1: Http1Pool::new(dial(addr), APP_POOL_MAX_IDLE, APP_POOL_IDLE),
+            http1: Http1App::new(addr, APP_CONNECT_TIMEOUT, APP_POOL_MAX_IDLE, APP_POOL_IDLE),
             http2: Http2Conn::new(dial(addr), APP_POOL_IDLE, true),
         }
     }
@@ -61,7 +62,11 @@ impl AppPool {
     ) -> Result<Response<UpstreamBody>, UpstreamError<std::io::Error>> {
         match request.version() {
             Version::HTTP_2 => self.http2.send(request).await,
-            _ => self.http1.send(request).await,
+            _ => match self.http1.send(request).await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::app)),
+                Err(SendError::Connect(e)) => Err(UpstreamError::Connect(e)),
+                Err(SendError::Exchange(e)) => Err(UpstreamError::http(e)),
+            },
         }
     }
 

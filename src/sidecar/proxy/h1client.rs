@@ -142,7 +142,7 @@ impl Http1App {
     /// as we sent) is sent once more on a new connection.
     pub async fn send<B>(&self, req: Request<B>) -> Result<Response<AppBody<B>>, SendError>
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let (mut parts, body) = req.into_parts();
@@ -223,7 +223,7 @@ struct Exchange<B> {
     received: bool,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Exchange<B>
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Exchange<B>
 where
     B::Error: Into<BoxError>,
 {
@@ -292,7 +292,7 @@ struct Upload<B> {
     failed: bool,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Upload<B>
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Upload<B>
 where
     B::Error: Into<BoxError>,
 {
@@ -507,7 +507,7 @@ enum Decoding {
     Done,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> AppBody<B>
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> AppBody<B>
 where
     B::Error: Into<BoxError>,
 {
@@ -544,11 +544,29 @@ where
     /// the request went out whole and nothing is left over; else it closes.
     fn end(&mut self) {
         self.framing = Decoding::Done;
-        if let Some(exchange) = self.exchange.take() {
-            if self.keep_alive && exchange.upload.done() && exchange.buf.is_empty() {
+        let Some(mut exchange) = self.exchange.take() else {
+            return;
+        };
+        let reusable = self.keep_alive && exchange.buf.is_empty();
+        if exchange.upload.done() {
+            if reusable {
                 self.home.release(exchange.io);
             }
+            return;
         }
+        if exchange.upload.failed {
+            return;
+        }
+        // The app answered before it had the whole request, and may still
+        // read the rest (hyper's client let it): the rest goes out on a
+        // task of its own, and the connection is reused only if all of it did.
+        let home = self.home.clone();
+        tokio::spawn(async move {
+            let sent = poll_fn(|cx| exchange.upload.poll(&mut exchange.io, cx)).await;
+            if sent.is_ok() && reusable && exchange.upload.done() {
+                home.release(exchange.io);
+            }
+        });
     }
 
     fn fail(
@@ -584,7 +602,7 @@ where
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for AppBody<B>
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Body for AppBody<B>
 where
     B::Error: Into<BoxError>,
 {

@@ -95,7 +95,7 @@ fn fed(method: Method, headers: &[(&str, &str)]) -> (mpsc::Sender<Frame<Bytes>>,
 
 async fn body_of<B>(resp: Response<AppBody<B>>) -> Result<(Bytes, Option<HeaderMap>), ExchangeError>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let collected = resp.into_body().collect().await?;
@@ -106,7 +106,7 @@ where
 /// The error of a send that must fail.
 async fn send_err<B>(pool: &Http1App, req: Request<B>) -> SendError
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     match pool.send(req).await {
@@ -336,6 +336,40 @@ async fn an_early_answer_is_returned_while_the_body_still_comes_and_the_connecti
         "a half-sent request's connection was pooled"
     );
     drop(tx);
+}
+
+#[tokio::test]
+async fn the_rest_of_the_body_still_goes_out_after_an_early_answer_and_the_connection_is_reused() {
+    let (listener, pool) = app().await;
+    let server = tokio::spawn(async move {
+        let mut app = accept(&listener).await;
+        app.head().await;
+        app.send("HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        let rest = app.read_until(b"later").await;
+        app.head().await;
+        app.send("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        rest
+    });
+    let (tx, req) = fed(Method::PUT, &[("content-length", "10")]);
+    tx.send(Frame::data(Bytes::from_static(b"first")))
+        .await
+        .unwrap();
+    let resp = pool.send(req).await.unwrap();
+    assert_eq!(resp.status(), 202);
+    tx.send(Frame::data(Bytes::from_static(b"later")))
+        .await
+        .unwrap();
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        idle_count(&pool, &()),
+        1,
+        "the drained connection was not pooled"
+    );
+    assert_eq!(pool.send(get("/")).await.unwrap().status(), 200);
+    assert_eq!(server.await.unwrap(), "firstlater");
 }
 
 #[tokio::test]

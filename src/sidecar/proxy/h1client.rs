@@ -159,7 +159,9 @@ impl Http1App {
                 None => (Box::pin(self.connect()).await?, false),
             };
             let upload = Upload::new(head.clone(), body.take(), framing.clone());
-            let mut exchange = Exchange::new(io, upload);
+            // Boxed: the response body carries it, and bodies are moved
+            // (by value) through several layers on the way out.
+            let mut exchange = Box::new(Exchange::new(io, upload));
             match poll_fn(|cx| exchange.poll_head(cx)).await {
                 Ok(head) => {
                     return AppBody::respond(exchange, head, &parts.method, home.clone())
@@ -493,7 +495,7 @@ impl SizeLine {
 /// body going out. At its end the connection goes back to the pool if the
 /// exchange ended cleanly; dropped before its end, the connection closes.
 pub struct AppBody<B = Incoming> {
-    exchange: Option<Exchange<B>>,
+    exchange: Option<Box<Exchange<B>>>,
     framing: Decoding,
     keep_alive: bool,
     home: Home,
@@ -512,7 +514,7 @@ where
     B::Error: Into<BoxError>,
 {
     fn respond(
-        exchange: Exchange<B>,
+        exchange: Box<Exchange<B>>,
         mut head: Head,
         method: &Method,
         home: Home,

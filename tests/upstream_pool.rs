@@ -1,6 +1,8 @@
-//! The upstream connections of both sidecars (src/proxy/pool.rs), over real
-//! sockets: reuse, apps that close idle connections, responses cut short,
-//! and one multiplexed HTTP/2 connection between the sidecars.
+//! The upstream connections of both sidecars (src/proxy/pool.rs, and the
+//! inbound's own HTTP/1.1 client to the app, src/proxy/h1client.rs), over
+//! real sockets: reuse, apps that close idle connections, responses cut
+//! short, apps that break HTTP, streamed uploads, and one multiplexed
+//! HTTP/2 connection between the sidecars.
 
 mod support;
 
@@ -83,6 +85,11 @@ async fn serve(tcp: TcpStream, mode: AppMode) {
     let svc = service_fn(move |req: Request<Incoming>| async move {
         if req.uri().path() == "/slow" {
             tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if req.uri().path() == "/count" {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let text = format!("got {} bytes", body.len());
+            return Ok(Response::new(AppBody::Left(Full::new(Bytes::from(text)))));
         }
         let mut resp = if matches!(mode, AppMode::BigBody) && req.uri().path() == "/big" {
             Response::new(AppBody::Right(Chunks::new(64, 64 * 1024)))
@@ -343,4 +350,76 @@ async fn idle_app_connections_past_the_idle_timeout_are_closed_under_load() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(app.open(), 1, "idle app connections were closed");
     assert_eq!(app.accepted(), 3, "and the busy one kept");
+}
+
+#[tokio::test]
+async fn a_streamed_upload_reaches_the_app_whole_over_both_hops() {
+    let app = CountingApp::start(AppMode::KeepAlive {
+        idle_close: Duration::from_secs(30),
+    })
+    .await;
+    for protocol in [UpstreamProtocol::Http2, UpstreamProtocol::Http1] {
+        let (_server, client) = pair(app.addr, protocol).await;
+        let tcp = TcpStream::connect(client.outbound.unwrap()).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..2 {
+            // No length known in advance: the caller sends it chunked, and
+            // so does the inbound to the app.
+            let req = Request::post("/count")
+                .header("host", HOST)
+                .body(Chunks::new(64, 16 * 1024))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, format!("got {} bytes", 64 * 16 * 1024));
+        }
+    }
+    assert_eq!(app.accepted(), 2, "one app connection per pair, reused");
+}
+
+/// An app that answers the first request on each connection with the next
+/// of `answers`, as raw bytes, and then closes.
+async fn raw_app(answers: Vec<&'static str>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind(any_port()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for answer in answers {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if tcp.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_app_that_breaks_http_gets_its_caller_a_502_and_the_next_request_a_fresh_connection() {
+    let app = raw_app(vec![
+        "HTTP/1.1 200 OK\r\ncontent-length: 12abc\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfine",
+    ])
+    .await;
+    let (_server, client) = pair(app, UpstreamProtocol::Http2).await;
+    for _ in 0..3 {
+        let (status, body) = http_get(client.outbound.unwrap(), HOST, "/", &[]).await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("invalid response"), "{body}");
+    }
+    let (status, body) = http_get(client.outbound.unwrap(), HOST, "/", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "fine");
 }

@@ -58,6 +58,14 @@ pub enum ExchangeError {
     BodyLength,
 }
 
+impl ExchangeError {
+    /// The app answered, but not in valid HTTP/1.1 (or with an upgrade
+    /// nobody asked for), as opposed to not answering at all.
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, ExchangeError::Wire(_) | ExchangeError::UnaskedUpgrade)
+    }
+}
+
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {

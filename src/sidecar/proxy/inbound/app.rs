@@ -3,7 +3,7 @@
 //! upgrade), the HTTP/2 form of a request for an h2c app, and the answer
 //! when the app cannot answer.
 
-use super::super::h1client::{Http1App, SendError};
+use super::super::h1client::{ExchangeError, Http1App, SendError};
 use super::super::outcome::{Answer, Refusal, Ruling};
 use super::super::pool::{Http2Conn, TcpDial, UpstreamBody, UpstreamError};
 use super::super::{refusal, upgrade, Direction};
@@ -98,7 +98,13 @@ pub(super) fn app_failed(ruling: Ruling<'_>, err: UpstreamError<std::io::Error>)
         }
         UpstreamError::Http(e) => {
             tracing::warn!(direction, error = %e, "local app failed");
-            let message = "local app closed the connection without a response";
+            let invalid = e
+                .downcast_ref::<ExchangeError>()
+                .is_some_and(ExchangeError::is_invalid);
+            let message = match invalid {
+                true => "local app sent an invalid response",
+                false => "local app closed the connection without a response",
+            };
             let resp = refusal(StatusCode::BAD_GATEWAY, message);
             ruling.because("local app failed").answer(resp)
         }

@@ -432,10 +432,3 @@ async fn a_refused_connect_is_a_connect_error() {
         Err(SendError::Connect(_))
     ));
 }
-
-#[test]
-fn size_lines_are_lowercase_hex() {
-    assert_eq!(SizeLine::new(0).as_bytes(), b"0\r\n");
-    assert_eq!(SizeLine::new(0x1f40).as_bytes(), b"1f40\r\n");
-    assert_eq!(SizeLine::new(usize::MAX).as_bytes().len(), 18);
-}

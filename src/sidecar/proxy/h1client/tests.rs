@@ -42,6 +42,12 @@ impl AppSide {
     async fn send(&mut self, raw: &str) {
         self.tcp.write_all(raw.as_bytes()).await.unwrap();
     }
+
+    /// Reads a request head and answers it with `raw`.
+    async fn answer(&mut self, raw: &str) {
+        self.head().await;
+        self.send(raw).await;
+    }
 }
 
 /// A listening app and the client pool in front of it.
@@ -115,7 +121,7 @@ where
     }
 }
 
-fn idle_count<B>(pool: &Http1App, _: &B) -> usize {
+fn idle_count(pool: &Http1App) -> usize {
     pool.homes.get().idle.lock().unwrap().len()
 }
 
@@ -150,10 +156,8 @@ async fn chunked_responses_carry_their_trailers_and_the_connection_is_reused() {
     let (listener, pool) = app().await;
     tokio::spawn(async move {
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n").await;
-        app.head().await;
-        app.send("HTTP/1.1 204 No Content\r\n\r\n").await;
+        app.answer("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n").await;
+        app.answer("HTTP/1.1 204 No Content\r\n\r\n").await;
     });
     let resp = pool.send(get("/")).await.unwrap();
     let (body, trailers) = body_of(resp).await.unwrap();
@@ -169,12 +173,10 @@ async fn a_close_delimited_or_connection_close_response_is_not_reused() {
     let (listener, pool) = app().await;
     let server = tokio::spawn(async move {
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\n\r\nuntil close").await;
+        app.answer("HTTP/1.1 200 OK\r\n\r\nuntil close").await;
         drop(app);
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx")
+        app.answer("HTTP/1.1 200 OK\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx")
             .await;
         let mut third = accept(&listener).await;
         third.head().await;
@@ -186,14 +188,10 @@ async fn a_close_delimited_or_connection_close_response_is_not_reused() {
     assert_eq!(body, "until close");
     let resp = pool.send(get("/")).await.unwrap();
     assert_eq!(body_of(resp).await.unwrap().0, "x");
-    assert_eq!(
-        idle_count(&pool, &()),
-        0,
-        "a connection: close one was pooled"
-    );
+    assert_eq!(idle_count(&pool), 0, "a connection: close one was pooled");
     let (body, _) = body_of(pool.send(get("/")).await.unwrap()).await.unwrap();
     assert_eq!(body, "y");
-    assert_eq!(idle_count(&pool, &()), 0, "an HTTP/1.0 one was pooled");
+    assert_eq!(idle_count(&pool), 0, "an HTTP/1.0 one was pooled");
     server.await.unwrap();
 }
 
@@ -202,10 +200,8 @@ async fn informational_responses_are_skipped_and_an_unasked_101_is_an_error() {
     let (listener, pool) = app().await;
     tokio::spawn(async move {
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
-        app.head().await;
-        app.send("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n")
+        app.answer("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        app.answer("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n")
             .await;
     });
     let resp = pool.send(get("/")).await.unwrap();
@@ -224,17 +220,15 @@ async fn an_idle_connection_the_app_closed_is_not_used() {
     let (listener, pool) = app().await;
     tokio::spawn(async move {
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        app.answer("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await;
         drop(app);
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew")
+        app.answer("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnew")
             .await;
     });
     drop(pool.send(get("/")).await.unwrap());
-    assert_eq!(idle_count(&pool, &()), 1);
+    assert_eq!(idle_count(&pool), 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A POST is not retried, so only noticing the close before sending saves it.
     let post = Request::post("/")
@@ -251,15 +245,13 @@ async fn a_reused_connection_lost_before_any_response_is_retried_only_when_safe(
     let (listener, pool) = app().await;
     tokio::spawn(async move {
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        app.answer("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await;
         // Takes the next request and closes without answering, twice.
         app.head().await;
         drop(app);
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nretry")
+        app.answer("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nretry")
             .await;
         app.head().await;
         drop(app);
@@ -292,7 +284,7 @@ async fn a_streamed_body_is_chunked_with_its_announced_trailers() {
     let (tx, req) = fed(Method::POST, &[("trailer", "x-sum")]);
     let send = tokio::spawn(async move {
         let resp = pool.send(req).await.unwrap();
-        (resp.status(), idle_count(&pool, &()))
+        (resp.status(), idle_count(&pool))
     });
     tx.send(Frame::data(Bytes::from_static(b"hello ")))
         .await
@@ -318,8 +310,7 @@ async fn an_early_answer_is_returned_while_the_body_still_comes_and_the_connecti
     let (listener, pool) = app().await;
     tokio::spawn(async move {
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+        app.answer("HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
             .await;
         tokio::time::sleep(Duration::from_secs(5)).await;
     });
@@ -331,7 +322,7 @@ async fn an_early_answer_is_returned_while_the_body_still_comes_and_the_connecti
     assert_eq!(resp.status(), 413);
     assert_eq!(body_of(resp).await.unwrap().0, "big!");
     assert_eq!(
-        idle_count(&pool, &()),
+        idle_count(&pool),
         0,
         "a half-sent request's connection was pooled"
     );
@@ -343,12 +334,10 @@ async fn the_rest_of_the_body_still_goes_out_after_an_early_answer_and_the_conne
     let (listener, pool) = app().await;
     let server = tokio::spawn(async move {
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+        app.answer("HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
             .await;
         let rest = app.read_until(b"later").await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        app.answer("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await;
         rest
     });
@@ -364,7 +353,7 @@ async fn the_rest_of_the_body_still_goes_out_after_an_early_answer_and_the_conne
     drop(tx);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        idle_count(&pool, &()),
+        idle_count(&pool),
         1,
         "the drained connection was not pooled"
     );
@@ -377,8 +366,7 @@ async fn bodies_that_break_their_framing_are_errors() {
     let (listener, pool) = app().await;
     tokio::spawn(async move {
         let mut app = accept(&listener).await;
-        app.head().await;
-        app.send("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
+        app.answer("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
             .await;
         drop(app);
         let mut app = accept(&listener).await;
@@ -387,7 +375,7 @@ async fn bodies_that_break_their_framing_are_errors() {
     });
     let resp = pool.send(get("/")).await.unwrap();
     assert!(matches!(body_of(resp).await, Err(ExchangeError::Closed)));
-    assert_eq!(idle_count(&pool, &()), 0);
+    assert_eq!(idle_count(&pool), 0);
     let req = Request::post("/")
         .header("host", "app")
         .header("content-length", "10")
@@ -406,8 +394,7 @@ async fn head_responses_have_no_body_whatever_their_length_says() {
     tokio::spawn(async move {
         let mut app = accept(&listener).await;
         for _ in 0..2 {
-            app.head().await;
-            app.send("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+            app.answer("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
                 .await;
         }
     });

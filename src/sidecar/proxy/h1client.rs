@@ -210,8 +210,10 @@ fn take_idle(home: &Home) -> Option<TcpStream> {
 }
 
 /// Whether an idle connection may carry a request. The reactor marks a
-/// socket readable when the app closes it (or sends anything unasked), so
-/// the common case, not readable, costs no system call.
+/// socket readable when the app closes it (or sends anything unasked).
+/// A socket not marked costs no system call; one still marked from its
+/// last response costs one read that finds nothing (hyper's client made
+/// the same read, ahead, after each response).
 fn still_open(io: &TcpStream) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
     match io.poll_read_ready(&mut cx) {

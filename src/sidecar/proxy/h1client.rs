@@ -17,19 +17,19 @@
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// An error of a request body (the caller's, or a test's).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+use super::idle::IdleList;
 use crate::sidecar::workers::PerWorker;
 use upload::Upload;
 use wire::{Chunk, Chunked, Head, RequestFraming, ResponseFraming, WireError};
@@ -86,37 +86,9 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpS
     Ok(tcp)
 }
 
-type Idle = Mutex<VecDeque<(TcpStream, Instant)>>;
-
-/// Where a connection goes back to when its exchange ends cleanly.
-#[derive(Clone)]
-struct Home {
-    idle: Arc<Idle>,
-    max_idle: usize,
-    idle_timeout: Duration,
-}
-
-impl Home {
-    fn release(&self, io: TcpStream) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // Checkouts take the newest, so the oldest wait at the front: close
-        // those past the idle timeout here, under load, rather than keep
-        // their sockets open until the app gives up on them.
-        while idle
-            .front()
-            .is_some_and(|(_, since)| since.elapsed() >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
-        if idle.len() >= self.max_idle {
-            idle.pop_front();
-        }
-        idle.push_back((io, Instant::now()));
-    }
-}
+/// Where a connection goes back to when its exchange ends cleanly (one
+/// per worker loop).
+type Home = Arc<IdleList<TcpStream>>;
 
 /// HTTP/1.1 connections to one app port, reused one exchange at a time.
 pub struct Http1App {
@@ -133,15 +105,10 @@ impl Http1App {
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Self {
-        let home = || Home {
-            idle: Arc::default(),
-            max_idle,
-            idle_timeout,
-        };
         Http1App {
             addr,
             connect_timeout,
-            homes: PerWorker::new(home),
+            homes: PerWorker::new(|| Arc::new(IdleList::new(max_idle, idle_timeout))),
         }
     }
 
@@ -162,7 +129,7 @@ impl Http1App {
         let mut body = (framing != RequestFraming::None).then_some(body);
         let home = self.homes.get();
         loop {
-            let (io, reused) = match take_idle(home) {
+            let (io, reused) = match home.take(still_open) {
                 Some(io) => (io, true),
                 // Boxed: rarely needed, and keeps every request's future small.
                 None => (Box::pin(self.connect()).await?, false),
@@ -195,18 +162,6 @@ fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// The newest idle connection that is open and within the idle timeout;
-/// the others are dropped (closed).
-fn take_idle(home: &Home) -> Option<TcpStream> {
-    let mut idle = home.idle.lock().unwrap_or_else(|p| p.into_inner());
-    while let Some((io, since)) = idle.pop_back() {
-        if since.elapsed() < home.idle_timeout && still_open(&io) {
-            return Some(io);
-        }
-    }
-    None
 }
 
 /// Whether an idle connection may carry a request. The reactor marks a
@@ -312,6 +267,31 @@ enum Decoding {
     Done,
 }
 
+impl Decoding {
+    /// The next piece of the body from what is buffered; `None` when more
+    /// must be read.
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, WireError> {
+        match self {
+            Decoding::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                let data = buf.split_to(n as usize).freeze();
+                if *left == 0 {
+                    *self = Decoding::Done;
+                }
+                Ok(Some(Chunk::Data(data)))
+            }
+            Decoding::Chunked(state) => state.decode(buf),
+            Decoding::Close if buf.is_empty() => Ok(None),
+            Decoding::Close => Ok(Some(Chunk::Data(buf.split().freeze()))),
+            Decoding::Done => Ok(Some(Chunk::End)),
+        }
+    }
+}
+
 impl<B: Body<Data = Bytes> + Unpin + Send + 'static> AppBody<B>
 where
     B::Error: Into<BoxError>,
@@ -355,7 +335,7 @@ where
         let reusable = self.keep_alive && exchange.buf.is_empty();
         if exchange.upload.done() {
             if reusable {
-                self.home.release(exchange.io);
+                self.home.put(exchange.io, |_| true);
             }
             return;
         }
@@ -369,7 +349,7 @@ where
         tokio::spawn(async move {
             let sent = poll_fn(|cx| exchange.upload.poll(&mut exchange.io, cx)).await;
             if sent.is_ok() && reusable && exchange.upload.done() {
-                home.release(exchange.io);
+                home.put(exchange.io, |_| true);
             }
         });
     }
@@ -381,29 +361,6 @@ where
         self.exchange = None;
         self.framing = Decoding::Done;
         Poll::Ready(Some(Err(e.into())))
-    }
-
-    /// The next piece of the body from what is buffered; `None` when more
-    /// must be read.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Chunk>, WireError> {
-        match &mut self.framing {
-            Decoding::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = (*left).min(buf.len() as u64);
-                *left -= n;
-                let data = buf.split_to(n as usize).freeze();
-                if *left == 0 {
-                    self.framing = Decoding::Done;
-                }
-                Ok(Some(Chunk::Data(data)))
-            }
-            Decoding::Chunked(state) => state.decode(buf),
-            Decoding::Close if buf.is_empty() => Ok(None),
-            Decoding::Close => Ok(Some(Chunk::Data(buf.split().freeze()))),
-            Decoding::Done => Ok(Some(Chunk::End)),
-        }
     }
 }
 
@@ -426,11 +383,7 @@ where
             if let Poll::Ready(Err(e)) = exchange.upload.poll(&mut exchange.io, cx) {
                 return this.fail(e);
             }
-            let mut buf = std::mem::take(&mut exchange.buf);
-            let step = this.decode(&mut buf);
-            let exchange = this.exchange.as_mut().expect("checked above");
-            exchange.buf = buf;
-            match step {
+            match this.framing.decode(&mut exchange.buf) {
                 Err(e) => return this.fail(e),
                 Ok(Some(Chunk::Data(data))) => {
                     if let Decoding::Done = this.framing {

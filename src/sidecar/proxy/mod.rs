@@ -3,6 +3,7 @@
 mod connect;
 pub mod grpc;
 mod h1client;
+mod idle;
 pub mod inbound;
 mod io;
 pub mod outbound;

@@ -13,13 +13,13 @@
 
 pub use super::h1client::BoxError;
 use super::h1client::{connect_tcp, AppBody};
+use super::idle::IdleList;
 use crate::sidecar::workers::PerWorker;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -68,24 +68,20 @@ impl Dial for TcpDial {
     }
 }
 
-type Idle = Mutex<VecDeque<(http1::SendRequest<Incoming>, Instant)>>;
+type Idle = IdleList<http1::SendRequest<Incoming>>;
 
 /// HTTP/1.1 connections to one destination, reused one request at a time.
 pub struct Http1Pool<D> {
     dial: D,
     /// Per worker loop: a connection is only reused on the loop that drives it.
     idle: PerWorker<Arc<Idle>>,
-    max_idle: usize,
-    idle_timeout: Duration,
 }
 
 impl<D: Dial> Http1Pool<D> {
     pub fn new(dial: D, max_idle: usize, idle_timeout: Duration) -> Self {
         Http1Pool {
             dial,
-            idle: PerWorker::new(Arc::default),
-            max_idle,
-            idle_timeout,
+            idle: PerWorker::new(|| Arc::new(IdleList::new(max_idle, idle_timeout))),
         }
     }
 
@@ -99,7 +95,7 @@ impl<D: Dial> Http1Pool<D> {
     ) -> Result<Response<UpstreamBody>, UpstreamError<D::Error>> {
         let idle = self.idle.get();
         loop {
-            let (mut sender, reused) = match self.take_idle(idle) {
+            let (mut sender, reused) = match idle.take(|s| !s.is_closed()) {
                 Some(sender) => (sender, true),
                 // Boxed: the connect future is large and rarely needed;
                 // this keeps every request's future small.
@@ -116,8 +112,6 @@ impl<D: Dial> Http1Pool<D> {
                     let checkin = Checkin {
                         sender,
                         idle: idle.clone(),
-                        max_idle: self.max_idle,
-                        idle_timeout: self.idle_timeout,
                     };
                     return Ok(resp.map(|body| UpstreamBody::pooled(body, checkin)));
                 }
@@ -127,18 +121,6 @@ impl<D: Dial> Http1Pool<D> {
                 },
             }
         }
-    }
-
-    /// The most recently used idle connection that is still open and not
-    /// past the idle timeout; the others are dropped (which closes them).
-    fn take_idle(&self, idle: &Idle) -> Option<http1::SendRequest<Incoming>> {
-        let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((sender, since)) = idle.pop_back() {
-            if !sender.is_closed() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
-            }
-        }
-        None
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError<D::Error>> {
@@ -165,29 +147,13 @@ fn drive(conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) 
 struct Checkin {
     sender: http1::SendRequest<Incoming>,
     idle: Arc<Idle>,
-    max_idle: usize,
-    idle_timeout: Duration,
 }
 
 impl Checkin {
     fn release(self) {
-        if self.max_idle == 0 || self.sender.is_closed() {
-            return;
+        if !self.sender.is_closed() {
+            self.idle.put(self.sender, |s| !s.is_closed());
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // Checkouts take the newest, so the oldest wait at the front: close
-        // those past the idle timeout (or already closed) here, under load,
-        // rather than keep their sockets open until the other side gives up.
-        while idle
-            .front()
-            .is_some_and(|(s, since)| s.is_closed() || since.elapsed() >= self.idle_timeout)
-        {
-            idle.pop_front();
-        }
-        if idle.len() >= self.max_idle {
-            idle.pop_front();
-        }
-        idle.push_back((self.sender, Instant::now()));
     }
 }
 

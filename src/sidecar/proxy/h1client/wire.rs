@@ -170,21 +170,30 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // Offsets first: the fields borrow `buf`, which is split below.
+    // Offsets first, on the stack (no allocation per response): the fields
+    // borrow `buf`, which is split below. A head is at most MAX_HEAD_BYTES,
+    // so its offsets fit in u32.
     let base = buf.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| malformed("invalid header name"))?;
-        let start = field.value.as_ptr() as usize - base;
-        spans.push((name, start, start + field.value.len()));
+    let offset = |field: &[u8]| (field.as_ptr() as usize - base) as u32;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = response.headers.len();
+    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+        let (name, value) = (offset(field.name.as_bytes()), offset(field.value));
+        *span = (
+            name,
+            name + field.name.len() as u32,
+            value,
+            value + field.value.len() as u32,
+        );
     }
     let bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(count);
     let mut keep_alive = version == Version::HTTP_11;
     let mut close = false;
-    for (name, start, end) in spans {
-        let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
+    for &(name_start, name_end, start, end) in &spans[..count] {
+        let name = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize])
+            .map_err(|_| malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(start as usize..end as usize))
             .map_err(|_| malformed("invalid header value"))?;
         if name == CONNECTION {
             close |= has_token(&value, "close");

@@ -7,7 +7,7 @@ mod support;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::Killed;
 
@@ -15,6 +15,42 @@ fn meshguard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshguard"));
     cmd.env("MESHGUARD_LOG", "warn");
     cmd
+}
+
+/// `meshguard run` with the dev SVID of workload `w` (a `certs dev` folder).
+fn run_with_svid(w: &Path) -> Command {
+    let mut cmd = meshguard();
+    cmd.arg("run")
+        .arg("--cert")
+        .arg(w.join("tls.crt"))
+        .arg("--key")
+        .arg(w.join("tls.key"))
+        .arg("--bundle")
+        .arg(w.join("ca.crt"));
+    cmd
+}
+
+/// Runs `cmd`, which must exit within 20 s (`stuck` says what it means if
+/// it does not), and returns how it exited and its stderr.
+fn exit_and_stderr(cmd: &mut Command, stuck: &str) -> (ExitStatus, String) {
+    let mut child = Killed(
+        cmd.stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{stuck}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    let mut pipe = child.0.stderr.take().unwrap();
+    pipe.read_to_string(&mut err).unwrap();
+    (status, err)
 }
 
 fn stderr(out: &Output) -> String {
@@ -63,36 +99,14 @@ fn zero_workers_on_the_command_line_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path());
     let w = dir.path().join("default/a");
-    let out = meshguard()
-        .arg("run")
-        .arg("--cert")
-        .arg(w.join("tls.crt"))
-        .arg("--key")
-        .arg(w.join("tls.key"))
-        .arg("--bundle")
-        .arg(w.join("ca.crt"))
-        .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
-        .args(["--admin", "127.0.0.1:0", "--workers", "0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Bounded: a sidecar that accepted zero workers would serve forever.
-    let mut child = Killed(out);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "started with --workers 0");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = child.0.wait().unwrap();
+    let (status, err) = exit_and_stderr(
+        run_with_svid(&w)
+            .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
+            .args(["--admin", "127.0.0.1:0", "--workers", "0"]),
+        // A sidecar that accepted zero workers would serve forever.
+        "started with --workers 0",
+    );
     assert!(!status.success());
-    let mut err = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
     assert!(err.contains("--workers must be at least 1"), "{err}");
     assert!(!err.contains("meshguard ready"), "{err}");
 }
@@ -184,27 +198,7 @@ fn a_missing_cert_names_its_cause_once() {
 
 /// Runs `cmd` with `busy` (an address held by this test) and returns stderr.
 fn bind_error(cmd: &mut Command) -> String {
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("still running with its address taken");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    err
+    exit_and_stderr(cmd, "still running with its address taken").1
 }
 
 #[test]
@@ -217,24 +211,14 @@ fn an_address_in_use_is_named_with_its_cause_once() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path());
     let w = dir.path().join("default/a");
-    let err = bind_error(
-        meshguard()
-            .arg("run")
-            .arg("--cert")
-            .arg(w.join("tls.crt"))
-            .arg("--key")
-            .arg(w.join("tls.key"))
-            .arg("--bundle")
-            .arg(w.join("ca.crt"))
-            .args([
-                "--inbound",
-                &addr,
-                "--app",
-                "127.0.0.1:9",
-                "--admin",
-                "127.0.0.1:0",
-            ]),
-    );
+    let err = bind_error(run_with_svid(&w).args([
+        "--inbound",
+        &addr,
+        "--app",
+        "127.0.0.1:9",
+        "--admin",
+        "127.0.0.1:0",
+    ]));
     assert!(
         err.contains(&format!("cannot listen on {addr}")),
         "run: {err}"
@@ -256,15 +240,10 @@ fn ready_lines(format: &str) -> String {
     certs(dir.path());
     let w = dir.path().join("default/a");
     let mut child = Killed(
-        meshguard()
+        run_with_svid(&w)
             .env("MESHGUARD_LOG", "info")
             .env_remove("NO_COLOR")
-            .args(["run", "--log-format", format, "--cert"])
-            .arg(w.join("tls.crt"))
-            .arg("--key")
-            .arg(w.join("tls.key"))
-            .arg("--bundle")
-            .arg(w.join("ca.crt"))
+            .args(["--log-format", format])
             .args(["--inbound", "127.0.0.1:0", "--app", "127.0.0.1:9"])
             .args(["--admin", "127.0.0.1:0"])
             .stderr(Stdio::piped())

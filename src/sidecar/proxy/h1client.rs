@@ -35,7 +35,7 @@ use upload::Upload;
 use wire::{Chunk, Chunked, Head, RequestFraming, ResponseFraming, WireError};
 
 mod upload;
-mod wire;
+pub mod wire;
 
 /// The first read of an exchange reserves this much; a read that fills
 /// the buffer doubles the next one, up to `MAX_READ`.

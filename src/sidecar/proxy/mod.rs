@@ -2,7 +2,7 @@
 
 mod connect;
 pub mod grpc;
-mod h1client;
+pub mod h1client;
 mod idle;
 pub mod inbound;
 mod io;

@@ -310,7 +310,13 @@ impl Chunked {
                         }
                         return Err(malformed("invalid chunk size"));
                     }
+                    // The limits hold for a whole line as for a partial
+                    // one, so a verdict never depends on how the app's
+                    // bytes were split across reads.
                     match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
+                            return Err(malformed("chunk-size line too long"))
+                        }
                         Ok(httparse::Status::Complete((used, size))) => {
                             let _ = buf.split_to(used);
                             *self = match size {
@@ -361,6 +367,9 @@ impl Chunked {
         }
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let (used, trailers) = match httparse::parse_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete((used, _))) if used > MAX_HEAD_BYTES => {
+                return Err(WireError::HeadTooLarge)
+            }
             Ok(httparse::Status::Complete((used, fields))) => {
                 let mut trailers = HeaderMap::with_capacity(fields.len());
                 for field in fields.iter() {

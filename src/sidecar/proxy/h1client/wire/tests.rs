@@ -244,3 +244,19 @@ fn bad_chunked_bodies_are_refused() {
     let long_ext = format!("1;{}", "e".repeat(MAX_CHUNK_LINE + 1));
     assert!(dechunk(long_ext.as_bytes(), 4096).is_err());
 }
+
+/// The limits refuse a line or a trailer section that arrived whole as
+/// they refuse one still arriving: a verdict must not depend on the reads.
+#[test]
+fn the_size_limits_hold_however_the_bytes_arrive() {
+    let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_LINE));
+    let huge_trailer = format!("0\r\nx-big: {}\r\n\r\n", "t".repeat(MAX_HEAD_BYTES));
+    for raw in [long_line, huge_trailer] {
+        for step in [4096, raw.len()] {
+            assert!(
+                dechunk(raw.as_bytes(), step).is_err(),
+                "accepted in reads of {step}"
+            );
+        }
+    }
+}

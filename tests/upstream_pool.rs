@@ -1,5 +1,5 @@
 //! The upstream connections of both sidecars (src/proxy/pool.rs, and the
-//! inbound's own HTTP/1.1 client to the app, src/proxy/h1client.rs), over
+//! HTTP/1.1 client to the app and to peers, src/proxy/h1client.rs), over
 //! real sockets: reuse, apps that close idle connections, responses cut
 //! short, apps that break HTTP, streamed uploads, and one multiplexed
 //! HTTP/2 connection between the sidecars.
@@ -313,6 +313,51 @@ async fn http2_hop_reconnects_after_the_peer_closes_the_connection() {
         let (status, body) =
             http_get(client.outbound.unwrap(), HOST, &format!("/r/{i}"), &[]).await;
         assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(
+        outbound_handshakes(&client).await,
+        3.0,
+        "each request after an idle close opened a new connection"
+    );
+}
+
+/// A request with a body is never sent twice, so it must not be sent on a
+/// connection the peer already closed: the HTTP/1.1 hop checks an idle
+/// mTLS connection before reusing it.
+#[tokio::test]
+async fn http1_hop_sends_no_request_on_a_connection_the_peer_closed() {
+    let app = CountingApp::start(AppMode::KeepAlive {
+        idle_close: Duration::from_secs(30),
+    })
+    .await;
+    let pki = Pki::new();
+    let mut server_cfg = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
+    // The inbound sidecar closes connections quiet for 200 ms.
+    server_cfg.limits.idle_timeout_ms = 200;
+    let server = meshguard::sidecar::app::start(&server_cfg).await.unwrap();
+    let mut cfg = outbound_config(
+        pki.identity("client", &id("default", "client")),
+        HOST,
+        server.inbound.unwrap(),
+        id("default", "server"),
+    );
+    cfg.outbound.as_mut().unwrap().protocol = UpstreamProtocol::Http1;
+    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
+    let tcp = TcpStream::connect(client.outbound.unwrap()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = Request::post("/count")
+            .header("host", HOST)
+            .body(Full::new(Bytes::from(vec![b'p'; 1000 + i])))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "POST {i} after an idle close");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("got {} bytes", 1000 + i));
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     assert_eq!(

@@ -2,12 +2,13 @@
 //! our SVID, and the peer's identity checked by the route's verifier. Used
 //! as the dialer of the upstream connections of one outbound route.
 
+use super::dial::{idle_socket_open, Conn, Dial};
 use super::CountingIo;
 use crate::sidecar::audit;
 use crate::sidecar::identity::Role;
 use crate::sidecar::metrics::{ConnectionGuard, Direction, Metrics};
 use crate::sidecar::tls::{placeholder_server_name, CredentialStore, LiveConn, VerifyError};
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -83,7 +84,7 @@ impl PeerConnector {
     }
 
     /// Connects, counting the handshake and logging a refusal.
-    async fn connect_counted(self) -> Result<TokioIo<PeerStream>, ConnectError> {
+    async fn connect_counted(self) -> Result<PeerStream, ConnectError> {
         let metrics = self.metrics.clone();
         let result = self.connect().await;
         match &result {
@@ -96,7 +97,7 @@ impl PeerConnector {
         result
     }
 
-    async fn connect(self) -> Result<TokioIo<PeerStream>, ConnectError> {
+    async fn connect(self) -> Result<PeerStream, ConnectError> {
         let peer = self.peer.clone();
         let attempt = async {
             let tcp =
@@ -130,11 +131,11 @@ impl PeerConnector {
             Ok(Ok(tls)) => {
                 let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
                 let live = self.store.live().register(certs, Role::Server);
-                Ok(TokioIo::new(PeerStream {
+                Ok(PeerStream {
                     tls,
                     live,
                     _open: self.metrics.connection(Direction::Outbound),
-                }))
+                })
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Timeout {
@@ -145,8 +146,8 @@ impl PeerConnector {
     }
 }
 
-impl super::pool::Dial for PeerConnector {
-    type Io = TokioIo<PeerStream>;
+impl Dial for PeerConnector {
+    type Io = PeerStream;
     type Error = ConnectError;
 
     fn dial(&self) -> impl Future<Output = Result<Self::Io, Self::Error>> + Send {
@@ -212,5 +213,22 @@ impl AsyncWrite for PeerStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+impl Conn for PeerStream {
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+    }
+
+    /// Not revoked, and nothing arrived while idle: a peer closing the
+    /// connection sends close_notify or a FIN, which marks the socket
+    /// readable (a TLS record is never expected between exchanges).
+    fn still_open(&self) -> bool {
+        !self.live.is_revoked() && idle_socket_open(self.tls.get_ref().0.get_ref())
     }
 }

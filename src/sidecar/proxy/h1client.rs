@@ -1,5 +1,6 @@
-//! HTTP/1.1 to the local app: a pool of plain TCP connections, each used
-//! for one exchange at a time and driven by the request's own task.
+//! HTTP/1.1 upstream: a pool of connections to one destination (plain TCP
+//! to the local app, or mTLS to a peer sidecar), each used for one exchange
+//! at a time and driven by the request's own task.
 //!
 //! Why not hyper's client here: each of its connections runs as a task of
 //! its own behind a dispatch channel, and keeps its buffers while idle.
@@ -19,16 +20,16 @@ use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::poll_fn;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// An error of a request body (the caller's, or a test's).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+use super::dial::{Conn, Dial};
 use super::idle::IdleList;
 use crate::sidecar::workers::PerWorker;
 use upload::Upload;
@@ -69,45 +70,29 @@ impl ExchangeError {
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub enum SendError<E = io::Error> {
     /// No connection could be opened.
     #[error("{0}")]
-    Connect(io::Error),
+    Connect(E),
     #[error("{0}")]
     Exchange(ExchangeError),
 }
 
-/// Opens a TCP connection to `addr` within `timeout`, Nagle off.
-pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
-}
-
 /// Where a connection goes back to when its exchange ends cleanly (one
 /// per worker loop).
-type Home = Arc<IdleList<TcpStream>>;
+type Home<C> = Arc<IdleList<C>>;
 
-/// HTTP/1.1 connections to one app port, reused one exchange at a time.
-pub struct Http1App {
-    addr: SocketAddr,
-    connect_timeout: Duration,
+/// HTTP/1.1 connections to one destination, reused one exchange at a time.
+pub struct Http1Client<D: Dial> {
+    dial: D,
     /// Per worker loop: a socket is only used on the loop it is registered with.
-    homes: PerWorker<Home>,
+    homes: PerWorker<Home<D::Io>>,
 }
 
-impl Http1App {
-    pub fn new(
-        addr: SocketAddr,
-        connect_timeout: Duration,
-        max_idle: usize,
-        idle_timeout: Duration,
-    ) -> Self {
-        Http1App {
-            addr,
-            connect_timeout,
+impl<D: Dial> Http1Client<D> {
+    pub fn new(dial: D, max_idle: usize, idle_timeout: Duration) -> Self {
+        Http1Client {
+            dial,
             homes: PerWorker::new(|| Arc::new(IdleList::new(max_idle, idle_timeout))),
         }
     }
@@ -116,7 +101,10 @@ impl Http1App {
     /// or a new one. A body-less request with a safe-to-repeat method that
     /// got no byte of response on a reused connection (the app closed it
     /// as we sent) is sent once more on a new connection.
-    pub async fn send<B>(&self, req: Request<B>) -> Result<Response<AppBody<B>>, SendError>
+    pub async fn send<B>(
+        &self,
+        req: Request<B>,
+    ) -> Result<Response<ClientBody<B, D::Io>>, SendError<D::Error>>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
@@ -129,7 +117,7 @@ impl Http1App {
         let mut body = (framing != RequestFraming::None).then_some(body);
         let home = self.homes.get();
         loop {
-            let (io, reused) = match home.take(still_open) {
+            let (io, reused) = match home.take(Conn::still_open) {
                 Some(io) => (io, true),
                 // Boxed: rarely needed, and keeps every request's future small.
                 None => (Box::pin(self.connect()).await?, false),
@@ -140,7 +128,7 @@ impl Http1App {
             let mut exchange = Box::new(Exchange::new(io, upload));
             match poll_fn(|cx| exchange.poll_head(cx)).await {
                 Ok(head) => {
-                    return AppBody::respond(exchange, head, &parts.method, home.clone())
+                    return ClientBody::respond(exchange, head, &parts.method, home.clone())
                         .map_err(SendError::Exchange)
                 }
                 Err(_) if reused && repeatable && !exchange.received => continue,
@@ -149,10 +137,8 @@ impl Http1App {
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, SendError> {
-        connect_tcp(self.addr, self.connect_timeout)
-            .await
-            .map_err(SendError::Connect)
+    async fn connect(&self) -> Result<D::Io, SendError<D::Error>> {
+        self.dial.dial().await.map_err(SendError::Connect)
     }
 }
 
@@ -164,26 +150,10 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// Whether an idle connection may carry a request. The reactor marks a
-/// socket readable when the app closes it (or sends anything unasked).
-/// A socket not marked costs no system call; one still marked from its
-/// last response costs one read that finds nothing (hyper's client made
-/// the same read, ahead, after each response).
-fn still_open(io: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match io.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            matches!(io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
-}
-
 /// One exchange on one connection: the request going out, the response
 /// coming in.
-struct Exchange<B> {
-    io: TcpStream,
+struct Exchange<B, C> {
+    io: C,
     buf: BytesMut,
     next_read: usize,
     upload: Upload<B>,
@@ -191,11 +161,11 @@ struct Exchange<B> {
     received: bool,
 }
 
-impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Exchange<B>
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static, C: Conn> Exchange<B, C>
 where
     B::Error: Into<BoxError>,
 {
-    fn new(io: TcpStream, upload: Upload<B>) -> Self {
+    fn new(io: C, upload: Upload<B>) -> Self {
         Exchange {
             io,
             buf: BytesMut::new(),
@@ -231,32 +201,25 @@ where
         if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
             self.buf.reserve(self.next_read);
         }
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            let room = self.buf.capacity() - self.buf.len();
-            match self.io.try_read_buf(&mut self.buf) {
-                Ok(n) => {
-                    self.received |= n > 0;
-                    if n == room {
-                        self.next_read = (self.next_read * 2).min(MAX_READ);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(self.io.poll_read_buf(cx, &mut self.buf))?;
+        self.received |= n > 0;
+        if n == room {
+            self.next_read = (self.next_read * 2).min(MAX_READ);
         }
+        Poll::Ready(Ok(n))
     }
 }
 
-/// The body of the app's response. Reading it also keeps the request's
-/// body going out. At its end the connection goes back to the pool if the
-/// exchange ended cleanly; dropped before its end, the connection closes.
-pub struct AppBody<B = Incoming> {
-    exchange: Option<Box<Exchange<B>>>,
+/// The body of an upstream's response. Reading it also keeps the
+/// request's body going out. At its end the connection goes back to the
+/// pool if the exchange ended cleanly; dropped before its end, the
+/// connection closes.
+pub struct ClientBody<B = Incoming, C = TcpStream> {
+    exchange: Option<Box<Exchange<B, C>>>,
     framing: Decoding,
     keep_alive: bool,
-    home: Home,
+    home: Home<C>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -292,23 +255,23 @@ impl Decoding {
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin + Send + 'static> AppBody<B>
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static, C: Conn> ClientBody<B, C>
 where
     B::Error: Into<BoxError>,
 {
     fn respond(
-        exchange: Box<Exchange<B>>,
+        exchange: Box<Exchange<B, C>>,
         mut head: Head,
         method: &Method,
-        home: Home,
-    ) -> Result<Response<AppBody<B>>, ExchangeError> {
+        home: Home<C>,
+    ) -> Result<Response<ClientBody<B, C>>, ExchangeError> {
         let framing = match wire::response_framing(&mut head, method)? {
             ResponseFraming::Empty | ResponseFraming::Length(0) => Decoding::Done,
             ResponseFraming::Length(n) => Decoding::Length(n),
             ResponseFraming::Chunked => Decoding::Chunked(Chunked::Size),
             ResponseFraming::Close => Decoding::Close,
         };
-        let mut body = AppBody {
+        let mut body = ClientBody {
             exchange: Some(exchange),
             framing,
             keep_alive: head.keep_alive,
@@ -364,7 +327,7 @@ where
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin + Send + 'static> Body for AppBody<B>
+impl<B: Body<Data = Bytes> + Unpin + Send + 'static, C: Conn> Body for ClientBody<B, C>
 where
     B::Error: Into<BoxError>,
 {

@@ -1,6 +1,7 @@
 //! The two directions of the data path and what they share.
 
 mod connect;
+mod dial;
 pub mod grpc;
 pub mod h1client;
 mod idle;

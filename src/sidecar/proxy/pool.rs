@@ -1,39 +1,30 @@
-//! Upstream connections of the data path: a pool of HTTP/1.1 connections
-//! (to the local app, or to a peer sidecar) and one multiplexed HTTP/2
-//! connection (to a peer sidecar).
+//! Upstream connections of the data path that hyper drives: one
+//! multiplexed HTTP/2 connection (to a peer sidecar, or h2c to the local
+//! app), and the body of any upstream response, whichever client it came
+//! from. HTTP/1.1 upstreams are `h1client`'s.
 //!
 //! Why not hyper-util's pooled client: it is general (keyed by scheme and
 //! authority, a connect future built and moved with every request, a task
 //! spawned per HTTP/1.1 response to put the connection back), and on our
 //! hop every request of a pool goes to one fixed place. Measured with
 //! callgrind on the inbound proxy, its checkout, key hashing and put-back
-//! were ~5,000 of ~55,000 instructions per request. Here a checkout is a
-//! pop from a list under an uncontended lock, and an HTTP/1.1 connection
-//! goes back to the list when its response body ends, from the body itself.
+//! were ~5,000 of ~55,000 instructions per request.
 
+use super::connect::PeerStream;
+pub use super::dial::{Dial, TcpDial};
 pub use super::h1client::BoxError;
-use super::h1client::{connect_tcp, AppBody};
-use super::idle::IdleList;
+use super::h1client::ClientBody;
 use crate::sidecar::workers::PerWorker;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
-
-/// How a pool opens a new connection to its one destination.
-pub trait Dial: Send + Sync + 'static {
-    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
-    type Error: std::error::Error + Send + Sync + 'static;
-    fn dial(&self) -> impl Future<Output = Result<Self::Io, Self::Error>> + Send;
-}
 
 /// Why an upstream request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -53,87 +44,6 @@ impl<E: std::error::Error + 'static> UpstreamError<E> {
     }
 }
 
-/// Plain TCP to the local app.
-pub struct TcpDial {
-    pub addr: SocketAddr,
-    pub timeout: Duration,
-}
-
-impl Dial for TcpDial {
-    type Io = TokioIo<TcpStream>;
-    type Error = std::io::Error;
-
-    async fn dial(&self) -> Result<Self::Io, Self::Error> {
-        connect_tcp(self.addr, self.timeout).await.map(TokioIo::new)
-    }
-}
-
-type Idle = IdleList<http1::SendRequest<Incoming>>;
-
-/// HTTP/1.1 connections to one destination, reused one request at a time.
-pub struct Http1Pool<D> {
-    dial: D,
-    /// Per worker loop: a connection is only reused on the loop that drives it.
-    idle: PerWorker<Arc<Idle>>,
-}
-
-impl<D: Dial> Http1Pool<D> {
-    pub fn new(dial: D, max_idle: usize, idle_timeout: Duration) -> Self {
-        Http1Pool {
-            dial,
-            idle: PerWorker::new(|| Arc::new(IdleList::new(max_idle, idle_timeout))),
-        }
-    }
-
-    /// Sends `req` (origin-form URI) on an idle connection, or a new one.
-    /// A request that a reused connection never started to send (the
-    /// other side had closed it) is retried; one sent on a fresh
-    /// connection is not.
-    pub async fn send(
-        &self,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError<D::Error>> {
-        let idle = self.idle.get();
-        loop {
-            let (mut sender, reused) = match idle.take(|s| !s.is_closed()) {
-                Some(sender) => (sender, true),
-                // Boxed: the connect future is large and rarely needed;
-                // this keeps every request's future small.
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
-                }
-                return Err(UpstreamError::http(e));
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let checkin = Checkin {
-                        sender,
-                        idle: idle.clone(),
-                    };
-                    return Ok(resp.map(|body| UpstreamBody::pooled(body, checkin)));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(UpstreamError::http(e.into_error())),
-                },
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError<D::Error>> {
-        let io = self.dial.dial().await.map_err(UpstreamError::Connect)?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(UpstreamError::http)?;
-        drive(conn);
-        Ok(sender)
-    }
-}
-
 /// Runs a client connection's I/O on a task of its own until it closes.
 fn drive(conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) {
     tokio::spawn(async move {
@@ -143,26 +53,9 @@ fn drive(conn: impl Future<Output = Result<(), hyper::Error>> + Send + 'static) 
     });
 }
 
-/// Gives an HTTP/1.1 connection back to its pool once its response is read.
-struct Checkin {
-    sender: http1::SendRequest<Incoming>,
-    idle: Arc<Idle>,
-}
-
-impl Checkin {
-    fn release(self) {
-        if !self.sender.is_closed() {
-            self.idle.put(self.sender, |s| !s.is_closed());
-        }
-    }
-}
-
-/// The body of an upstream response. For a pooled HTTP/1.1 connection,
-/// reaching its end puts the connection back in the pool; dropping it
-/// before the end closes the connection instead (it is mid-response).
+/// The body of an upstream response, whichever client it came from.
 pub struct UpstreamBody {
     body: Source,
-    checkin: Option<Checkin>,
     /// Kept until the body ends, fails or is dropped (a request's slots
     /// under a concurrency limit).
     held: Option<Box<dyn Send + Sync>>,
@@ -171,50 +64,36 @@ pub struct UpstreamBody {
 /// Which client the body comes from.
 enum Source {
     Hyper(Incoming),
-    /// The local app's HTTP/1.1 (`h1client`, which gives back its own
-    /// connection).
-    App(AppBody),
+    /// HTTP/1.1 from the local app.
+    App(ClientBody),
+    /// HTTP/1.1 from a peer sidecar.
+    Peer(ClientBody<Incoming, PeerStream>),
 }
 
 impl UpstreamBody {
-    /// A body on a multiplexed connection: nothing to give back.
+    /// A body on a multiplexed connection.
     pub fn shared(body: Incoming) -> Self {
-        UpstreamBody::new(Source::Hyper(body), None)
+        UpstreamBody::new(Source::Hyper(body))
     }
 
     /// A body from the local app's HTTP/1.1 pool.
-    pub fn app(body: AppBody) -> Self {
-        UpstreamBody::new(Source::App(body), None)
+    pub fn app(body: ClientBody) -> Self {
+        UpstreamBody::new(Source::App(body))
     }
 
-    fn new(body: Source, checkin: Option<Checkin>) -> Self {
-        UpstreamBody {
-            body,
-            checkin,
-            held: None,
-        }
+    /// A body from a peer sidecar's HTTP/1.1 pool.
+    pub fn peer(body: ClientBody<Incoming, PeerStream>) -> Self {
+        UpstreamBody::new(Source::Peer(body))
+    }
+
+    fn new(body: Source) -> Self {
+        UpstreamBody { body, held: None }
     }
 
     /// Keeps `value` alive until the body ends (or fails, or is dropped).
     pub fn hold_until_end(&mut self, value: Box<dyn Send + Sync>) {
         if !self.is_end_stream() {
             self.held = Some(value);
-        }
-    }
-
-    fn pooled(body: Incoming, checkin: Checkin) -> Self {
-        let mut this = UpstreamBody::new(Source::Hyper(body), Some(checkin));
-        // A response without a body may never be polled: release now.
-        if this.is_end_stream() {
-            this.release();
-        }
-        this
-    }
-
-    fn release(&mut self) {
-        self.held = None;
-        if let Some(checkin) = self.checkin.take() {
-            checkin.release();
         }
     }
 }
@@ -230,14 +109,11 @@ impl Body for UpstreamBody {
         let polled = match &mut self.body {
             Source::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
             Source::App(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Source::Peer(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
         };
         match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => {
-                self.checkin = None;
-                self.held = None;
-            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.held = None,
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.held = None,
             _ => {}
         }
         polled
@@ -247,6 +123,7 @@ impl Body for UpstreamBody {
         match &self.body {
             Source::Hyper(body) => body.is_end_stream(),
             Source::App(body) => body.is_end_stream(),
+            Source::Peer(body) => body.is_end_stream(),
         }
     }
 
@@ -254,6 +131,7 @@ impl Body for UpstreamBody {
         match &self.body {
             Source::Hyper(body) => body.size_hint(),
             Source::App(body) => body.size_hint(),
+            Source::Peer(body) => body.size_hint(),
         }
     }
 }
@@ -355,7 +233,7 @@ impl<D: Dial> Http2Conn<D> {
         let io = self.dial.dial().await.map_err(UpstreamError::Connect)?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(io)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(UpstreamError::http)?;
         drive(conn);

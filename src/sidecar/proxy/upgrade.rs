@@ -16,8 +16,9 @@
 //! not be authorized as some path) with 405, and `Upgrade: h2c` with 400
 //! (h2c is spoken with prior knowledge, which the outbound detects).
 
+use super::dial::Dial;
 use super::outcome::Refusal;
-use super::pool::{Dial, UpstreamBody, UpstreamError};
+use super::pool::{UpstreamBody, UpstreamError};
 use super::serve::{drained, wait_quiet, Activity, DRAIN_QUIET};
 use super::ProxyBody;
 use crate::sidecar::audit::{self, UpgradeRecord};
@@ -123,7 +124,7 @@ pub async fn send<D: Dial>(
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, UpstreamError<D::Error>> {
     let io = dial.dial().await.map_err(UpstreamError::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::http)?;
     tokio::spawn(async move {

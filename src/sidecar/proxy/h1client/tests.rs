@@ -2,6 +2,7 @@
 //! app reads the request bytes and answers with exactly the bytes given.
 
 use super::*;
+use crate::sidecar::proxy::dial::TcpDial;
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use std::convert::Infallible;
@@ -50,11 +51,22 @@ impl AppSide {
     }
 }
 
+type AppClient = Http1Client<TcpDial>;
+
+/// A client pool in front of an app at `addr`.
+fn client(addr: std::net::SocketAddr) -> AppClient {
+    let dial = TcpDial {
+        addr,
+        timeout: Duration::from_secs(2),
+    };
+    Http1Client::new(dial, 16, Duration::from_secs(4))
+}
+
 /// A listening app and the client pool in front of it.
-async fn app() -> (TcpListener, Http1App) {
+async fn app() -> (TcpListener, AppClient) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let pool = Http1App::new(addr, Duration::from_secs(2), 16, Duration::from_secs(4));
+    let pool = client(addr);
     (listener, pool)
 }
 
@@ -99,7 +111,9 @@ fn fed(method: Method, headers: &[(&str, &str)]) -> (mpsc::Sender<Frame<Bytes>>,
     (tx, req.body(Fed(rx)).unwrap())
 }
 
-async fn body_of<B>(resp: Response<AppBody<B>>) -> Result<(Bytes, Option<HeaderMap>), ExchangeError>
+async fn body_of<B>(
+    resp: Response<ClientBody<B>>,
+) -> Result<(Bytes, Option<HeaderMap>), ExchangeError>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -110,7 +124,7 @@ where
 }
 
 /// The error of a send that must fail.
-async fn send_err<B>(pool: &Http1App, req: Request<B>) -> SendError
+async fn send_err<B>(pool: &AppClient, req: Request<B>) -> SendError
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -121,7 +135,7 @@ where
     }
 }
 
-fn idle_count(pool: &Http1App) -> usize {
+fn idle_count(pool: &AppClient) -> usize {
     pool.homes.get().len()
 }
 
@@ -413,7 +427,7 @@ async fn a_refused_connect_is_a_connect_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let pool = Http1App::new(addr, Duration::from_secs(2), 16, Duration::from_secs(4));
+    let pool = client(addr);
     assert!(matches!(
         pool.send(get("/")).await,
         Err(SendError::Connect(_))

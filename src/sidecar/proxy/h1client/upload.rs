@@ -9,7 +9,6 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 /// The request's bytes on their way out: what is staged for the socket,
 /// and the caller's body still to be read.
@@ -17,6 +16,9 @@ pub(super) struct Upload<B> {
     staged: Staged,
     body: Option<B>,
     framing: RequestFraming,
+    /// Written but maybe still buffered in the connection (TLS keeps
+    /// records until flushed; for plain TCP a flush is a no-op).
+    unflushed: bool,
     /// The socket refused a write (the app closed its side); the response
     /// may still be read, but the connection is not reused.
     pub(super) failed: bool,
@@ -34,30 +36,38 @@ where
             },
             body,
             framing,
+            unflushed: false,
             failed: false,
         }
     }
 
     /// Everything was written.
     pub(super) fn done(&self) -> bool {
-        !self.failed && self.body.is_none() && self.staged.is_empty()
+        !self.failed && self.body.is_none() && self.staged.is_empty() && !self.unflushed
     }
 
     /// Writes what it can. `Ready(Ok)` when nothing is left to do (sent,
     /// or the socket refused); an error only for a broken request body.
     pub(super) fn poll(
         &mut self,
-        io: &mut TcpStream,
+        io: &mut (impl AsyncWrite + Unpin),
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), ExchangeError>> {
         loop {
             if !self.staged.is_empty() {
+                self.unflushed = true;
                 if ready!(self.staged.poll_write(io, cx)).is_err() {
-                    self.failed = true;
-                    self.staged = Staged::default();
-                    self.body = None;
+                    self.give_up();
                 }
                 continue;
+            }
+            // Flushed before waiting for more of the body, so that what
+            // was staged reaches the other side meanwhile.
+            if self.unflushed {
+                if ready!(Pin::new(&mut *io).poll_flush(cx)).is_err() {
+                    self.give_up();
+                }
+                self.unflushed = false;
             }
             let Some(body) = self.body.as_mut() else {
                 return Poll::Ready(Ok(()));
@@ -71,6 +81,13 @@ where
                 Some(Ok(frame)) => self.stage(frame)?,
             }
         }
+    }
+
+    /// The connection refused the request: stop sending it.
+    fn give_up(&mut self) {
+        self.failed = true;
+        self.staged = Staged::default();
+        self.body = None;
     }
 
     fn stage(&mut self, frame: Frame<Bytes>) -> Result<(), ExchangeError> {
@@ -146,7 +163,11 @@ impl Staged {
     }
 
     /// One vectored write of what is staged.
-    fn poll_write(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write(
+        &mut self,
+        io: &mut (impl AsyncWrite + Unpin),
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         let parts = [
             IoSlice::new(&self.first),
             IoSlice::new(self.size_line.as_bytes()),

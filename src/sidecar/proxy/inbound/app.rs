@@ -3,7 +3,7 @@
 //! upgrade), the HTTP/2 form of a request for an h2c app, and the answer
 //! when the app cannot answer.
 
-use super::super::h1client::{ExchangeError, Http1App, SendError};
+use super::super::h1client::{ExchangeError, Http1Client, SendError};
 use super::super::outcome::{Answer, Refusal, Ruling};
 use super::super::pool::{Http2Conn, TcpDial, UpstreamBody, UpstreamError};
 use super::super::{refusal, upgrade, Direction};
@@ -30,7 +30,7 @@ const APP_POOL_MAX_IDLE: usize = 1024;
 /// multiplexed HTTP/2 (h2c) connection, each opened on first use.
 pub(super) struct AppPool {
     addr: SocketAddr,
-    http1: Http1App,
+    http1: Http1Client<TcpDial>,
     http2: Http2Conn<TcpDial>,
 }
 
@@ -44,7 +44,7 @@ impl AppPool {
     pub(super) fn new(addr: SocketAddr) -> AppPool {
         AppPool {
             addr,
-            http1: Http1App::new(addr, APP_CONNECT_TIMEOUT, APP_POOL_MAX_IDLE, APP_POOL_IDLE),
+            http1: Http1Client::new(dial(addr), APP_POOL_MAX_IDLE, APP_POOL_IDLE),
             http2: Http2Conn::new(dial(addr), APP_POOL_IDLE, true),
         }
     }

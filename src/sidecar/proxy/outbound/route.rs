@@ -1,7 +1,8 @@
 //! A declared destination of the outbound and its mTLS connections: an
 //! HTTP/1.1 pool or the multiplexed HTTP/2 connection, chosen per request.
 
-use super::super::pool::{Http1Pool, Http2Conn, UpstreamBody, UpstreamError};
+use super::super::h1client::{Http1Client, SendError};
+use super::super::pool::{Http2Conn, UpstreamBody, UpstreamError};
 use super::super::{ConnectError, Direction, PeerConnector};
 use crate::sidecar::config::RouteConfig;
 use crate::sidecar::identity::SpiffeId;
@@ -47,7 +48,7 @@ pub struct Route {
 /// the route is configured with (`outbound.protocol`).
 pub(super) struct Upstream {
     /// Set when the route's hop is HTTP/1.1.
-    pool: Option<Http1Pool<PeerConnector>>,
+    pool: Option<Http1Client<PeerConnector>>,
     /// Each opened on first use and taken in turn, so that several
     /// connections' reads and writes can be in flight at once; with an
     /// HTTP/1.1 hop only HTTP/2 apps use them.
@@ -102,7 +103,11 @@ impl Upstream {
                     }
                 }
                 *req.version_mut() = http::Version::HTTP_11;
-                pool.send(req).await
+                match pool.send(req).await {
+                    Ok(resp) => Ok(resp.map(UpstreamBody::peer)),
+                    Err(SendError::Connect(e)) => Err(UpstreamError::Connect(e)),
+                    Err(SendError::Exchange(e)) => Err(UpstreamError::http(e)),
+                }
             }
             _ => {
                 // HTTP/2 carries the authority in :authority; a Host
@@ -135,7 +140,7 @@ impl Route {
             ))
         };
         let pool = match hop.protocol {
-            UpstreamProtocol::Http1 => Some(Http1Pool::new(
+            UpstreamProtocol::Http1 => Some(Http1Client::new(
                 connector(UpstreamProtocol::Http1)?,
                 hop.max_idle,
                 PEER_POOL_IDLE,

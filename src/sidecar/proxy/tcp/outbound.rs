@@ -175,7 +175,7 @@ impl TcpOutbound {
         // The handshake's refusal (wrong identity, undeclared port) is
         // counted and audited by the connector itself.
         let mut peer = match route.connector.dial().await {
-            Ok(io) => io.into_inner(),
+            Ok(io) => io,
             Err(e) => return facts.record(&self.metrics, (0, 0), "peer_unavailable", Some(&e)),
         };
         let control = Control {

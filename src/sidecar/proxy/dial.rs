@@ -1,0 +1,97 @@
+//! Opening an upstream's one destination, plain TCP to the local app or
+//! mTLS to a peer sidecar (`connect::PeerConnector`), and what the clients
+//! need of the open connection: tokio I/O for hyper's HTTP/2 and upgrade
+//! clients, and for our HTTP/1.1 client (`h1client`) a read into its
+//! buffer and a check that an idle connection is still usable.
+
+use bytes::BytesMut;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// How a client opens a new connection to its one destination.
+pub trait Dial: Send + Sync + 'static {
+    type Io: Conn;
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn dial(&self) -> impl Future<Output = Result<Self::Io, Self::Error>> + Send;
+}
+
+/// An open upstream connection.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Reads what has arrived into the spare room of `buf`; `Ok(0)` at
+    /// the end of the stream.
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
+
+    /// Whether an idle connection may carry another request: nothing has
+    /// arrived on it since its last response.
+    fn still_open(&self) -> bool;
+}
+
+impl Conn for TcpStream {
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_read_ready(cx))?;
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                read => return Poll::Ready(read),
+            }
+        }
+    }
+
+    fn still_open(&self) -> bool {
+        idle_socket_open(self)
+    }
+}
+
+/// Whether an idle socket may carry a request. The reactor marks a socket
+/// readable when the other side closes it (or sends anything unasked). A
+/// socket not marked costs no system call; one still marked from its last
+/// response costs one read that finds nothing (hyper's client made the
+/// same read, ahead, after each response). A byte that is there is taken:
+/// the connection is dropped either way.
+pub fn idle_socket_open(tcp: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match tcp.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Plain TCP to the local app.
+pub struct TcpDial {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+}
+
+impl Dial for TcpDial {
+    type Io = TcpStream;
+    type Error = io::Error;
+
+    async fn dial(&self) -> Result<TcpStream, io::Error> {
+        connect_tcp(self.addr, self.timeout).await
+    }
+}
+
+/// Opens a TCP connection to `addr` within `timeout`, Nagle off.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}

@@ -7,6 +7,7 @@ mod support;
 
 use meshguard::dev::certs::{DevCa, Issued, LeafSpec};
 use meshguard::sidecar::config::{Config, IdentityConfig};
+use meshguard::sidecar::tls::UpstreamProtocol;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
@@ -552,6 +553,17 @@ async fn an_inbound_connection_outliving_its_peer_cert_is_closed() {
 
 #[tokio::test]
 async fn a_pooled_outbound_connection_outliving_the_server_cert_is_replaced() {
+    pooled_connection_outliving_the_server_cert_is_replaced(UpstreamProtocol::Http2).await;
+}
+
+/// The HTTP/1.1 pool keeps idle connections no task reads, so the check
+/// before reuse must see the revocation.
+#[tokio::test]
+async fn an_idle_http1_peer_connection_outliving_the_server_cert_is_replaced() {
+    pooled_connection_outliving_the_server_cert_is_replaced(UpstreamProtocol::Http1).await;
+}
+
+async fn pooled_connection_outliving_the_server_cert_is_replaced(protocol: UpstreamProtocol) {
     let pki = Pki::new();
     let app = RecordingApp::start().await;
     let mut spec = LeafSpec::svid(
@@ -571,14 +583,14 @@ async fn a_pooled_outbound_connection_outliving_the_server_cert_is_replaced() {
     let server = meshguard::sidecar::app::start(&fast(inbound_config(files.clone(), app.addr)))
         .await
         .unwrap();
-    let client = meshguard::sidecar::app::start(&fast(outbound_config(
+    let mut client_cfg = fast(outbound_config(
         pki.identity("client", &id("default", "client")),
         SERVER_HOST,
         server.inbound.unwrap(),
         id("default", "server"),
-    )))
-    .await
-    .unwrap();
+    ));
+    client_cfg.outbound.as_mut().unwrap().protocol = protocol;
+    let client = meshguard::sidecar::app::start(&client_cfg).await.unwrap();
     assert_eq!(
         http_get(client.outbound.unwrap(), SERVER_HOST, "/one", &[])
             .await

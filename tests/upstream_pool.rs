@@ -158,8 +158,24 @@ async fn pair(
     meshguard::sidecar::app::Running,
     meshguard::sidecar::app::Running,
 ) {
+    pair_with_inbound_idle(app, protocol, None).await
+}
+
+/// As `pair`, with the inbound closing connections quiet for `idle_ms`.
+async fn pair_with_inbound_idle(
+    app: SocketAddr,
+    protocol: UpstreamProtocol,
+    idle_ms: Option<u64>,
+) -> (
+    meshguard::sidecar::app::Running,
+    meshguard::sidecar::app::Running,
+) {
     let pki = Pki::new();
-    let server = start_inbound(&pki, "server", app).await;
+    let mut server_cfg = inbound_config(pki.identity("server", &id("default", "server")), app);
+    if let Some(ms) = idle_ms {
+        server_cfg.limits.idle_timeout_ms = ms;
+    }
+    let server = meshguard::sidecar::app::start(&server_cfg).await.unwrap();
     let mut cfg = outbound_config(
         pki.identity("client", &id("default", "client")),
         HOST,
@@ -296,19 +312,9 @@ async fn http2_hop_reconnects_after_the_peer_closes_the_connection() {
         idle_close: Duration::from_secs(30),
     })
     .await;
-    let pki = Pki::new();
-    let mut server_cfg = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
     // The inbound sidecar closes connections quiet for 200 ms (GOAWAY).
-    server_cfg.limits.idle_timeout_ms = 200;
-    let server = meshguard::sidecar::app::start(&server_cfg).await.unwrap();
-    let mut cfg = outbound_config(
-        pki.identity("client", &id("default", "client")),
-        HOST,
-        server.inbound.unwrap(),
-        id("default", "server"),
-    );
-    cfg.outbound.as_mut().unwrap().protocol = UpstreamProtocol::Http2;
-    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
+    let (_server, client) =
+        pair_with_inbound_idle(app.addr, UpstreamProtocol::Http2, Some(200)).await;
     for i in 0..3 {
         let (status, body) =
             http_get(client.outbound.unwrap(), HOST, &format!("/r/{i}"), &[]).await;
@@ -331,19 +337,9 @@ async fn http1_hop_sends_no_request_on_a_connection_the_peer_closed() {
         idle_close: Duration::from_secs(30),
     })
     .await;
-    let pki = Pki::new();
-    let mut server_cfg = inbound_config(pki.identity("server", &id("default", "server")), app.addr);
     // The inbound sidecar closes connections quiet for 200 ms.
-    server_cfg.limits.idle_timeout_ms = 200;
-    let server = meshguard::sidecar::app::start(&server_cfg).await.unwrap();
-    let mut cfg = outbound_config(
-        pki.identity("client", &id("default", "client")),
-        HOST,
-        server.inbound.unwrap(),
-        id("default", "server"),
-    );
-    cfg.outbound.as_mut().unwrap().protocol = UpstreamProtocol::Http1;
-    let client = meshguard::sidecar::app::start(&cfg).await.unwrap();
+    let (_server, client) =
+        pair_with_inbound_idle(app.addr, UpstreamProtocol::Http1, Some(200)).await;
     let tcp = TcpStream::connect(client.outbound.unwrap()).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await

@@ -93,7 +93,9 @@ impl<D: Dial> Http1Client<D> {
     pub fn new(dial: D, max_idle: usize, idle_timeout: Duration) -> Self {
         Http1Client {
             dial,
-            homes: PerWorker::new(|| Arc::new(IdleList::new(max_idle, idle_timeout))),
+            homes: PerWorker::new(|| {
+                Arc::new(IdleList::new(max_idle, idle_timeout, Conn::still_open))
+            }),
         }
     }
 
@@ -117,7 +119,7 @@ impl<D: Dial> Http1Client<D> {
         let mut body = (framing != RequestFraming::None).then_some(body);
         let home = self.homes.get();
         loop {
-            let (io, reused) = match home.take(Conn::still_open) {
+            let (io, reused) = match home.take() {
                 Some(io) => (io, true),
                 // Boxed: rarely needed, and keeps every request's future small.
                 None => (Box::pin(self.connect()).await?, false),
@@ -298,7 +300,7 @@ where
         let reusable = self.keep_alive && exchange.buf.is_empty();
         if exchange.upload.done() {
             if reusable {
-                self.home.put(exchange.io, |_| true);
+                self.home.put(exchange.io);
             }
             return;
         }
@@ -312,7 +314,7 @@ where
         tokio::spawn(async move {
             let sent = poll_fn(|cx| exchange.upload.poll(&mut exchange.io, cx)).await;
             if sent.is_ok() && reusable && exchange.upload.done() {
-                home.put(exchange.io, |_| true);
+                home.put(exchange.io);
             }
         });
     }

@@ -254,6 +254,30 @@ async fn an_idle_connection_the_app_closed_is_not_used() {
     assert_eq!(body, "new");
 }
 
+/// No request has to come for an idle connection that ended to be closed:
+/// the pool's reaper notices within a second or so.
+#[tokio::test]
+async fn an_idle_connection_the_app_closed_is_closed_without_another_request() {
+    let (listener, pool) = app().await;
+    let app_side = tokio::spawn(async move {
+        let mut app = accept(&listener).await;
+        app.answer("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        app
+    });
+    drop(pool.send(get("/")).await.unwrap());
+    assert_eq!(idle_count(&pool), 1);
+    drop(app_side.await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while idle_count(&pool) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection is still kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_reused_connection_lost_before_any_response_is_retried_only_when_safe() {
     let (listener, pool) = app().await;

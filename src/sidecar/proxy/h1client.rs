@@ -11,8 +11,8 @@
 //! exchange ends, and no task or channel stands between a request and its
 //! connection (one wake-up less each way).
 //!
-//! The request is written while the response is read, so an app may answer
-//! before it has read the whole body. A connection goes back to the pool
+//! The request is written while the response is read, so an upstream may
+//! answer before it has read the whole body. A connection goes back to the pool
 //! only when both sides of the exchange ended cleanly.
 
 use bytes::{Bytes, BytesMut};
@@ -43,16 +43,16 @@ pub mod wire;
 const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
 
-/// Why an exchange with the app failed.
+/// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     #[error(transparent)]
     Wire(#[from] WireError),
-    #[error("the app closed the connection before a complete response")]
+    #[error("the upstream closed the connection before a complete response")]
     Closed,
-    #[error("the app answered 101 to a request that asked for no upgrade")]
+    #[error("the upstream answered 101 to a request that asked for no upgrade")]
     UnaskedUpgrade,
-    #[error("connection to the app: {0}")]
+    #[error("upstream connection: {0}")]
     Io(#[from] io::Error),
     #[error("the request body failed: {0}")]
     RequestBody(BoxError),
@@ -61,7 +61,7 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
-    /// The app answered, but not in valid HTTP/1.1 (or with an upgrade
+    /// The upstream answered, but not in valid HTTP/1.1 (or with an upgrade
     /// nobody asked for), as opposed to not answering at all.
     pub fn is_invalid(&self) -> bool {
         matches!(self, ExchangeError::Wire(_) | ExchangeError::UnaskedUpgrade)
@@ -101,7 +101,7 @@ impl<D: Dial> Http1Client<D> {
 
     /// Sends `req` (origin-form target, its Host set) on an idle connection
     /// or a new one. A body-less request with a safe-to-repeat method that
-    /// got no byte of response on a reused connection (the app closed it
+    /// got no byte of response on a reused connection (the upstream closed it
     /// as we sent) is sent once more on a new connection.
     pub async fn send<B>(
         &self,

@@ -13,7 +13,7 @@
 use super::connect::PeerStream;
 pub use super::dial::{Dial, TcpDial};
 pub use super::h1client::BoxError;
-use super::h1client::ClientBody;
+use super::h1client::{ClientBody, SendError};
 use crate::sidecar::workers::PerWorker;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -41,6 +41,15 @@ impl<E: std::error::Error + 'static> UpstreamError<E> {
     /// The exchange failed (for `map_err`).
     pub fn http(e: impl Into<BoxError>) -> Self {
         UpstreamError::Http(e.into())
+    }
+}
+
+impl<E: std::error::Error + 'static> From<SendError<E>> for UpstreamError<E> {
+    fn from(e: SendError<E>) -> Self {
+        match e {
+            SendError::Connect(e) => UpstreamError::Connect(e),
+            SendError::Exchange(e) => UpstreamError::http(e),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The request going out on the app hop: its head, then its body framed
+//! The request going out on an HTTP/1.1 hop: its head, then its body framed
 //! as `wire::request_framing` decided, written while the response is read.
 
 use super::wire::{self, RequestFraming};
@@ -19,7 +19,7 @@ pub(super) struct Upload<B> {
     /// Written but maybe still buffered in the connection (TLS keeps
     /// records until flushed; for plain TCP a flush is a no-op).
     unflushed: bool,
-    /// The socket refused a write (the app closed its side); the response
+    /// The socket refused a write (the upstream closed its side); the response
     /// may still be read, but the connection is not reused.
     pub(super) failed: bool,
 }

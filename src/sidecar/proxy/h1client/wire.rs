@@ -1,9 +1,9 @@
-//! The bytes of HTTP/1.1 on the app hop (RFC 9112): a request head out, a
+//! The bytes of an HTTP/1.1 hop (RFC 9112): a request head out, a
 //! response head and body framing in, and the chunked body decoder. Pure
 //! functions over buffers; the connection that moves them is `h1client`.
 //!
 //! The framing choices are hyper's client's, so that an app sees the same
-//! requests it saw before this codec replaced hyper's on the app hop.
+//! requests it saw before this codec replaced hyper's client.
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRAILER, TRANSFER_ENCODING};
@@ -20,12 +20,13 @@ pub const MAX_HEAD_BYTES: usize = 400 * 1024;
 /// A chunk-size line (with extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// Why the app's side of an exchange could not be read or written.
+/// Why the upstream's side of an exchange (the app's, or a peer's) could
+/// not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("malformed response from the app: {0}")]
+    #[error("malformed response from upstream: {0}")]
     Malformed(&'static str),
-    #[error("response head from the app is larger than {MAX_HEAD_BYTES} bytes")]
+    #[error("response head from upstream is larger than {MAX_HEAD_BYTES} bytes")]
     HeadTooLarge,
 }
 
@@ -137,7 +138,7 @@ pub struct Head {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
-    /// The app allows another request on this connection.
+    /// The upstream allows another request on this connection.
     pub keep_alive: bool,
 }
 
@@ -221,7 +222,7 @@ pub enum ResponseFraming {
     Empty,
     Length(u64),
     Chunked,
-    /// Until the app closes the connection.
+    /// Until the upstream closes the connection.
     Close,
 }
 
@@ -311,7 +312,7 @@ impl Chunked {
                         return Err(malformed("invalid chunk size"));
                     }
                     // The limits hold for a whole line as for a partial
-                    // one, so a verdict never depends on how the app's
+                    // one, so a verdict never depends on how the upstream's
                     // bytes were split across reads.
                     match httparse::parse_chunk_size(buf) {
                         Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {

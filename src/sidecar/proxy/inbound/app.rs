@@ -3,7 +3,7 @@
 //! upgrade), the HTTP/2 form of a request for an h2c app, and the answer
 //! when the app cannot answer.
 
-use super::super::h1client::{ExchangeError, Http1Client, SendError};
+use super::super::h1client::{ExchangeError, Http1Client};
 use super::super::outcome::{Answer, Refusal, Ruling};
 use super::super::pool::{Http2Conn, TcpDial, UpstreamBody, UpstreamError};
 use super::super::{refusal, upgrade, Direction};
@@ -62,11 +62,10 @@ impl AppPool {
     ) -> Result<Response<UpstreamBody>, UpstreamError<std::io::Error>> {
         match request.version() {
             Version::HTTP_2 => self.http2.send(request).await,
-            _ => match self.http1.send(request).await {
-                Ok(resp) => Ok(resp.map(UpstreamBody::app)),
-                Err(SendError::Connect(e)) => Err(UpstreamError::Connect(e)),
-                Err(SendError::Exchange(e)) => Err(UpstreamError::http(e)),
-            },
+            _ => {
+                let resp = self.http1.send(request).await?;
+                Ok(resp.map(UpstreamBody::app))
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! A declared destination of the outbound and its mTLS connections: an
 //! HTTP/1.1 pool or the multiplexed HTTP/2 connection, chosen per request.
 
-use super::super::h1client::{Http1Client, SendError};
+use super::super::h1client::Http1Client;
 use super::super::pool::{Http2Conn, UpstreamBody, UpstreamError};
 use super::super::{ConnectError, Direction, PeerConnector};
 use crate::sidecar::config::RouteConfig;
@@ -103,11 +103,8 @@ impl Upstream {
                     }
                 }
                 *req.version_mut() = http::Version::HTTP_11;
-                match pool.send(req).await {
-                    Ok(resp) => Ok(resp.map(UpstreamBody::peer)),
-                    Err(SendError::Connect(e)) => Err(UpstreamError::Connect(e)),
-                    Err(SendError::Exchange(e)) => Err(UpstreamError::http(e)),
-                }
+                let resp = pool.send(req).await?;
+                Ok(resp.map(UpstreamBody::peer))
             }
             _ => {
                 // HTTP/2 carries the authority in :authority; a Host

@@ -8,7 +8,8 @@ use bytes::BytesMut;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::task::{ready, Context, Poll, Waker};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -36,18 +37,19 @@ pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Conn for TcpStream {
+    /// Through `AsyncRead`, not `try_read_buf`: tokio's `poll_read` clears
+    /// the socket's readiness after a read that did not fill the buffer
+    /// (the edge-triggered reactor reports any later bytes), so the check
+    /// before the connection's next use costs no system call. `try_read_buf`
+    /// keeps the readiness until a read fails with `WouldBlock`: one extra
+    /// `recvfrom` per request (measured: 3.25 against 2.26 per request on
+    /// the inbound).
     fn poll_read_buf(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.poll_read_ready(cx))?;
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                read => return Poll::Ready(read),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
 
     fn still_open(&self) -> bool {
@@ -58,9 +60,9 @@ impl Conn for TcpStream {
 /// Whether an idle socket may carry a request. The reactor marks a socket
 /// readable when the other side closes it (or sends anything unasked). A
 /// socket not marked costs no system call; one still marked from its last
-/// response costs one read that finds nothing (hyper's client made the
-/// same read, ahead, after each response). A byte that is there is taken:
-/// the connection is dropped either way.
+/// response (whose last read filled the buffer) costs one read that finds
+/// nothing. A byte that is there is taken: the connection is dropped
+/// either way.
 pub fn idle_socket_open(tcp: &TcpStream) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
     match tcp.poll_read_ready(&mut cx) {

@@ -8,7 +8,6 @@ use crate::sidecar::audit;
 use crate::sidecar::identity::Role;
 use crate::sidecar::metrics::{ConnectionGuard, Direction, Metrics};
 use crate::sidecar::tls::{placeholder_server_name, CredentialStore, LiveConn, VerifyError};
-use bytes::BytesMut;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -217,14 +216,6 @@ impl AsyncWrite for PeerStream {
 }
 
 impl Conn for PeerStream {
-    fn poll_read_buf(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut BytesMut,
-    ) -> Poll<io::Result<usize>> {
-        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
-    }
-
     /// Not revoked, and nothing arrived while idle: a peer closing the
     /// connection sends close_notify or a FIN, which marks the socket
     /// readable (a TLS record is never expected between exchanges).

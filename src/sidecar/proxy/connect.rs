@@ -2,7 +2,7 @@
 //! our SVID, and the peer's identity checked by the route's verifier. Used
 //! as the dialer of the upstream connections of one outbound route.
 
-use super::dial::{idle_socket_open, Conn, Dial};
+use super::dial::{Conn, Dial};
 use super::CountingIo;
 use crate::sidecar::audit;
 use crate::sidecar::identity::Role;
@@ -220,6 +220,6 @@ impl Conn for PeerStream {
     /// connection sends close_notify or a FIN, which marks the socket
     /// readable (a TLS record is never expected between exchanges).
     fn still_open(&self) -> bool {
-        !self.live.is_revoked() && idle_socket_open(self.tls.get_ref().0.get_ref())
+        !self.live.is_revoked() && self.tls.get_ref().0.get_ref().still_open()
     }
 }

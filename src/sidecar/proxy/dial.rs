@@ -47,24 +47,19 @@ pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Conn for TcpStream {
+    /// The reactor marks a socket readable when the other side closes it
+    /// (or sends anything unasked). A socket not marked costs no system
+    /// call; one still marked from its last response (whose last read
+    /// filled the buffer) costs one read that finds nothing. A byte that is
+    /// there is taken: the connection is dropped either way.
     fn still_open(&self) -> bool {
-        idle_socket_open(self)
-    }
-}
-
-/// Whether an idle socket may carry a request. The reactor marks a socket
-/// readable when the other side closes it (or sends anything unasked). A
-/// socket not marked costs no system call; one still marked from its last
-/// response (whose last read filled the buffer) costs one read that finds
-/// nothing. A byte that is there is taken: the connection is dropped
-/// either way.
-pub fn idle_socket_open(tcp: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match tcp.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                matches!(self.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
         }
     }
 }
@@ -79,16 +74,12 @@ impl Dial for TcpDial {
     type Io = TcpStream;
     type Error = io::Error;
 
+    /// Connects within the timeout, Nagle off.
     async fn dial(&self) -> Result<TcpStream, io::Error> {
-        connect_tcp(self.addr, self.timeout).await
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
     }
-}
-
-/// Opens a TCP connection to `addr` within `timeout`, Nagle off.
-pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
 }

@@ -92,11 +92,7 @@ impl<T: Send + 'static> IdleList<T> {
     /// reaper stops) once none is left.
     fn sweep(&self) -> bool {
         let mut state = self.state();
-        let kept: VecDeque<_> = std::mem::take(&mut state.list)
-            .into_iter()
-            .filter(|(c, since)| self.keep(c, *since))
-            .collect();
-        state.list = kept;
+        state.list.retain(|(c, since)| self.keep(c, *since));
         state.reaping = !state.list.is_empty();
         state.reaping
     }

@@ -56,7 +56,8 @@ inbound: {listen: "127.0.0.1:$((P + 2))", app: "127.0.0.1:$P"}
 admin: {listen: "127.0.0.1:$((P + 4))"}
 runtime: {workers: 1, poll_interval_ms: 3600000}
 YAML
-    VG=(valgrind --tool=callgrind --dump-instr=no --collect-atstart=yes)
+    # Uncompressed names: each dump kept for callgrind_annotate reads alone.
+    VG=(valgrind --tool=callgrind --dump-instr=no --collect-atstart=yes --compress-strings=no)
     MESHGUARD_LOG=warn "${VG[@]}" --callgrind-out-file="$TMP/in.cg" "$BIN" run --config "$TMP/in.yaml" >/dev/null 2>&1 & IN=$!
     MESHGUARD_LOG=warn "${VG[@]}" --callgrind-out-file="$TMP/out.cg" "$BIN" run --config "$TMP/out.yaml" >/dev/null 2>&1 & OUT=$!
     for _ in $(seq 300); do

@@ -40,12 +40,35 @@ pub fn any_port() -> SocketAddr {
 
 /// A loopback port free at the time of asking, for a child process's
 /// listener (its address must be known before it starts).
+///
+/// Why not `bind(0)`: that hands out a port from the kernel's ephemeral
+/// range, the same range every `connect()` takes its source port from. In
+/// the gap before the child binds, another test's connection could take the
+/// port and the child would exit with "address in use". Ports below the
+/// range are never handed out by the kernel; the base differs per test
+/// process so parallel test binaries walk different stretches.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = (10_000u32, ephemeral_low().min(32_768));
+    let span = high - low;
+    let base = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = (low + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
+}
+
+/// The first port of the kernel's ephemeral range (Linux default 32768).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .filter(|&low| low > 11_000)
+        .unwrap_or(32_768)
 }
 
 /// A child process killed when the test lets go of it, also when an

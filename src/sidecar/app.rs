@@ -258,6 +258,7 @@ impl Starting<'_> {
         let webhooks = parts.start_webhooks(hooks, assertion.clone()).await?;
         let (outbound, route_listeners, tcp_route_listeners) = parts.start_outbound().await?;
         parts.watch_credentials(identity);
+        release_startup_pages();
         admin_state.set_ready(true);
         tracing::info!(
             id = %own_id,
@@ -545,4 +546,17 @@ fn join_addrs(addrs: &[SocketAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Gives back the pages only starting needed (`sidecar::resident`), before
+/// readiness so that the first requests already run in the smaller set.
+fn release_startup_pages() {
+    match crate::sidecar::resident::release_startup_pages() {
+        Ok(r) => tracing::debug!(
+            mappings = r.mappings,
+            kib = r.kib,
+            "start-up pages released"
+        ),
+        Err(e) => tracing::debug!(error = %e, "start-up pages kept: smaps unreadable"),
+    }
 }

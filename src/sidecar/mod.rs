@@ -19,6 +19,7 @@ pub mod pathnorm;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod resident;
 pub mod runtime;
 pub mod tls;
 pub mod webhook;

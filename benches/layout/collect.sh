@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Regenerates hot-symbols.txt: the functions a sidecar runs (start-up, HTTP/1.1
-# and HTTP/2 hops under load, new connections, metrics, refusals), hottest
-# first. build.rs hands the list to the linker (lld --symbol-ordering-file) for
+# Regenerates hot-symbols.txt: the functions a sidecar runs while serving
+# (HTTP/1.1 and HTTP/2 hops under load, new connections, metrics, refusals),
+# hottest first, then those only start-up runs. build.rs hands the list to the linker (lld --symbol-ordering-file) for
 # release builds, so that this code sits together in the binary and the pages
 # a running proxy maps stay few (the kernel maps file pages in 64 KiB windows
-# around each one touched). Run it after a toolchain or dependency update:
-# symbol names carry hashes that change then, and stale names are ignored.
+# around each one touched). Run it after a toolchain or dependency update, or
+# a change of Cargo.toml: symbol names carry hashes of the build's inputs, and
+# stale names are ignored (`benches/layout/coverage.sh` says how many match).
 #
 #   benches/layout/collect.sh        # needs valgrind, wrk, curl (apt-get installs them)
 set -euo pipefail
@@ -26,7 +27,12 @@ die() { echo "collect.sh: $*" >&2; exit 1; }
 write_policy "$TMP/policy.yaml"
 C=$TMP/certs; P=${BASE_PORT:-18700}
 "$BIN" echo --listen 127.0.0.1:$P >/dev/null 2>&1 &
-VG=(valgrind --tool=callgrind --demangle=no --dump-instr=no)
+# The first dump ends where the sidecar releases its start-up pages, just
+# before readiness: what ran until then is start-up, the rest is serving.
+# callgrind_control asks through vgdb; a process asleep in epoll_wait is woken
+# by ptrace, so the dump does not wait for the next request.
+dump() { for pid in "$@"; do callgrind_control -d "$pid" >/dev/null; done; }
+VG=(valgrind --tool=callgrind --demangle=no --dump-instr=no --dump-before='*resident*release_startup_pages*')
 for proto in http1 http2; do
   cat >"$TMP/out.yaml" <<YAML
 identity: {cert: $C/default/client/tls.crt, key: $C/default/client/tls.key, bundle: $C/ca.crt}
@@ -43,12 +49,25 @@ YAML
     curl -sf http://127.0.0.1:$((P + 3))/ready >/dev/null && curl -sf http://127.0.0.1:$((P + 4))/ready >/dev/null && break
     sleep 0.3
   done
+  # Each phase ends with a dump, so hot_symbols.py can tell the code of
+  # steady keep-alive serving from that of handshakes and of rarer requests.
   wrk -t1 -c20 -d6s "http://127.0.0.1:$((P + 1))/" >/dev/null
+  dump "$IN" "$OUT"
   wrk -t1 -c4 -d2s -H 'Connection: close' "http://127.0.0.1:$((P + 1))/" >/dev/null
+  dump "$IN" "$OUT"
   curl -s http://127.0.0.1:$((P + 3))/metrics >/dev/null; curl -s http://127.0.0.1:$((P + 4))/metrics >/dev/null
   curl -s -H 'Host: undeclared' http://127.0.0.1:$((P + 1))/ >/dev/null || true
   curl -s http://127.0.0.1:$((P + 1))/admin/x >/dev/null || true
   kill "$IN" "$OUT"; wait "$IN" "$OUT" 2>/dev/null || true
 done
-python3 "$HERE/hot_symbols.py" "$BIN" "$TMP"/*.cg >"$HERE/hot-symbols.txt"
+# callgrind numbers the dumps: .1 start-up (up to the release of its pages),
+# .2 keep-alive, .3 new connections; what follows, at exit, goes to X.cg.
+for n in 1 2 3; do
+  [ "$(ls "$TMP"/*.cg.$n 2>/dev/null | wc -l)" = 4 ] || die "missing dumps .$n: was resident::release_startup_pages renamed, or a dump refused?"
+done
+! ls "$TMP"/*.cg.4 >/dev/null 2>&1 || die "more dumps than phases: the --dump-before pattern matches twice"
+# The default protocol's profiles first: their code goes first in the list.
+python3 "$HERE/hot_symbols.py" "$BIN" \
+  --keepalive "$TMP"/out-http2.cg.2 "$TMP"/in-http2.cg.2 "$TMP"/out-http1.cg.2 "$TMP"/in-http1.cg.2 \
+  --serving "$TMP"/*.cg.3 "$TMP"/*.cg --startup "$TMP"/*.cg.1 >"$HERE/hot-symbols.txt"
 echo "wrote $HERE/hot-symbols.txt ($(wc -l <"$HERE/hot-symbols.txt") symbols)" >&2

@@ -1,9 +1,24 @@
-"""Functions of the meshguard binary that ran in callgrind profiles, hottest first.
+"""Functions of the meshguard binary that ran in callgrind profiles, by phase.
 
-Usage: hot_symbols.py BINARY PROFILE.cg...  (profiles made with --demangle=no)
+Usage: hot_symbols.py BINARY --keepalive KA.cg... --serving SERVING.cg...
+                             --startup STARTUP.cg...
+       (profiles made with --demangle=no; collect.sh makes them)
 
-Also lists every variant of aws-lc's AES-GCM code: it picks one at run time by
-CPU feature, and valgrind's CPU is not the machine's.
+The kernel maps a binary's file pages in 64 KiB windows around each page
+touched, so what stays resident is every window that holds code the process
+runs. The list therefore puts together the code a proxy runs in steady state
+and keeps apart what it runs rarely:
+
+1. keep-alive serving, grouped by which of the KA profiles ran it (all of
+   them first, then those of fewer profiles, the earlier profiles' first), so
+   that one proxy (one direction, one protocol) runs a few contiguous runs of
+   the list rather than a scattering over all of it; within a group, dearest
+   first;
+2. every variant of aws-lc's AES-GCM code: it picks one at run time by CPU
+   feature, and valgrind's CPU is not the machine's;
+3. the rest of serving (handshakes, metrics, refusals), dearest first;
+4. what only start-up ran: the sidecar drops those pages when it becomes ready
+   (src/sidecar/resident.rs), and they do not fault back in.
 """
 import collections
 import re
@@ -48,15 +63,34 @@ def costs(paths):
     return cost
 
 
-def main():
-    binary, profiles = sys.argv[1], sys.argv[2:]
-    cost = costs(profiles)
-    hot, seen = [], set()
+def by_cost(cost, hot, seen):
+    """Appends the functions of a cost table, dearest first, not yet listed."""
     for name, _ in sorted(cost.items(), key=lambda x: -x[1]):
         name = re.sub(r"'\d+$", "", name)  # callgrind's mark of a call cycle
         if not name.startswith(("0x", "(")) and name not in seen:
             hot.append(name)
             seen.add(name)
+
+
+def by_profiles(tables, hot, seen):
+    """Appends the functions of the keep-alive profiles, grouped by which of
+    them ran each one (more profiles first), dearest first within a group."""
+    ran = collections.defaultdict(set)
+    total = collections.Counter()
+    for i, table in enumerate(tables):
+        for name, cost in table.items():
+            name = re.sub(r"'\d+$", "", name)
+            ran[name].add(i)
+            total[name] += cost
+
+    def key(name):
+        group = sorted(ran[name])
+        return (-len(group), group, -total[name])
+
+    by_cost({name: -rank for rank, name in enumerate(sorted(ran, key=key))}, hot, seen)
+
+
+def aes_variants(binary, hot, seen):
     nm = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
     for line in nm.splitlines():
         fields = line.split()
@@ -64,6 +98,28 @@ def main():
             if re.search(r"aws_lc_.*(aes_gcm|aes_hw|gcm_|ghash|aesni|vaes)", fields[2]):
                 hot.append(fields[2])
                 seen.add(fields[2])
+
+
+def phases(args):
+    """{"--keepalive": [paths], ...} from the command line after BINARY."""
+    found, current = {}, None
+    for arg in args:
+        if arg.startswith("--"):
+            current = found.setdefault(arg, [])
+        elif current is None:
+            sys.exit(f"hot_symbols.py: {arg}: a profile before --keepalive, --serving or --startup")
+        else:
+            current.append(arg)
+    return found
+
+
+def main():
+    binary, given = sys.argv[1], phases(sys.argv[2:])
+    hot, seen = [], set()
+    by_profiles([costs([p]) for p in given.get("--keepalive", [])], hot, seen)
+    aes_variants(binary, hot, seen)
+    by_cost(costs(given.get("--serving", [])), hot, seen)
+    by_cost(costs(given.get("--startup", [])), hot, seen)
     print("\n".join(hot))
 
 

@@ -12,7 +12,9 @@
 //! from this process with `MADV_DONTNEED`. Their contents stay in the page
 //! cache, so what the proxy still runs comes back through a minor fault with
 //! the same bytes: nothing is lost, and memory under load holds only what
-//! serving uses. A mapping with an anonymous page is never touched: the
+//! serving uses. It is what the kernel itself does to clean file pages under
+//! memory pressure, done at the one moment we know which pages are cold.
+//! A mapping with an anonymous page is never touched: the
 //! loader writes relocations into RELRO before making it read-only, and
 //! dropping those pages would bring back the unrelocated file bytes.
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Regenerates hot-symbols.txt: the functions a sidecar runs while serving
-# (HTTP/1.1 and HTTP/2 hops under load, new connections, metrics, refusals),
-# hottest first, then those only start-up runs. build.rs hands the list to the linker (lld --symbol-ordering-file) for
-# release builds, so that this code sits together in the binary and the pages
-# a running proxy maps stay few (the kernel maps file pages in 64 KiB windows
-# around each one touched). Run it after a toolchain or dependency update, or
-# a change of Cargo.toml: symbol names carry hashes of the build's inputs, and
-# stale names are ignored (`benches/layout/coverage.sh` says how many match).
+# Regenerates hot-symbols.txt: the functions a sidecar runs, by phase (steady
+# keep-alive serving over HTTP/1.1 and HTTP/2 hops; new connections, metrics
+# and refusals; start-up last; see hot_symbols.py). build.rs hands the list to
+# the linker (lld --symbol-ordering-file) for release builds, so that this
+# code sits together in the binary and the pages a running proxy maps stay
+# few (the kernel maps file pages in 64 KiB windows around each one touched).
+# Run it after a toolchain or dependency update, or a change of Cargo.toml:
+# symbol names carry hashes of the build's inputs, and stale names are ignored
+# (`benches/layout/coverage.sh` says how many match).
 #
 #   benches/layout/collect.sh        # needs valgrind, wrk, curl (apt-get installs them)
 set -euo pipefail
@@ -27,11 +28,11 @@ die() { echo "collect.sh: $*" >&2; exit 1; }
 write_policy "$TMP/policy.yaml"
 C=$TMP/certs; P=${BASE_PORT:-18700}
 "$BIN" echo --listen 127.0.0.1:$P >/dev/null 2>&1 &
-# The first dump ends where the sidecar releases its start-up pages, just
-# before readiness: what ran until then is start-up, the rest is serving.
 # callgrind_control asks through vgdb; a process asleep in epoll_wait is woken
 # by ptrace, so the dump does not wait for the next request.
 dump() { for pid in "$@"; do callgrind_control -d "$pid" >/dev/null; done; }
+# The first dump ends where the sidecar releases its start-up pages, just
+# before readiness: what ran until then is start-up, the rest is serving.
 VG=(valgrind --tool=callgrind --demangle=no --dump-instr=no --dump-before='*resident*release_startup_pages*')
 for proto in http1 http2; do
   cat >"$TMP/out.yaml" <<YAML

@@ -26,9 +26,11 @@ import subprocess
 import sys
 
 NAMED = re.compile(r"\((\d+)\)(?: (.*))?")
+CYCLE = re.compile(r"'\d+$")  # callgrind's mark of a call cycle
 
 
 def costs(paths):
+    """Self cost per function of the meshguard binary, over the profiles."""
     cost = collections.Counter()
     for path in paths:
         objects, functions = {}, {}
@@ -48,6 +50,7 @@ def costs(paths):
                         mine = obj.endswith("/meshguard")
                         current = functions.get(m.group(1)) if mine else None
                         if current:
+                            current = CYCLE.sub("", current)
                             cost[current] += 0
                     continue
                 if key == "calls":
@@ -63,23 +66,25 @@ def costs(paths):
     return cost
 
 
-def by_cost(cost, hot, seen):
-    """Appends the functions of a cost table, dearest first, not yet listed."""
-    for name, _ in sorted(cost.items(), key=lambda x: -x[1]):
-        name = re.sub(r"'\d+$", "", name)  # callgrind's mark of a call cycle
+def append(names, hot, seen):
+    """Appends, in order, the names not yet listed that the linker can place."""
+    for name in names:
         if not name.startswith(("0x", "(")) and name not in seen:
             hot.append(name)
             seen.add(name)
 
 
-def by_profiles(tables, hot, seen):
-    """Appends the functions of the keep-alive profiles, grouped by which of
-    them ran each one (more profiles first), dearest first within a group."""
+def by_cost(cost):
+    return sorted(cost, key=lambda name: -cost[name])
+
+
+def by_profiles(tables):
+    """The functions of the keep-alive profiles, grouped by which of them ran
+    each one (more profiles first), dearest first within a group."""
     ran = collections.defaultdict(set)
     total = collections.Counter()
     for i, table in enumerate(tables):
         for name, cost in table.items():
-            name = re.sub(r"'\d+$", "", name)
             ran[name].add(i)
             total[name] += cost
 
@@ -87,17 +92,16 @@ def by_profiles(tables, hot, seen):
         group = sorted(ran[name])
         return (-len(group), group, -total[name])
 
-    by_cost({name: -rank for rank, name in enumerate(sorted(ran, key=key))}, hot, seen)
+    return sorted(ran, key=key)
 
 
-def aes_variants(binary, hot, seen):
+def aes_variants(binary):
     nm = subprocess.run(["nm", binary], capture_output=True, text=True, check=True).stdout
     for line in nm.splitlines():
         fields = line.split()
-        if len(fields) == 3 and fields[1] in "tT" and fields[2] not in seen:
+        if len(fields) == 3 and fields[1] in "tT":
             if re.search(r"aws_lc_.*(aes_gcm|aes_hw|gcm_|ghash|aesni|vaes)", fields[2]):
-                hot.append(fields[2])
-                seen.add(fields[2])
+                yield fields[2]
 
 
 def phases(args):
@@ -116,10 +120,10 @@ def phases(args):
 def main():
     binary, given = sys.argv[1], phases(sys.argv[2:])
     hot, seen = [], set()
-    by_profiles([costs([p]) for p in given.get("--keepalive", [])], hot, seen)
-    aes_variants(binary, hot, seen)
-    by_cost(costs(given.get("--serving", [])), hot, seen)
-    by_cost(costs(given.get("--startup", [])), hot, seen)
+    append(by_profiles([costs([p]) for p in given.get("--keepalive", [])]), hot, seen)
+    append(aes_variants(binary), hot, seen)
+    append(by_cost(costs(given.get("--serving", []))), hot, seen)
+    append(by_cost(costs(given.get("--startup", []))), hot, seen)
     print("\n".join(hot))
 
 

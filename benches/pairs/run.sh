@@ -176,16 +176,8 @@ if [ "$BUILD" = 1 ]; then
   [ "$built" = 1 ] || die "cargo build --release keeps failing"
 fi
 [ -x "$MESHGUARD_BIN" ] || die "no meshguard binary at $MESHGUARD_BIN"
-# The hot-code layout silently loses functions whose names change (the list
-# had decayed to a third and RSS grew 3 MiB before anyone saw it): say so.
-if command -v nm >/dev/null && [ -f "$REPO/benches/layout/hot-symbols.txt" ]; then
-  ordered=$(sort -u "$REPO/benches/layout/hot-symbols.txt" | wc -l)
-  present=$(nm --defined-only "$MESHGUARD_BIN" 2>/dev/null | awk '{print $3}' | sort -u |
-    comm -12 - <(sort -u "$REPO/benches/layout/hot-symbols.txt") | wc -l)
-  say "hot-code layout: $present of $ordered ordered functions in the binary"
-  [ "$present" -ge $((ordered * 9 / 10)) ] ||
-    say "WARNING: the layout is stale; run benches/layout/collect.sh (resident text grows without it)"
-fi
+# The hot-code layout silently loses functions whose names change: say so.
+while IFS= read -r line; do say "$line"; done < <(bash "$REPO/benches/layout/coverage.sh" "$MESHGUARD_BIN")
 BARE_BIN=${BARE_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/examples/bare_pair}
 if has_pair bare; then
   if [ "$BUILD" = 1 ]; then
